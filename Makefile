@@ -1,0 +1,28 @@
+# bkv: the two commands are `make demo` and `make test` (see README.md).
+# Both bootstrap first: system packages via apt-get, .venv, Python deps from PyPI.
+.PHONY: setup demo test lint unit bench clean
+
+VENV := .venv
+PY   := $(VENV)/bin/python
+
+setup:
+	@./scripts/bootstrap.sh
+
+demo: setup
+	@$(PY) -m bkv.demo
+
+lint: setup
+	@echo "== ruff check" && $(VENV)/bin/ruff check src tests bench
+	@echo "== ruff format --check" && $(VENV)/bin/ruff format --check src tests bench
+	@echo "== mypy --strict src" && $(VENV)/bin/mypy --strict src
+
+unit: setup
+	@$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test: lint unit
+
+bench: setup
+	@$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build src/*.egg-info

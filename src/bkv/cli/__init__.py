@@ -1,0 +1,1 @@
+"""The ``bkv`` command line: thin wrappers over the role packages."""

@@ -1,0 +1,56 @@
+"""Entry point of the ``bkv`` command.
+
+Each role contributes its sub-commands from its own module ``bkv.cli.<role>``
+(a ``register(subparsers)`` function); the work itself lives in the role's
+package so that the CLI stays a thin adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bkv import __version__
+from bkv.errors import BkvError
+
+# Sub-command modules, in the order `bkv --help` lists them.
+COMMAND_MODULES = (
+    "bkv.cli.keystore",
+    "bkv.cli.hsm",
+    "bkv.cli.host",
+    "bkv.cli.witness",
+    "bkv.cli.audit",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bkv", description="HSM-based Backup Key Vault")
+    parser.add_argument("--version", action="version", version=f"bkv {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args))
+    except BkvError as exc:
+        # Typed errors carry no secrets by construction (bkv.errors); print the
+        # class so that scripts and people can tell failures apart.
+        print(f"bkv: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

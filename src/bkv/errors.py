@@ -1,0 +1,234 @@
+"""The one exception hierarchy of bkv.
+
+Rules (docs/architecture.md, "Errors"):
+
+- Every failure of a check raises a subclass of :class:`BkvError` that names
+  what failed. Verification never returns ``False``.
+- Misuse by a caller (wrong type, impossible argument) is ``TypeError`` or
+  ``ValueError``, not a ``BkvError``: it is a bug, not an attack.
+- Messages never contain secrets: no keys, passwords, seeds, session keys or
+  plaintexts. They may contain public sizes, field names, epochs and digests.
+
+Add new classes under the most specific existing parent, with a one-line
+docstring saying what failed.
+"""
+
+from __future__ import annotations
+
+
+class BkvError(Exception):
+    """Base of every error bkv raises on purpose."""
+
+
+# --- encoding ---------------------------------------------------------------
+
+
+class CodecError(BkvError):
+    """Bytes are not the one canonical encoding of a message."""
+
+
+class TruncatedError(CodecError):
+    """The input ended before the structure did."""
+
+
+class TrailingBytesError(CodecError):
+    """Bytes remain after a complete structure."""
+
+
+class SizeLimitError(CodecError):
+    """A field or message exceeds its named size limit (or is empty where it may not be)."""
+
+
+class UnknownTagError(CodecError):
+    """An unknown message type, version or domain tag."""
+
+
+class NonCanonicalError(CodecError):
+    """A value has more than one encoding and this is not the canonical one."""
+
+
+# --- cryptography -----------------------------------------------------------
+
+
+class CryptoError(BkvError):
+    """A cryptographic operation failed."""
+
+
+class InvalidPointError(CryptoError):
+    """Bytes are not the canonical encoding of a non-identity group element."""
+
+
+class InvalidScalarError(CryptoError):
+    """Bytes are not a canonical scalar, or the scalar is zero where it may not be."""
+
+
+class DeriveKeyPairError(CryptoError):
+    """RFC 9497 DeriveKeyPair exhausted its counter (section 3.2.1)."""
+
+
+class InverseError(CryptoError):
+    """A zero scalar has no inverse (RFC 9497 Finalize / Blind)."""
+
+
+class EnvelopeRecoveryError(CryptoError):
+    """OPAQUE: the envelope's auth tag did not verify (wrong password or tampered record)."""
+
+
+class ServerAuthenticationError(CryptoError):
+    """OPAQUE: the server's MAC in KE2 did not verify (RFC 9807 section 6.4.4)."""
+
+
+class ClientAuthenticationError(CryptoError):
+    """OPAQUE: the client's MAC in KE3 did not verify (RFC 9807 section 6.4.5)."""
+
+
+class DecryptionError(CryptoError):
+    """An AEAD or HPKE open failed: wrong key, wrong context or tampered ciphertext."""
+
+
+# --- verification of signed evidence ----------------------------------------
+
+
+class VerificationError(BkvError):
+    """A signature, proof or binding did not verify."""
+
+
+class SignatureError(VerificationError):
+    """A signature did not verify under the expected key."""
+
+
+class WitnessSignatureError(SignatureError):
+    """The witness's signature over the SignatureMessage bytes did not verify."""
+
+
+class CounterSignatureError(SignatureError):
+    """The operator's counter-signature over the witness signature did not verify."""
+
+
+class UnknownKeyError(VerificationError):
+    """A signature names a key that is not pinned or not yet valid."""
+
+
+class DigestMismatchError(VerificationError):
+    """A digest does not match the bytes it claims to cover."""
+
+
+class NamespaceMismatchError(VerificationError):
+    """A statement is for another namespace than the one expected."""
+
+
+class EpochRollbackError(VerificationError):
+    """An epoch is older than the newest one already accepted."""
+
+
+class TimestampError(VerificationError):
+    """A timestamp is in the future or too old for the policy."""
+
+
+class ProofError(VerificationError):
+    """A Merkle inclusion or consistency proof did not verify."""
+
+
+class InclusionProofError(ProofError):
+    """The inclusion proof does not lead to the checkpoint's root."""
+
+
+class ConsistencyProofError(ProofError):
+    """The consistency proof does not link the two tree heads."""
+
+
+class NoteError(VerificationError):
+    """A C2SP signed note is malformed or its signatures do not satisfy the policy."""
+
+
+class CheckpointError(VerificationError):
+    """A C2SP checkpoint is malformed or for the wrong origin."""
+
+
+class CosignerPolicyError(VerificationError):
+    """Fewer cosigners than the policy requires signed the checkpoint."""
+
+
+class AttestationError(VerificationError):
+    """Deployment evidence or an HSM attestation did not verify."""
+
+
+class ArtifactError(VerificationError):
+    """A fleet-key artifact is malformed or lacks a required key role."""
+
+
+class BundleError(VerificationError):
+    """A validation bundle is malformed or inconsistent."""
+
+
+# --- the vault ---------------------------------------------------------------
+
+
+class VaultError(BkvError):
+    """The vault refused or could not complete a request."""
+
+
+class WrongPasswordError(VaultError):
+    """The password was wrong; ``attempts_left`` says how many tries remain."""
+
+    def __init__(self, attempts_left: int) -> None:
+        super().__init__(f"wrong password, {attempts_left} attempts left")
+        self.attempts_left = attempts_left
+
+
+class RecordDestroyedError(VaultError):
+    """The record no longer exists: destroyed at the guess limit, deleted, or never made."""
+
+
+class RecordExistsError(VaultError):
+    """A registration would replace a record whose counter is in use."""
+
+
+class FleetUnreachableError(VaultError):
+    """No quorum of the fleet could be reached in time."""
+
+
+class RateLimitedError(VaultError):
+    """The host refused the request under its rate limit; try again later."""
+
+
+class ProtocolStateError(VaultError):
+    """A message arrived out of order, was replayed, or belongs to no open session."""
+
+
+class UnauthorizedError(VaultError):
+    """The caller is not authenticated for this account or operation."""
+
+
+# --- the witness ---------------------------------------------------------------
+
+
+class WitnessError(BkvError):
+    """The witness refused a submission."""
+
+
+class EpochConflictError(WitnessError):
+    """The epoch is not the last signed epoch plus one."""
+
+
+class DigestReusedError(WitnessError):
+    """This digest was already signed in this namespace."""
+
+
+class UnknownNamespaceError(WitnessError):
+    """The namespace is not registered with the witness."""
+
+
+# --- storage and configuration ----------------------------------------------
+
+
+class StorageError(BkvError):
+    """Persistent state is missing, corrupt or failed to authenticate."""
+
+
+class SealingError(StorageError):
+    """Sealed state failed to open: wrong sealing key, tampered or rolled back."""
+
+
+class ConfigError(BkvError):
+    """A configuration file is missing, malformed or inconsistent."""
