@@ -47,6 +47,10 @@ class NonCanonicalError(CodecError):
     """A value has more than one encoding and this is not the canonical one."""
 
 
+class InvalidValueError(CodecError):
+    """A decoded field holds a value its schema does not allow (e.g. not an enum member)."""
+
+
 # --- cryptography -----------------------------------------------------------
 
 
@@ -161,6 +165,14 @@ class BundleError(VerificationError):
     """A validation bundle is malformed or inconsistent."""
 
 
+class AuditError(VerificationError):
+    """The witness's public record breaks an audit rule (gap, repeated digest, hidden entry)."""
+
+
+class FetchError(BkvError):
+    """A remote service gave no usable response (HTTP error, timeout, oversized body)."""
+
+
 # --- the vault ---------------------------------------------------------------
 
 
@@ -192,12 +204,24 @@ class RateLimitedError(VaultError):
     """The host refused the request under its rate limit; try again later."""
 
 
+class RetryAfterError(RateLimitedError):
+    """Rate limited; ``retry_after_seconds`` is the host's suggested wait (None if not given)."""
+
+    def __init__(self, message: str, retry_after_seconds: int | None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class ProtocolStateError(VaultError):
     """A message arrived out of order, was replayed, or belongs to no open session."""
 
 
 class UnauthorizedError(VaultError):
     """The caller is not authenticated for this account or operation."""
+
+
+class VaultFullError(VaultError):
+    """The HSM holds its maximum number of accounts and cannot register another."""
 
 
 # --- the witness ---------------------------------------------------------------
@@ -219,6 +243,54 @@ class UnknownNamespaceError(WitnessError):
     """The namespace is not registered with the witness."""
 
 
+class AddCheckpointError(WitnessError):
+    """A tlog-witness add-checkpoint request was refused; ``http_status`` is the spec's status."""
+
+    http_status = 400
+
+
+class MalformedAddCheckpointError(AddCheckpointError):
+    """The add-checkpoint body or its checkpoint is malformed (HTTP 400)."""
+
+    http_status = 400
+
+
+class CheckpointSignatureRejectedError(AddCheckpointError):
+    """No trusted log key verified the checkpoint, or one failed to (HTTP 403)."""
+
+    http_status = 403
+
+
+class UnknownLogOriginError(AddCheckpointError):
+    """The checkpoint's origin is not a log this witness knows (HTTP 404)."""
+
+    http_status = 404
+
+
+class CheckpointSizeConflictError(AddCheckpointError):
+    """The old size is not the latest cosigned size; ``current_size`` says what is (HTTP 409)."""
+
+    http_status = 409
+
+    def __init__(self, current_size: int) -> None:
+        super().__init__(f"old size does not match the latest cosigned size {current_size}")
+        self.current_size = current_size
+
+
+class CheckpointConsistencyError(AddCheckpointError):
+    """The consistency proof or the empty-tree root hash is wrong (HTTP 422)."""
+
+    http_status = 422
+
+
+class NamespaceExistsError(WitnessError):
+    """The namespace is already registered with the witness."""
+
+
+class SubmissionSignatureError(SignatureError):
+    """The operator's signature over a witness submission did not verify."""
+
+
 # --- storage and configuration ----------------------------------------------
 
 
@@ -228,6 +300,18 @@ class StorageError(BkvError):
 
 class SealingError(StorageError):
     """Sealed state failed to open: wrong sealing key, tampered or rolled back."""
+
+
+class KeystoreError(StorageError):
+    """A key store (PKCS#11 token or key file) is missing, locked or refused an operation."""
+
+
+class KeyNotFoundError(KeystoreError):
+    """No key with the requested label is in the key store."""
+
+
+class KeyExistsError(KeystoreError):
+    """A key with that label already exists; keys are never overwritten."""
 
 
 class ConfigError(BkvError):

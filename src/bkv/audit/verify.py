@@ -1,0 +1,451 @@
+"""Re-verify a witness's whole public record for one namespace (sans-IO core of ``bkv audit``).
+
+The auditor trusts nothing it fetches. Given a :class:`WitnessSource` (HTTP in
+:mod:`bkv.audit.http_source`) and :class:`AuditPins`, :func:`audit_namespace`:
+
+1. opens the witness log's signed checkpoint (``GET /checkpoint``) with the log
+   key (``NoteError`` / ``CheckpointError``);
+2. authenticates the tiles: the root computed from the hash tiles must be the
+   checkpoint's root (``InclusionProofError`` otherwise), and every entry in
+   the entry bundles must hash to its level-0 tile hash -- so every log entry
+   below is exactly what the checkpoint commits to;
+3. for each epoch ``1..last`` served by the Plexi API
+   (``/namespaces/{ns}/audits/{epoch}``):
+   - the ``SignatureMessage`` decodes and names this namespace and epoch
+     (``CodecError`` / ``NamespaceMismatchError`` / ``AuditError``);
+   - ``SHA-256(artifact) == digest`` (``DigestMismatchError``);
+   - the witness signature verifies under a pinned key valid at the statement
+     time (``UnknownKeyError`` / ``WitnessSignatureError``);
+   - the artifact parses strictly (``ArtifactError``);
+   - the log entry at ``log_index`` (from the authenticated tiles) records
+     exactly this statement (``InclusionProofError``), and its recorded
+     operator submission signature verifies under a pinned operator key
+     (``SubmissionSignatureError``);
+   - epochs are consecutive, digests never repeat (``AuditError``), statement
+     timestamps never go backwards (``TimestampError``);
+4. every log entry of this namespace is one of the served epochs, at the
+   served index: the witness cannot log a statement it hides from the Plexi
+   API, or serve one it did not log (``AuditError``);
+5. consistency: the tree after each epoch's entry is a prefix of the tree after
+   the next one, and the last one of the current checkpoint, each checked with
+   an RFC 9162 consistency proof computed from the tiles
+   (``ConsistencyProofError``); with ``previous`` (the state a former audit
+   saved) the current checkpoint must extend its checkpoint, and its newest
+   epoch must still be served with the same digest (``EpochRollbackError``);
+6. operator counter-signatures: every validation bundle given (the operator's
+   published bundles) is validated like a client would
+   (:func:`bkv.client.validation.validate_bundle` at the statement's time), must
+   record exactly the statement the witness serves for its epoch
+   (``AuditError``), and its checkpoint must be consistent with the current one
+   (``ConsistencyProofError``). With ``require_countersignatures`` every epoch
+   needs one (``AuditError``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from bkv.client.artifact import MAX_ARTIFACT_SIZE, FleetKeyArtifact, parse_artifact
+from bkv.client.bundle import decode_bundle
+from bkv.client.operator import proof_from_json, statement_from_json
+from bkv.client.state import ClientState
+from bkv.client.trust import TrustRoots
+from bkv.client.validation import validate_bundle
+from bkv.errors import (
+    AuditError,
+    BundleError,
+    CodecError,
+    ConsistencyProofError,
+    DigestMismatchError,
+    EpochRollbackError,
+    InclusionProofError,
+    NamespaceMismatchError,
+    SubmissionSignatureError,
+    TimestampError,
+)
+from bkv.tlog import tiles
+from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
+from bkv.tlog.merkle import leaf_hash, verify_consistency
+from bkv.tlog.note import MAX_NOTE_SIZE, parse_verifier_key
+from bkv.witness import plexi
+from bkv.witness.api import parse_hex, parse_uint64
+from bkv.witness.core import AuditEntry
+
+#: Most epochs one audit run walks (bounds the loop; a fleet changes every few years).
+MAX_AUDIT_EPOCHS: Final = 100_000
+#: Most log entries one audit run reads from the entry tiles.
+MAX_AUDIT_LOG_SIZE: Final = 1 << 22
+
+
+class WitnessSource(Protocol):
+    """Where the auditor reads the witness's public record (untrusted)."""
+
+    def get_json(self, path: str) -> Any:
+        """The JSON value served at ``path`` (FetchError if unavailable)."""
+        ...
+
+    def get_bytes(self, path: str, max_size: int) -> bytes:
+        """The bytes served at ``path``, at most ``max_size`` (FetchError otherwise)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AuditPins:
+    """What the auditor trusts: the same roots a client pins (plus operator submissions)."""
+
+    witness_keys: tuple[plexi.WitnessKey, ...]
+    operator_keys: tuple[bytes, ...]
+    log_origin: str
+    log_verifier_key: str
+    bundles: tuple[bytes, ...] = ()
+    require_countersignatures: bool = False
+    previous: ClientState | None = None
+
+
+@dataclass(frozen=True)
+class AuditedEpoch:
+    """One epoch that passed every check."""
+
+    epoch: int
+    timestamp_ms: int
+    digest: bytes
+    log_index: int
+    artifact: FleetKeyArtifact
+    countersigned: bool
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Everything an audit verified; ``checkpoint`` is the verified current tree head."""
+
+    namespace: str
+    epochs: tuple[AuditedEpoch, ...]
+    checkpoint_size: int
+    checkpoint_root: bytes
+    countersigned_epochs: frozenset[int] = field(default_factory=frozenset)
+
+    def state(self) -> ClientState:
+        """The newest epoch and checkpoint, for the next audit's ``previous``."""
+        last = self.epochs[-1] if self.epochs else None
+        return ClientState(
+            epoch=0 if last is None else last.epoch,
+            digest=None if last is None else last.digest,
+            checkpoint_size=self.checkpoint_size,
+            checkpoint_root=self.checkpoint_root if self.checkpoint_size else None,
+        )
+
+
+@dataclass(frozen=True)
+class _Served:
+    """One epoch as served by the Plexi API, decoded but not yet verified."""
+
+    statement: plexi.SignedStatement
+    message: plexi.SignatureMessage
+    artifact: bytes
+    log_index: int
+    log_entry: bytes
+
+
+def audit_namespace(source: WitnessSource, namespace: str, pins: AuditPins) -> AuditReport:
+    """Run every check in the module docstring; raise the first failure's typed error."""
+    checkpoint = _open_checkpoint(source, pins)
+    log = _AuthenticatedLog(source, checkpoint)
+    if pins.previous is not None:
+        log.check_extends(pins.previous)
+    last_epoch = _last_epoch(source, namespace)
+    audited: list[AuditedEpoch] = []
+    for epoch in range(1, last_epoch + 1):
+        served = _fetch_epoch(source, namespace, epoch)
+        audited.append(
+            _verify_epoch(
+                served, namespace=namespace, epoch=epoch, pins=pins, log=log, before=audited
+            )
+        )
+    _check_against_previous(pins.previous, audited)
+    _check_no_hidden_entries(log, namespace, audited)
+    _check_consistency_chain(log, audited)
+    countersigned = _check_bundles(pins, namespace, audited, log)
+    return AuditReport(
+        namespace=namespace,
+        epochs=tuple(
+            AuditedEpoch(
+                a.epoch, a.timestamp_ms, a.digest, a.log_index, a.artifact, a.epoch in countersigned
+            )
+            for a in audited
+        ),
+        checkpoint_size=checkpoint.size,
+        checkpoint_root=checkpoint.root_hash,
+        countersigned_epochs=frozenset(countersigned),
+    )
+
+
+# --- the log ------------------------------------------------------------------------
+
+
+def _open_checkpoint(source: WitnessSource, pins: AuditPins) -> Checkpoint:
+    data = source.get_bytes("/checkpoint", MAX_NOTE_SIZE)
+    return open_checkpoint(data, pins.log_origin, [parse_verifier_key(pins.log_verifier_key)])
+
+
+class _AuthenticatedLog:
+    """The witness log's tiles and entries, authenticated against a verified checkpoint."""
+
+    def __init__(self, source: WitnessSource, checkpoint: Checkpoint) -> None:
+        if checkpoint.size > MAX_AUDIT_LOG_SIZE:
+            raise AuditError(f"log of {checkpoint.size} entries exceeds this auditor's limit")
+        self.size = checkpoint.size
+        self.root = checkpoint.root_hash
+        self._source = source
+        self._tiles: dict[tiles.Tile, bytes] = {}
+        self.entries: list[bytes] = []
+        if self.size:
+            computed = tiles.root_from_tiles(self.size, self.read_tile)
+            if not hmac.compare_digest(computed, self.root):
+                raise InclusionProofError("the hash tiles do not match the checkpoint root")
+            self.entries = self._read_entries()
+
+    def read_tile(self, tile: tiles.Tile) -> bytes:
+        data = self._tiles.get(tile)
+        if data is None:
+            limit = (
+                tiles.MAX_ENTRY_BUNDLE_SIZE
+                if tile.level == tiles.ENTRIES_LEVEL
+                else (tiles.TILE_WIDTH * 32)
+            )
+            data = self._source.get_bytes("/" + tile.path(), limit)
+            self._tiles[tile] = data
+        return data
+
+    def _read_entries(self) -> list[bytes]:
+        entries: list[bytes] = []
+        leaves = self.read_level0()
+        for start in range(0, self.size, tiles.TILE_WIDTH):
+            tile = tiles.entry_tile_for_index(start, self.size)
+            entries += tiles.decode_entry_bundle(self.read_tile(tile), tile.width)
+        for index, entry in enumerate(entries):
+            # Level-0 tile hashes are authenticated by the root; entries by their hash.
+            if not hmac.compare_digest(leaf_hash(entry), leaves[index]):
+                raise InclusionProofError(f"log entry {index} does not hash to its tile leaf")
+        return entries
+
+    def read_level0(self) -> list[bytes]:
+        leaves: list[bytes] = []
+        for start in range(0, self.size, tiles.TILE_WIDTH):
+            width = min(tiles.TILE_WIDTH, self.size - start)
+            data = self.read_tile(tiles.Tile(0, start // tiles.TILE_WIDTH, width))
+            if len(data) != width * 32:
+                raise CodecError(f"hash tile at {start} is not {width} hashes")
+            leaves += [data[i : i + 32] for i in range(0, len(data), 32)]
+        return leaves
+
+    def root_at(self, size: int) -> bytes:
+        return tiles.root_from_tiles(size, self.read_tile)
+
+    def check_consistent(self, old_size: int, old_root: bytes) -> None:
+        """``(old_size, old_root)`` is a prefix of the current tree (RFC 9162 §2.1.4)."""
+        if old_size > self.size:
+            raise ConsistencyProofError(
+                f"a checkpoint of size {old_size} is newer than the witness's {self.size}"
+            )
+        if old_size == self.size:
+            if not hmac.compare_digest(old_root, self.root):
+                raise ConsistencyProofError("same tree size, different root: the log forked")
+            return
+        proof = tiles.consistency_proof_from_tiles(old_size, self.size, self.read_tile)
+        verify_consistency(old_size, self.size, proof, old_root, self.root)
+
+    def check_extends(self, previous: ClientState) -> None:
+        if previous.checkpoint_root is not None:
+            self.check_consistent(previous.checkpoint_size, previous.checkpoint_root)
+
+
+# --- epochs -----------------------------------------------------------------------
+
+
+def _last_epoch(source: WitnessSource, namespace: str) -> int:
+    info = source.get_json(f"/namespaces/{namespace}")
+    if not isinstance(info, Mapping) or info.get("name") != namespace:
+        raise AuditError(f"the witness does not describe namespace {namespace}")
+    last = info.get("last_verified_epoch", 0)
+    epoch = parse_uint64(last, "last_verified_epoch")
+    if epoch > MAX_AUDIT_EPOCHS:
+        raise AuditError(f"{epoch} epochs exceed this auditor's limit")
+    return epoch
+
+
+def _fetch_epoch(source: WitnessSource, namespace: str, epoch: int) -> _Served:
+    data = source.get_json(f"/namespaces/{namespace}/audits/{epoch}")
+    if not isinstance(data, Mapping):
+        raise CodecError(f"audit of epoch {epoch} is not a JSON object")
+    statement = statement_from_json(data)
+    entry, index, _, _ = proof_from_json(data)
+    artifact = parse_hex(data.get("artifact"), "artifact", max_bytes=MAX_ARTIFACT_SIZE)
+    message = plexi.decode_signature_message(statement.message_bytes)
+    # The JSON convenience fields must agree with the signed bytes.
+    for name, value in (
+        ("namespace", message.namespace),
+        ("epoch", message.epoch),
+        ("timestamp", message.timestamp_ms),
+        ("digest", message.digest.hex()),
+    ):
+        if data.get(name) != value:
+            raise AuditError(f"epoch {epoch}: JSON field {name} differs from the signed message")
+    return _Served(statement, message, artifact, index, entry)
+
+
+def _verify_epoch(
+    served: _Served,
+    *,
+    namespace: str,
+    epoch: int,
+    pins: AuditPins,
+    log: _AuthenticatedLog,
+    before: Sequence[AuditedEpoch],
+) -> AuditedEpoch:
+    message = served.message
+    if message.namespace != namespace:
+        raise NamespaceMismatchError(f"epoch {epoch} is signed for namespace {message.namespace}")
+    if message.epoch != epoch:
+        raise AuditError(f"the witness served epoch {message.epoch} as epoch {epoch}")
+    digest = hashlib.sha256(served.artifact).digest()
+    if not hmac.compare_digest(digest, message.digest):
+        raise DigestMismatchError(
+            f"epoch {epoch}: SHA-256 of the artifact is not the signed digest"
+        )
+    plexi.verify_statement(
+        served.statement.message_bytes,
+        served.statement.signature,
+        served.statement.key_id,
+        pins.witness_keys,
+    )
+    artifact = parse_artifact(served.artifact)
+    _check_logged(served, epoch, pins, log)
+    if before:
+        previous = before[-1]
+        if message.timestamp_ms < previous.timestamp_ms:
+            raise TimestampError(f"epoch {epoch} is timestamped before epoch {previous.epoch}")
+        if served.log_index <= previous.log_index:
+            raise AuditError(f"epoch {epoch} sits before epoch {previous.epoch} in the log")
+    if any(hmac.compare_digest(digest, a.digest) for a in before):
+        raise AuditError(f"epoch {epoch} re-signs a digest of an earlier epoch")
+    return AuditedEpoch(
+        epoch=epoch,
+        timestamp_ms=message.timestamp_ms,
+        digest=digest,
+        log_index=served.log_index,
+        artifact=artifact,
+        countersigned=False,
+    )
+
+
+def _check_logged(served: _Served, epoch: int, pins: AuditPins, log: _AuthenticatedLog) -> None:
+    if not served.log_index < log.size:
+        raise InclusionProofError(f"epoch {epoch}: log index {served.log_index} is not in the log")
+    entry_bytes = log.entries[served.log_index]
+    if not hmac.compare_digest(entry_bytes, served.log_entry):
+        raise InclusionProofError(f"epoch {epoch}: served log entry differs from the tiles")
+    entry = AuditEntry.from_bytes(entry_bytes)
+    try:
+        entry.check_statement(served.statement)
+    except BundleError:
+        raise InclusionProofError(f"epoch {epoch}: log entry records another statement") from None
+    _check_operator_submission(entry, epoch, pins.operator_keys)
+
+
+def _check_operator_submission(
+    entry: AuditEntry, epoch: int, operator_keys: Sequence[bytes]
+) -> None:
+    for key in operator_keys:
+        try:
+            entry.check_operator_signature(key)
+        except SubmissionSignatureError:
+            continue
+        return
+    raise SubmissionSignatureError(f"epoch {epoch}: no pinned operator key authorised it")
+
+
+def _check_against_previous(previous: ClientState | None, audited: Sequence[AuditedEpoch]) -> None:
+    """A former audit's newest epoch must still be served, with the same digest."""
+    if previous is None or previous.digest is None:
+        return
+    if previous.epoch > len(audited):
+        raise EpochRollbackError(
+            f"the witness now serves {len(audited)} epoch(s); a former audit saw {previous.epoch}"
+        )
+    if not hmac.compare_digest(audited[previous.epoch - 1].digest, previous.digest):
+        raise EpochRollbackError(f"epoch {previous.epoch} now has another digest than before")
+
+
+def _check_no_hidden_entries(
+    log: _AuthenticatedLog, namespace: str, audited: Sequence[AuditedEpoch]
+) -> None:
+    served = {a.log_index: a.epoch for a in audited}
+    for index, data in enumerate(log.entries):
+        try:
+            entry = AuditEntry.from_bytes(data)
+        except CodecError:
+            raise AuditError(f"log entry {index} is not an audit entry") from None
+        if entry.namespace != namespace:
+            continue
+        if served.get(index) != entry.epoch:
+            raise AuditError(
+                f"log entry {index} records epoch {entry.epoch} of {namespace}, "
+                "which the witness does not serve at that index"
+            )
+
+
+def _check_consistency_chain(log: _AuthenticatedLog, audited: Sequence[AuditedEpoch]) -> None:
+    # Tree heads right after each epoch's entry: each must be a prefix of the next.
+    sizes = sorted({a.log_index + 1 for a in audited})
+    roots = [log.root_at(size) for size in sizes]
+    for (old, old_root), (new, new_root) in zip(
+        zip(sizes, roots, strict=True), zip(sizes[1:], roots[1:], strict=True), strict=False
+    ):
+        proof = tiles.consistency_proof_from_tiles(old, new, log.read_tile)
+        verify_consistency(old, new, proof, old_root, new_root)
+    if sizes:
+        log.check_consistent(sizes[-1], roots[-1])
+
+
+# --- operator counter-signatures ----------------------------------------------------
+
+
+def _check_bundles(
+    pins: AuditPins, namespace: str, audited: Sequence[AuditedEpoch], log: _AuthenticatedLog
+) -> set[int]:
+    by_epoch = {a.epoch: a for a in audited}
+    countersigned: set[int] = set()
+    for data in pins.bundles:
+        bundle = decode_bundle(data)
+        epoch = by_epoch.get(bundle.epoch)
+        if epoch is None:
+            raise AuditError(f"a bundle names epoch {bundle.epoch}, which the witness never served")
+        roots = TrustRoots(
+            witness_keys=pins.witness_keys,
+            operator_keys=pins.operator_keys,
+            namespace=namespace,
+            log_origin=pins.log_origin,
+            log_verifier_key=pins.log_verifier_key,
+        )
+        message = plexi.decode_signature_message(bundle.signature_message)
+        # Validate as a client would have when the statement was made.
+        keys, state = validate_bundle(data, roots, ClientState(), message.timestamp_ms)
+        if (
+            not hmac.compare_digest(keys.digest, epoch.digest)
+            or bundle.log_index != epoch.log_index
+        ):
+            raise AuditError(
+                f"the bundle for epoch {bundle.epoch} differs from the witness's record"
+            )
+        assert state.checkpoint_root is not None  # a validated bundle has a checkpoint
+        log.check_consistent(state.checkpoint_size, state.checkpoint_root)
+        countersigned.add(bundle.epoch)
+    if pins.require_countersignatures:
+        missing = sorted(set(by_epoch) - countersigned)
+        if missing:
+            raise AuditError(f"no operator-countersigned bundle for epoch(s) {missing}")
+    return countersigned

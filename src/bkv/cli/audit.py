@@ -1,0 +1,193 @@
+"""``bkv audit log``: re-verify every epoch a witness signed for a namespace.
+
+Usage::
+
+    bkv audit log --witness http://127.0.0.1:8470 --namespace bkv.fleet_keys.v1 \\
+        --witness-key <64 hex>[@<not_before_ms>] --operator-key <64 hex> \\
+        --log-key <C2SP vkey> --origin <log origin> \\
+        [--bundles DIR] [--require-countersignatures] [--state FILE]
+
+Keys not given on the command line are taken from the witness itself
+(``/info``, ``/namespaces/{ns}``) and the output says so: that checks the
+record's internal consistency, but only pinned keys make it an audit against
+an impostor witness. Exit status 0 when every check passed; 1 with
+``bkv: <ErrorClass>: <what failed>`` on stderr otherwise; 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from bkv.audit.delta import render_report
+from bkv.audit.http_source import HttpWitnessSource
+from bkv.audit.verify import AuditPins, audit_namespace
+from bkv.client.bundle import MAX_BUNDLE_SIZE
+from bkv.client.store_json import JsonFileStateStore
+from bkv.errors import AuditError, BkvError, ConfigError
+from bkv.witness.api import parse_hex, parse_uint64
+from bkv.witness.plexi import WitnessKey
+
+_HEX_KEY: Final = re.compile(r"[0-9a-f]{64}")
+_WITNESS_KEY: Final = re.compile(r"([0-9a-f]{64})(?:@([0-9]{1,19}))?")
+#: Most bundle files read from --bundles.
+MAX_BUNDLE_FILES: Final = 10_000
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("audit", help="audit the witness's public record")
+    commands = parser.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    log = commands.add_parser("log", help="re-verify every epoch of a namespace")
+    log.add_argument("--witness", required=True, help="witness base URL")
+    log.add_argument("--namespace", required=True)
+    log.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        help="pinned witness key: 64 hex [@not_before_ms] (repeatable)",
+    )
+    log.add_argument(
+        "--operator-key", action="append", default=[], help="pinned operator key, 64 hex"
+    )
+    log.add_argument("--log-key", help="pinned C2SP verifier key of the witness log")
+    log.add_argument("--origin", help="pinned origin of the witness log")
+    log.add_argument("--bundles", type=Path, help="directory of operator bundles (*.bundle)")
+    log.add_argument(
+        "--require-countersignatures",
+        action="store_true",
+        help="fail unless every epoch has a counter-signed bundle in --bundles",
+    )
+    log.add_argument("--state", type=Path, help="file remembering the last audited checkpoint")
+    log.set_defaults(handler=run_audit_log)
+
+
+def _witness_keys(values: Sequence[str]) -> tuple[WitnessKey, ...]:
+    keys = []
+    for value in values:
+        match = _WITNESS_KEY.fullmatch(value)
+        if match is None:
+            raise ConfigError("--witness-key must be 64 lowercase hex [@not_before_ms]")
+        keys.append(WitnessKey(bytes.fromhex(match[1]), int(match[2] or 0)))
+    return tuple(keys)
+
+
+def _operator_keys(values: Sequence[str]) -> tuple[bytes, ...]:
+    for value in values:
+        if _HEX_KEY.fullmatch(value) is None:
+            raise ConfigError("--operator-key must be 64 lowercase hex")
+    return tuple(bytes.fromhex(v) for v in values)
+
+
+def _read_bundles(directory: Path | None) -> tuple[bytes, ...]:
+    if directory is None:
+        return ()
+    if not directory.is_dir():
+        raise ConfigError(f"--bundles {directory} is not a directory")
+    paths = sorted(directory.glob("*.bundle"))
+    if len(paths) > MAX_BUNDLE_FILES:
+        raise ConfigError(f"more than {MAX_BUNDLE_FILES} bundle files")
+    bundles = []
+    for path in paths:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BUNDLE_SIZE + 1)
+        if len(data) > MAX_BUNDLE_SIZE:
+            raise ConfigError(f"{path.name} is larger than a bundle can be")
+        bundles.append(data)
+    return tuple(bundles)
+
+
+def _from_witness(
+    source: HttpWitnessSource, args: argparse.Namespace
+) -> tuple[AuditPins, list[str]]:
+    """Pins from the command line, filling gaps from the witness (reported as unpinned)."""
+    unpinned: list[str] = []
+    witness_keys = _witness_keys(args.witness_key)
+    operator_keys = _operator_keys(args.operator_key)
+    log_key: str | None = args.log_key
+    origin: str | None = args.origin
+    info: Mapping[str, Any] = {}
+    if not witness_keys or log_key is None or origin is None:
+        fetched = source.get_json("/info")
+        if not isinstance(fetched, Mapping):
+            raise AuditError("/info is not a JSON object")
+        info = fetched
+    if not witness_keys:
+        unpinned.append("witness keys")
+        witness_keys = tuple(_info_key(k) for k in _list(info.get("keys"), "keys"))
+    if log_key is None:
+        unpinned.append("log key")
+        log_key = _text(info.get("log_public_key"), "log_public_key")
+    if origin is None:
+        unpinned.append("log origin")
+        origin = _text(info.get("origin"), "origin")
+    if not operator_keys:
+        unpinned.append("operator key")
+        ns = source.get_json(f"/namespaces/{args.namespace}")
+        key = ns.get("operator_public_key") if isinstance(ns, Mapping) else None
+        operator_keys = _operator_keys([_text(key, "operator_public_key")])
+    pins = AuditPins(
+        witness_keys=witness_keys,
+        operator_keys=operator_keys,
+        log_origin=origin,
+        log_verifier_key=log_key,
+        bundles=_read_bundles(args.bundles),
+        require_countersignatures=args.require_countersignatures,
+    )
+    return pins, unpinned
+
+
+def _info_key(value: object) -> WitnessKey:
+    if not isinstance(value, Mapping):
+        raise AuditError("/info keys[] is not a JSON object")
+    public_key = parse_hex(value.get("public_key"), "public_key", max_bytes=32, exact=32)
+    return WitnessKey(public_key, parse_uint64(value.get("not_before"), "not_before"))
+
+
+def _list(value: object, name: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise AuditError(f"/info field {name} is not a non-empty list")
+    return value
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise AuditError(f"witness field {name} is not a non-empty string")
+    return value
+
+
+def run_audit_log(args: argparse.Namespace) -> int:
+    """Handler of ``bkv audit log``: raises a BkvError naming the failed check."""
+    store = None if args.state is None else JsonFileStateStore(args.state)
+    with HttpWitnessSource(args.witness) as source:
+        pins, unpinned = _from_witness(source, args)
+        if store is not None:
+            pins = dataclasses.replace(pins, previous=store.load())
+        report = audit_namespace(source, args.namespace, pins)
+    if store is not None:
+        store.save(report.state())
+    if unpinned:
+        print(f"WARNING: not pinned, taken from the witness itself: {', '.join(unpinned)}")
+    sys.stdout.write(render_report(report))
+    print("OK")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bkv.cli.audit log ...``: the audit commands alone."""
+    parser = argparse.ArgumentParser(prog="bkv")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.handler(args))
+    except BkvError as exc:
+        print(f"bkv: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""What a client trusts: its explicit roots, and the fleet keys it accepts.
+
+Trust roots are explicit, in the manner of python-tuf's ngclient: nothing is
+fetched or trusted implicitly, the caller hands :func:`validate_bundle
+<bkv.client.validation.validate_bundle>` a :class:`TrustRoots` value built
+from configuration compiled into the app.
+
+Two modes give the same :class:`FleetKeys` value:
+
+- **over the air**: :func:`bkv.client.validation.validate_bundle` returns it
+  after every check passed;
+- **pinned**: :class:`PinnedFleetKeys` holds the artifact bytes and their
+  digest compiled into the app, and :meth:`PinnedFleetKeys.fleet_keys`
+  re-checks the digest and the validity window; no witness is involved.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from bkv.client import vault
+from bkv.client.artifact import (
+    ROLE_CHANNEL,
+    ROLE_OPAQUE_AKE,
+    FleetKeyArtifact,
+    PublicKey,
+    artifact_digest,
+    parse_artifact,
+)
+from bkv.errors import DigestMismatchError, NoteError, TimestampError
+from bkv.tlog.cosignature import CosignerPolicy
+from bkv.tlog.note import parse_verifier_key
+from bkv.witness.plexi import WitnessKey
+
+#: Clock skew tolerated between the client and the witness / fleet (5 minutes).
+DEFAULT_MAX_CLOCK_SKEW_MS: Final = 5 * 60 * 1000
+#: Largest number of pinned witness or operator keys.
+MAX_PINNED_KEYS: Final = 16
+
+
+@dataclass(frozen=True)
+class TrustRoots:
+    """The client's pinned roots for over-the-air validation.
+
+    - ``witness_keys``: the witness's Ed25519 keys with ``not_before_ms`` (rotation:
+      a statement timestamped before a key's ``not_before_ms`` is not accepted under it);
+    - ``operator_keys``: the operator's Ed25519 counter-signing keys (any one may sign);
+    - ``namespace``: the namespace the statements must name (``bkv.fleet_keys.v1``);
+    - ``log_origin`` and ``log_verifier_key``: the witness log's checkpoint origin line
+      and its C2SP signed-note verifier key (``name+hash+base64``);
+    - ``cosigner_policy``: optional k-of-n cosigner requirement on checkpoints;
+    - ``max_clock_skew_ms``: how far in the future a timestamp may be.
+    """
+
+    witness_keys: tuple[WitnessKey, ...]
+    operator_keys: tuple[bytes, ...]
+    namespace: str
+    log_origin: str
+    log_verifier_key: str
+    cosigner_policy: CosignerPolicy | None = None
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.witness_keys) <= MAX_PINNED_KEYS:
+            raise ValueError(f"pin 1..{MAX_PINNED_KEYS} witness keys")
+        if not 1 <= len(self.operator_keys) <= MAX_PINNED_KEYS:
+            raise ValueError(f"pin 1..{MAX_PINNED_KEYS} operator keys")
+        for key in self.operator_keys:
+            if not isinstance(key, bytes) or len(key) != 32:
+                raise ValueError("operator keys are 32-byte Ed25519 public keys")
+        if not self.namespace or not self.log_origin or not self.log_verifier_key:
+            raise ValueError("namespace, log_origin and log_verifier_key are required")
+        if not 0 <= self.max_clock_skew_ms <= 24 * 3600 * 1000:
+            raise ValueError("max_clock_skew_ms must be 0..1 day")
+        try:
+            parse_verifier_key(self.log_verifier_key)
+        except NoteError as exc:
+            raise ValueError(
+                f"log_verifier_key is not an Ed25519 note verifier key: {exc}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class FleetKeys:
+    """Fleet keys the client may use, by role; made only after every check passed.
+
+    ``epoch`` is the witnessed epoch (``None`` for pinned keys). ``digest`` is the
+    SHA-256 of the exact artifact bytes.
+    """
+
+    artifact: FleetKeyArtifact
+    digest: bytes
+    epoch: int | None
+    source: Literal["pinned", "over_the_air"]
+
+    @property
+    def fleet_id(self) -> str:
+        return self.artifact.fleet_id
+
+    @property
+    def keys_by_role(self) -> Mapping[str, PublicKey]:
+        return self.artifact.keys_by_role
+
+    def public_key(self, role: str) -> bytes:
+        """The raw public key with this role (:class:`ArtifactError` if absent)."""
+        return self.artifact.key(role).key
+
+    @property
+    def guess_limit(self) -> int:
+        return self.artifact.policy.guess_limit
+
+    def for_vault(self) -> vault.FleetKeys:
+        """The keys the vault protocol uses (:class:`bkv.client.vault.FleetKeys`), by role:
+        ``channel`` seals requests, ``opaque_ake`` is the OPAQUE server key to insist on."""
+        return vault.FleetKeys(
+            fleet_id=self.fleet_id,
+            channel_public_key=self.public_key(ROLE_CHANNEL),
+            opaque_public_key=self.public_key(ROLE_OPAQUE_AKE),
+        )
+
+
+def check_validity_window(artifact: FleetKeyArtifact, now_ms: int, skew_ms: int) -> None:
+    """Raise :class:`TimestampError` unless ``now_ms`` is inside the artifact's validity."""
+    if now_ms + skew_ms < artifact.not_before_ms:
+        raise TimestampError("fleet-key artifact is not valid yet (before not_before_ms)")
+    if now_ms > artifact.not_after_ms:
+        raise TimestampError("fleet-key artifact has expired (after not_after_ms)")
+
+
+@dataclass(frozen=True)
+class PinnedFleetKeys:
+    """Pinned mode: artifact bytes and their digest compiled into the app.
+
+    No witness, no log: trust comes from the app update that shipped the bytes.
+    The digest is still checked (a corrupted build must not load other keys) and so is
+    the validity window.
+    """
+
+    artifact_bytes: bytes
+    digest: bytes
+
+    @classmethod
+    def of(cls, artifact: FleetKeyArtifact) -> PinnedFleetKeys:
+        """Pin an artifact built in code (keys by role), e.g. in the app's constants."""
+        data = artifact.to_bytes()
+        return cls(artifact_bytes=data, digest=artifact_digest(data))
+
+    def fleet_keys(self, now_ms: int, *, skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS) -> FleetKeys:
+        actual = artifact_digest(self.artifact_bytes)
+        if not hmac.compare_digest(actual, self.digest):
+            raise DigestMismatchError("pinned artifact bytes do not match the pinned digest")
+        artifact = parse_artifact(self.artifact_bytes)
+        check_validity_window(artifact, now_ms, skew_ms)
+        return FleetKeys(artifact=artifact, digest=actual, epoch=None, source="pinned")

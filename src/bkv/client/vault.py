@@ -1,0 +1,235 @@
+"""Client side of the vault protocol (sans-IO): build requests, read answers, wrap the key.
+
+:mod:`bkv.client.sdk` moves the bytes; everything that decides anything is
+here, with no I/O: sealing inner requests to the fleet's channel key
+(:mod:`bkv.crypto.channel`), opening and checking the answers, mapping HSM
+error codes to :mod:`bkv.errors` classes, and protecting the backup key.
+
+Backup-key wrapping. The secret the vault stores is not the backup key itself
+but the key encrypted under the OPAQUE ``export_key`` (RFC 9807 section 6:
+"application-specific" secrets are the export key's purpose)::
+
+    k      = HKDF-Expand(HKDF-Extract(WRAP_LABEL, export_key), "key" || account_id, 32)
+    secret = 0x01 || nonce (12)
+             || ChaCha20-Poly1305(k, nonce, backup_key, ad = WRAP_LABEL || account_id)
+
+(HKDF-SHA512, the OPAQUE suite's KDF.) The HSM never sees the backup key:
+what it releases after a valid KE3 is this wrapped blob (itself sealed under
+the session key by :mod:`bkv.hsm.release`, inside the channel's response
+seal). A stolen HSM state alone therefore does not reveal backup keys, and the
+export key exists only on a client that knows the password.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from bkv.crypto import channel, hkdf
+from bkv.crypto.opaque import Config
+from bkv.crypto.rng import Rng, default_rng, draw
+from bkv.errors import (
+    BkvError,
+    ClientAuthenticationError,
+    CodecError,
+    DecryptionError,
+    ProtocolStateError,
+    RecordExistsError,
+    ServerAuthenticationError,
+    VaultError,
+    VaultFullError,
+)
+from bkv.hsm.messages import (
+    INNER_RESPONSES,
+    KIND_OF_REQUEST,
+    MAX_ACCOUNT_ID,
+    MAX_FLEET_ID,
+    OPAQUE_CONTEXT,
+    OUTER_RESPONSES,
+    AbortOk,
+    ErrorCode,
+    HsmRejected,
+    HsmRequest,
+    HsmResponse,
+    InnerRequest,
+    InnerResponse,
+    KeyReleased,
+    RecordDeleted,
+    RecoverStartOk,
+    RegisterFinishOk,
+    RegisterStartOk,
+    StatusOk,
+    VaultFailure,
+    request_aad,
+)
+from bkv.wire import decode_any, encode
+
+_T = TypeVar("_T")
+
+OPAQUE_CONFIG = Config(context=OPAQUE_CONTEXT)
+"""The OPAQUE parameters the fleet uses (context from :mod:`bkv.hsm.messages`; KSF Identity)."""
+
+BACKUP_KEY_SIZE = 32
+"""The product's backup key: 256 random bits."""
+
+WRAP_LABEL = b"bkv.client.backup-key.v1"
+WRAP_VERSION = 0x01
+_WRAP_NONCE_SIZE = 12
+_WRAP_TAG_SIZE = 16
+WRAPPED_KEY_SIZE = 1 + _WRAP_NONCE_SIZE + BACKUP_KEY_SIZE + _WRAP_TAG_SIZE
+
+
+@dataclass(frozen=True)
+class FleetKeys:
+    """What the client trusts about the fleet: its id and public keys by role.
+
+    Comes from a validated bundle (over-the-air mode) or is compiled in (pinned).
+    """
+
+    fleet_id: str
+    channel_public_key: bytes
+    opaque_public_key: bytes | None = None
+    """If set, a registration is refused unless the HSM's OPAQUE key is this one."""
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.fleet_id.encode("utf-8")) <= MAX_FLEET_ID:
+            raise ValueError(f"fleet_id must be 1..{MAX_FLEET_ID} bytes")
+        if len(self.channel_public_key) != channel.PUBLIC_KEY_SIZE:
+            raise ValueError("channel public key must be 32 bytes")
+        if self.opaque_public_key is not None and len(self.opaque_public_key) != 32:
+            raise ValueError("OPAQUE public key must be 32 bytes")
+
+
+@dataclass(frozen=True)
+class VaultStatus:
+    """A record's public state (never the secret)."""
+
+    exists: bool
+    generation: int
+    guess_limit: int
+    attempts_left: int
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A request in flight: its exact bytes and what is needed to open the answer."""
+
+    request: bytes
+    channel_state: channel.ClientChannelState = field(repr=False)
+
+
+def build_request(
+    fleet: FleetKeys, account_id: bytes, inner: InnerRequest, rng: Rng = default_rng
+) -> PendingRequest:
+    """Seal ``inner`` to the fleet and wrap it in the outer :class:`HsmRequest`."""
+    if not 0 < len(account_id) <= MAX_ACCOUNT_ID:
+        raise ValueError(f"account_id must be 1..{MAX_ACCOUNT_ID} bytes")
+    kind = KIND_OF_REQUEST[type(inner)]
+    aad = request_aad(fleet.fleet_id, kind, account_id)
+    state, sealed = channel.seal_request(
+        fleet.channel_public_key, fleet.fleet_id.encode("utf-8"), encode(inner), aad, rng
+    )
+    outer = HsmRequest(fleet.fleet_id, kind, account_id, sealed)
+    return PendingRequest(encode(outer), state)
+
+
+_INNER_RESPONSE_TYPES = (
+    RegisterStartOk,
+    RegisterFinishOk,
+    RecoverStartOk,
+    KeyReleased,
+    RecordDeleted,
+    AbortOk,
+    StatusOk,
+)
+
+_REJECTION_ERRORS: dict[ErrorCode, type[BkvError]] = {
+    ErrorCode.MALFORMED: CodecError,
+    ErrorCode.WRONG_FLEET: VaultError,
+    ErrorCode.UNDECRYPTABLE: DecryptionError,
+    ErrorCode.KIND_MISMATCH: CodecError,
+    ErrorCode.PROTOCOL_STATE: ProtocolStateError,
+    ErrorCode.LOGIN_FAILED: ClientAuthenticationError,
+    ErrorCode.RECORD_EXISTS: RecordExistsError,
+    ErrorCode.INVALID_POLICY: VaultError,
+    ErrorCode.VAULT_FULL: VaultFullError,
+}
+
+
+def error_for(code: ErrorCode) -> BkvError:
+    """The :mod:`bkv.errors` exception an HSM error code stands for."""
+    return _REJECTION_ERRORS.get(code, VaultError)(f"the vault refused: {code.name}")
+
+
+def read_response(pending: PendingRequest, answer: bytes) -> InnerResponse:
+    """Open the HSM's answer to ``pending``; HSM refusals are raised as typed errors."""
+    outer = decode_any(answer, OUTER_RESPONSES)
+    if isinstance(outer, HsmRejected):
+        raise error_for(outer.code)
+    if not isinstance(outer, HsmResponse):
+        raise ProtocolStateError("the vault's answer is not an HsmResponse")
+    inner = decode_any(channel.open_response(pending.channel_state, outer.sealed), INNER_RESPONSES)
+    if isinstance(inner, VaultFailure):
+        raise error_for(inner.code)
+    if not isinstance(inner, _INNER_RESPONSE_TYPES):
+        raise ProtocolStateError("the vault's answer is not an inner response")
+    return inner
+
+
+def expect(response: InnerResponse, kind: type[_T]) -> _T:
+    """``response`` if it is a ``kind``; otherwise the HSM broke the protocol."""
+    if not isinstance(response, kind):
+        raise ProtocolStateError(
+            f"expected {kind.__name__}, the vault answered {type(response).__name__}"
+        )
+    return response
+
+
+def status_of(response: StatusOk) -> VaultStatus:
+    """The public view of a :class:`StatusOk`."""
+    return VaultStatus(
+        response.exists, response.generation, response.guess_limit, response.attempts_left
+    )
+
+
+def check_server_key(fleet: FleetKeys, server_public_key: bytes) -> None:
+    """Refuse to register against an OPAQUE key other than the fleet's (if one is pinned)."""
+    expected = fleet.opaque_public_key
+    if expected is not None and not hmac.compare_digest(expected, server_public_key):
+        raise ServerAuthenticationError("the vault's OPAQUE key is not the fleet's")
+
+
+# --- backup-key wrapping ----------------------------------------------------
+
+
+def _wrap_aead(export_key: bytes, account_id: bytes) -> ChaCha20Poly1305:
+    if not export_key:
+        raise ValueError("export_key must be non-empty")
+    prk = hkdf.extract(WRAP_LABEL, export_key)
+    return ChaCha20Poly1305(hkdf.expand(prk, b"key" + account_id, 32))
+
+
+def wrap_backup_key(
+    export_key: bytes, account_id: bytes, backup_key: bytes, rng: Rng = default_rng
+) -> bytes:
+    """The secret to store in the vault: ``backup_key`` encrypted under the export key."""
+    if len(backup_key) != BACKUP_KEY_SIZE:
+        raise ValueError(f"a backup key is {BACKUP_KEY_SIZE} bytes")
+    nonce = draw(rng, _WRAP_NONCE_SIZE)
+    body = _wrap_aead(export_key, account_id).encrypt(nonce, backup_key, WRAP_LABEL + account_id)
+    return bytes([WRAP_VERSION]) + nonce + body
+
+
+def unwrap_backup_key(export_key: bytes, account_id: bytes, secret: bytes) -> bytes:
+    """The backup key inside a secret made by :func:`wrap_backup_key`."""
+    if len(secret) != WRAPPED_KEY_SIZE or secret[0] != WRAP_VERSION:
+        raise DecryptionError("the stored secret is not a wrapped backup key")
+    nonce, body = secret[1 : 1 + _WRAP_NONCE_SIZE], secret[1 + _WRAP_NONCE_SIZE :]
+    try:
+        return _wrap_aead(export_key, account_id).decrypt(nonce, body, WRAP_LABEL + account_id)
+    except InvalidTag:
+        raise DecryptionError("the stored secret does not open under this password") from None

@@ -1,0 +1,207 @@
+"""ristretto255 (RFC 9496) group and scalar operations over libsodium.
+
+Group operations go through libsodium (the library pysodium loads), called via
+ctypes on pysodium's own ``sodium`` handle so that we control every return code
+and never pay pysodium's per-call version checks. Scalar arithmetic modulo the
+group order L is plain Python integer arithmetic: it is not secret-dependent in
+its control flow beyond what CPython big integers already are, and it keeps the
+foreign-function surface to four libsodium calls.
+
+Encodings (RFC 9497 section 4.1, ristretto255-SHA512):
+
+- an element is its 32-byte canonical ristretto255 encoding; decoding rejects
+  non-canonical encodings and the identity (:class:`InvalidPointError`);
+- a scalar is 32 bytes little-endian and must be canonical, i.e. < L
+  (:class:`InvalidScalarError`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import NewType
+
+import pysodium
+
+from bkv.crypto import hkdf
+from bkv.crypto.rng import Rng, draw
+from bkv.errors import InvalidPointError, InvalidScalarError
+
+ELEMENT_SIZE = 32
+"""Noe / Npk: bytes of a serialized element."""
+SCALAR_SIZE = 32
+"""Ns / Nsk: bytes of a serialized scalar."""
+HASH_TO_GROUP_SIZE = 64
+"""Bytes of uniform input that crypto_core_ristretto255_from_hash maps to an element."""
+
+ORDER = 2**252 + 27742317777372353535851937790883648493
+"""L, the prime order of the ristretto255 group."""
+
+Element = NewType("Element", bytes)
+"""A validated canonical, non-identity element encoding."""
+Scalar = NewType("Scalar", bytes)
+"""A validated canonical scalar encoding (< L)."""
+
+_IDENTITY = bytes(ELEMENT_SIZE)  # the canonical encoding of the identity element
+
+_sodium = pysodium.sodium
+_uchar_p = ctypes.c_char_p
+
+_is_valid_point = _sodium.crypto_core_ristretto255_is_valid_point
+_is_valid_point.argtypes = [_uchar_p]
+_is_valid_point.restype = ctypes.c_int
+
+_from_hash = _sodium.crypto_core_ristretto255_from_hash
+_from_hash.argtypes = [ctypes.c_void_p, _uchar_p]
+_from_hash.restype = ctypes.c_int
+
+_scalarmult = _sodium.crypto_scalarmult_ristretto255
+_scalarmult.argtypes = [ctypes.c_void_p, _uchar_p, _uchar_p]
+_scalarmult.restype = ctypes.c_int
+
+_scalarmult_base = _sodium.crypto_scalarmult_ristretto255_base
+_scalarmult_base.argtypes = [ctypes.c_void_p, _uchar_p]
+_scalarmult_base.restype = ctypes.c_int
+
+
+# --- elements ---------------------------------------------------------------
+
+
+def decode_element(data: bytes) -> Element:
+    """DeserializeElement: strict; rejects wrong length, non-canonical bytes and the identity."""
+    if len(data) != ELEMENT_SIZE:
+        raise InvalidPointError(f"element must be {ELEMENT_SIZE} bytes, got {len(data)}")
+    if data == _IDENTITY:
+        # RFC 9497 section 2.1: DeserializeElement fails on the identity element.
+        raise InvalidPointError("element is the identity")
+    if _is_valid_point(bytes(data)) != 1:
+        raise InvalidPointError("element is not a canonical ristretto255 encoding")
+    return Element(bytes(data))
+
+
+def scalar_mult(scalar: Scalar, element: Element) -> Element:
+    """scalar * element; the result of a nonzero scalar on a valid element is never the identity."""
+    out = ctypes.create_string_buffer(ELEMENT_SIZE)
+    if _scalarmult(out, scalar, element) != 0:
+        raise InvalidPointError("scalar multiplication gave the identity or an invalid point")
+    return Element(out.raw)
+
+
+def scalar_mult_base(scalar: Scalar) -> Element:
+    """ScalarMultGen: scalar * G."""
+    out = ctypes.create_string_buffer(ELEMENT_SIZE)
+    if _scalarmult_base(out, scalar) != 0:
+        raise InvalidScalarError("scalar is zero")
+    return Element(out.raw)
+
+
+def element_from_uniform_bytes(uniform: bytes) -> Element:
+    """The ristretto255 one-way map (RFC 9496 section 4.3.4) of 64 uniform bytes."""
+    if len(uniform) != HASH_TO_GROUP_SIZE:
+        raise ValueError(f"from_hash needs {HASH_TO_GROUP_SIZE} bytes")
+    out = ctypes.create_string_buffer(ELEMENT_SIZE)
+    if _from_hash(out, uniform) != 0:  # pragma: no cover - libsodium documents no failure
+        raise InvalidPointError("from_hash failed")
+    return Element(out.raw)
+
+
+# --- scalars ----------------------------------------------------------------
+
+
+def decode_scalar(data: bytes) -> Scalar:
+    """DeserializeScalar: 32 bytes little-endian, canonical (< L). Zero is allowed here."""
+    if len(data) != SCALAR_SIZE:
+        raise InvalidScalarError(f"scalar must be {SCALAR_SIZE} bytes, got {len(data)}")
+    if int.from_bytes(data, "little") >= ORDER:
+        raise InvalidScalarError("scalar is not reduced modulo the group order")
+    return Scalar(bytes(data))
+
+
+def decode_nonzero_scalar(data: bytes) -> Scalar:
+    """DeserializeScalar that also rejects zero (private keys, blinds)."""
+    scalar = decode_scalar(data)
+    if not any(scalar):
+        raise InvalidScalarError("scalar is zero")
+    return scalar
+
+
+def scalar_from_int(value: int) -> Scalar:
+    """Encode ``value mod L``."""
+    return Scalar((value % ORDER).to_bytes(SCALAR_SIZE, "little"))
+
+
+def scalar_to_int(scalar: Scalar) -> int:
+    """The integer a scalar encodes."""
+    return int.from_bytes(scalar, "little")
+
+
+def scalar_reduce(wide: bytes) -> Scalar:
+    """Reduce 64 uniform bytes (little-endian) modulo L (RFC 9496 section 4.4)."""
+    if len(wide) != HASH_TO_GROUP_SIZE:
+        raise ValueError(f"scalar reduction needs {HASH_TO_GROUP_SIZE} bytes")
+    return scalar_from_int(int.from_bytes(wide, "little"))
+
+
+def scalar_invert(scalar: Scalar) -> Scalar:
+    """The multiplicative inverse modulo L; zero has none."""
+    value = scalar_to_int(scalar) % ORDER
+    if value == 0:
+        raise InvalidScalarError("zero scalar has no inverse")
+    return scalar_from_int(pow(value, -1, ORDER))
+
+
+def random_scalar(rng: Rng) -> Scalar:
+    """RandomScalar (RFC 9497 section 2.1): a uniform nonzero scalar from 64 random bytes.
+
+    Reducing 512 bits modulo a 253-bit prime leaves a negligible bias. The loop
+    only repeats when the result is zero (probability 2^-252), and is bounded.
+    """
+    for _ in range(8):
+        scalar = scalar_reduce(draw(rng, HASH_TO_GROUP_SIZE))
+        if any(scalar):
+            return scalar
+    raise ValueError("rng keeps producing zero scalars")
+
+
+# --- hashing (RFC 9380 section 5.3.1, RFC 9497 section 4.1) ------------------
+
+_XMD_BLOCK_SIZE = 128  # s_in_bytes of SHA-512
+_MAX_DST = 255
+_MAX_XMD_LENGTH = 255 * hkdf.HASH_SIZE
+
+
+def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
+    """expand_message_xmd with SHA-512 (RFC 9380 section 5.3.1)."""
+    if not 0 < len(dst) <= _MAX_DST:
+        raise ValueError("DST must be 1..255 bytes (RFC 9380 section 5.3.3)")
+    if not 0 < length <= _MAX_XMD_LENGTH or length > 65535:
+        raise ValueError(f"expand_message_xmd length {length} out of range")
+    ell = -(-length // hkdf.HASH_SIZE)
+    dst_prime = dst + bytes([len(dst)])
+    msg_prime = bytes(_XMD_BLOCK_SIZE) + msg + length.to_bytes(2, "big") + b"\x00" + dst_prime
+    b0 = hkdf.sha512(msg_prime)
+    bi = hkdf.sha512(b0 + b"\x01" + dst_prime)
+    blocks = [bi]
+    for i in range(2, ell + 1):  # bounded by ell <= 255
+        mixed = bytes(x ^ y for x, y in zip(b0, bi, strict=True))
+        bi = hkdf.sha512(mixed + bytes([i]) + dst_prime)
+        blocks.append(bi)
+    return b"".join(blocks)[:length]
+
+
+def hash_to_group(msg: bytes, dst: bytes) -> Element:
+    """HashToGroup: hash_to_ristretto255 with expand_message_xmd(SHA-512) (RFC 9497 section 4.1).
+
+    The result may in theory be the identity; callers that must reject it
+    (RFC 9497 Blind/Evaluate) do so, so this returns raw bytes typed as Element.
+    """
+    return element_from_uniform_bytes(expand_message_xmd(msg, dst, HASH_TO_GROUP_SIZE))
+
+
+def hash_to_scalar(msg: bytes, dst: bytes) -> Scalar:
+    """HashToScalar: expand_message_xmd(SHA-512) to 64 bytes, reduced modulo L."""
+    return scalar_reduce(expand_message_xmd(msg, dst, HASH_TO_GROUP_SIZE))
+
+
+def is_identity(element: bytes) -> bool:
+    """Whether bytes encode the identity (public data: no constant-time need)."""
+    return element == _IDENTITY

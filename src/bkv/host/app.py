@@ -1,0 +1,344 @@
+"""The host's HTTP front end (Starlette): authenticates, rate-limits and relays.
+
+The host is trusted for availability only and holds no secret. For each client
+request it:
+
+1. refuses bodies over :data:`bkv.hsm.messages.MAX_REQUEST_SIZE` (413);
+2. authenticates the bearer token (401) — the configuration lists only the
+   SHA-256 of each account's token;
+3. spends one token of the account's bucket (429);
+4. decodes the outer :class:`~bkv.hsm.messages.HsmRequest` strictly (400) and
+   checks it names this fleet (400) and the token's account (403). The host
+   can rely on these clear fields without opening anything: the HSM opens the
+   seal only under an AAD of the same ``fleet_id``, ``kind`` and
+   ``account_id``, and refuses a sealed message whose type is not ``kind``, so
+   a client cannot label an attempt as something cheaper;
+5. for attempt-costing requests (``RECOVER_START``) spends one token of the
+   record's bucket (429) — a record is one account's entry in this fleet;
+6. relays the exact bytes to the HSM and its exact answer back with status
+   200, after checking the answer is a well-formed outer response
+   (``HsmResponse`` or ``HsmRejected``; 502 otherwise, and 502 when the HSM is
+   unreachable or does not answer within ``hsm_timeout_seconds``). Host-made
+   errors are JSON, HSM answers are ``application/octet-stream``: the content
+   type tells them apart.
+
+Endpoints: ``POST /v1/request`` (octet-stream in and out), ``GET
+/v1/fleet-keys``, ``GET /healthz``, ``GET /openapi.json``. Errors are JSON
+``{"error": <bkv error class>, "message": ...}``; 429 carries ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bkv.errors import (
+    BkvError,
+    CodecError,
+    FleetUnreachableError,
+    RateLimitedError,
+    UnauthorizedError,
+)
+from bkv.host.config import HostConfig, token_digest
+from bkv.host.ratelimit import RateLimiter
+from bkv.hsm.messages import MAX_REQUEST_SIZE, OUTER_RESPONSES, HsmRequest, RequestKind
+from bkv.wire import decode, decode_any
+
+OCTET_STREAM = "application/octet-stream"
+MAX_RESPONSE_SIZE = 4096
+"""Largest HSM answer relayed (an outer response is at most ~1 KiB)."""
+MAX_PUBLIC_KEYS_SIZE = 64 * 1024
+
+ATTEMPT_KINDS = frozenset({RequestKind.RECOVER_START})
+"""Requests that cost the record an attempt: rate-limited per record as well."""
+
+
+class HsmLink(Protocol):
+    """How the host reaches the HSM: request bytes in, response bytes out."""
+
+    async def exchange(self, request: bytes) -> bytes:
+        """The HSM's answer; raises :class:`FleetUnreachableError` if there is none."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class HttpHsmLink:
+    """POSTs the request bytes to the HSM's HTTP endpoint (``bkv hsm serve``)."""
+
+    def __init__(self, url: str, timeout_seconds: float) -> None:
+        self._url = url
+        self._client = httpx.AsyncClient(timeout=timeout_seconds)
+
+    async def exchange(self, request: bytes) -> bytes:
+        try:
+            response = await self._client.post(
+                self._url, content=request, headers={"content-type": OCTET_STREAM}
+            )
+        except httpx.TimeoutException:
+            raise FleetUnreachableError("the HSM did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise FleetUnreachableError(f"cannot reach the HSM: {type(exc).__name__}") from None
+        # `bkv hsm serve` answers 200 with an HsmResponse and 400 with an HsmRejected;
+        # both are relayed (the caller checks the bytes). Anything else is a failure.
+        if response.status_code not in (200, 400):
+            raise FleetUnreachableError(f"the HSM answered HTTP {response.status_code}")
+        if response.headers.get("content-type", "") != OCTET_STREAM:
+            raise FleetUnreachableError("the HSM answered with an unexpected content type")
+        return response.content
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _error(
+    status: int,
+    exc: BkvError | str,
+    message: str = "",
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    name = exc if isinstance(exc, str) else type(exc).__name__
+    text = message or (str(exc) if isinstance(exc, BkvError) else "")
+    return JSONResponse({"error": name, "message": text}, status_code=status, headers=headers)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None if it exceeds ``limit`` (stop reading as soon as it does)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class Host:
+    """Per-process state of the front end: accounts, limiters and the HSM link."""
+
+    def __init__(
+        self, config: HostConfig, link: HsmLink, now_ms: Callable[[], int] = _monotonic_ms
+    ) -> None:
+        self.config = config
+        self.link = link
+        self.now_ms = now_ms
+        self.account_limiter = RateLimiter(config.account_limit)
+        self.record_limiter = RateLimiter(config.record_attempt_limit)
+
+    def authenticate(self, request: Request) -> bytes:
+        """The account id of the request's bearer token, or :class:`UnauthorizedError`."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token or len(token) > 512:
+            raise UnauthorizedError("a bearer token is required")
+        # Looked up by SHA-256 of the token: timing can at most reveal bits of
+        # that hash, which do not help anyone find a token (preimage resistance).
+        account = self.config.accounts.get(token_digest(token))
+        if account is None:
+            raise UnauthorizedError("unknown bearer token")
+        return account
+
+    async def relay(self, request: Request) -> Response:
+        """``POST /v1/request``."""
+        body = await _read_capped(request, MAX_REQUEST_SIZE)
+        if body is None:
+            return _error(413, "SizeLimitError", f"request exceeds {MAX_REQUEST_SIZE} bytes")
+        try:
+            account = self.authenticate(request)
+        except UnauthorizedError as exc:
+            return _error(401, exc, headers={"www-authenticate": "Bearer"})
+        now = self.now_ms()
+        try:
+            self.account_limiter.take(account, now)
+        except RateLimitedError as exc:
+            return self._limited(exc, self.account_limiter.retry_after_ms(account, now))
+        try:
+            outer = decode(HsmRequest, body)
+        except CodecError as exc:
+            return _error(400, exc)
+        if outer.fleet_id != self.config.fleet_id:
+            return _error(400, "WrongFleet", "the request names another fleet")
+        if not hmac.compare_digest(outer.account_id, account):
+            return _error(403, UnauthorizedError("the request names another account"))
+        if outer.kind in ATTEMPT_KINDS:
+            record = self.config.fleet_id.encode("utf-8") + b"\x00" + account
+            try:
+                self.record_limiter.take(record, now)
+            except RateLimitedError as exc:
+                return self._limited(exc, self.record_limiter.retry_after_ms(record, now))
+        return await self._forward(body)
+
+    async def _forward(self, body: bytes) -> Response:
+        try:
+            answer = await self.link.exchange(body)
+        except FleetUnreachableError as exc:
+            return _error(502, exc)
+        if not 0 < len(answer) <= MAX_RESPONSE_SIZE:
+            return _error(502, FleetUnreachableError("the HSM sent an oversized answer"))
+        try:
+            decode_any(answer, OUTER_RESPONSES)
+        except CodecError:
+            return _error(502, FleetUnreachableError("the HSM sent a malformed answer"))
+        return Response(answer, media_type=OCTET_STREAM)
+
+    @staticmethod
+    def _limited(exc: RateLimitedError, retry_ms: int) -> JSONResponse:
+        seconds = str(max(1, -(-retry_ms // 1000)))
+        return _error(429, exc, headers={"retry-after": seconds})
+
+    async def fleet_keys(self, request: Request) -> Response:
+        """``GET /v1/fleet-keys``: the configured public-keys file, as is."""
+        path = self.config.public_keys_file
+        if path is None:
+            return _error(404, "NotConfigured", "this host publishes no fleet keys")
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return _error(503, "StorageError", "fleet keys are unavailable")
+        if len(data) > MAX_PUBLIC_KEYS_SIZE:
+            return _error(503, "StorageError", "fleet keys file is too large")
+        return Response(data, media_type="application/json")
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(config: HostConfig, link: HsmLink | None = None) -> Starlette:
+    """The ASGI app; ``link`` defaults to :class:`HttpHsmLink` on ``config.hsm_url``."""
+    host = Host(config, link or HttpHsmLink(config.hsm_url, config.hsm_timeout_seconds))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await host.link.aclose()
+
+    routes = [
+        Route("/v1/request", host.relay, methods=["POST"]),
+        Route("/v1/fleet-keys", host.fleet_keys, methods=["GET"]),
+        Route("/healthz", _healthz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.host = host
+    return app
+
+
+def _error_schema() -> dict[str, Any]:
+    return {"$ref": "#/components/schemas/Error"}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _error_schema()}},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the host API (served at ``/openapi.json``)."""
+    binary = {"type": "string", "format": "binary"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "bkv host",
+            "version": "1",
+            "description": (
+                "Front end of the Backup Key Vault. Relays HSM message API bytes "
+                "(bkv.hsm.messages, wire codec) between clients and the fleet; holds no secret."
+            ),
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string", "description": "bkv error class name"},
+                        "message": {"type": "string"},
+                    },
+                }
+            },
+        },
+        "paths": {
+            "/v1/request": {
+                "post": {
+                    "summary": "Relay one HsmRequest to the fleet",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "description": (
+                            f"An encoded HsmRequest (tag 0x0101), at most {MAX_REQUEST_SIZE} "
+                            "bytes; "
+                            "its account_id must be the bearer token's account."
+                        ),
+                        "content": {OCTET_STREAM: {"schema": binary}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "An encoded HsmResponse or HsmRejected",
+                            "content": {OCTET_STREAM: {"schema": binary}},
+                        },
+                        "400": _error_response("Malformed request or wrong fleet"),
+                        "401": _error_response("Missing or unknown bearer token"),
+                        "403": _error_response("The request names another account"),
+                        "413": _error_response("Request too large"),
+                        "429": {
+                            **_error_response("Rate limited (per account or per record)"),
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        },
+                        "502": _error_response(
+                            "The HSM is unreachable, too slow, or answered badly"
+                        ),
+                    },
+                }
+            },
+            "/v1/fleet-keys": {
+                "get": {
+                    "summary": "The fleet's public keys (JSON, as published by the HSM)",
+                    "responses": {
+                        "200": {
+                            "description": "Public keys by role",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "404": _error_response("Not configured"),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": {"description": "The host process is up"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1"}},
+                }
+            },
+        },
+    }

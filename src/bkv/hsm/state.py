@@ -1,0 +1,350 @@
+"""Durable vault state, the typed commands that change it, and ``apply`` (deterministic).
+
+Every change to the durable state of the vault is one of the wire-encoded
+commands below, applied by the pure function :func:`apply`::
+
+    apply(state, command) -> (new_state, outcome)
+
+``apply`` reads nothing but its two arguments (no clock: commands carry
+``now_ms`` where it matters; no randomness: random values are drawn before the
+command is made and travel inside it), so replicas that apply the same
+commands in the same order reach byte-identical states. The fleet issue puts
+these exact commands through majority consensus; here a single HSM applies
+them and seals the result before answering (:mod:`bkv.hsm.app`).
+
+A refused command raises a typed :class:`bkv.errors.VaultError` and leaves the
+state unchanged (``apply`` never mutates: states are frozen).
+
+Commands carry secrets (``InstallRecord.secret``): they exist only inside an
+HSM, or sealed between HSMs of one fleet; they never cross the host in the
+clear.
+
+What is *not* here, on purpose: open login sessions and pending registrations.
+They are volatile, local to the HSM that holds them, and lost on restart. Losing
+them is always safe: a lost session is a counted attempt that released nothing;
+a lost pending registration makes the client start again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+from dataclasses import field
+from typing import Annotated
+
+from bkv.crypto.opaque import REGISTRATION_RECORD_SIZE, SERVER_SECRETS_SIZE
+from bkv.errors import ProtocolStateError, RecordExistsError, VaultFullError
+from bkv.hsm.messages import (
+    MAX_ACCOUNT_ID,
+    MAX_FLEET_ID,
+    MAX_GUESS_LIMIT,
+    MAX_SECRET,
+    REGISTRATION_ID_SIZE,
+)
+from bkv.wire import U8, U32, U64, Bytes, Fixed, ListOf, Text, message
+
+MAX_ACCOUNTS = 50_000
+"""Accounts one HSM state holds (the internet-scale design moves records to host storage)."""
+
+MAX_STATE_SIZE = 32 * 1024 * 1024
+"""Ceiling on an encoded snapshot (50 000 accounts of at most ~450 bytes fit)."""
+
+CHANNEL_KEY_SIZE = 32
+FAKE_KEY_SIZE = 32
+
+
+@message(tag=0x0703, version=1)
+class Record:
+    """One live registration: OPAQUE record, the client's secret, the policy and the counter."""
+
+    generation: U32
+    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)]
+    opaque_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)]
+    secret: Annotated[bytes, Bytes(max_len=MAX_SECRET, min_len=1)] = field(repr=False)
+    guess_limit: U8 = 10
+    attempts_used: U8 = 0
+    created_ms: U64 = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.guess_limit <= MAX_GUESS_LIMIT:
+            raise ValueError("guess limit out of range")
+        if self.attempts_used > self.guess_limit:
+            raise ValueError("attempts used over the guess limit")
+
+    @property
+    def attempts_left(self) -> int:
+        """Checks this record may still answer."""
+        return self.guess_limit - self.attempts_used
+
+
+@message(tag=0x0702, version=1)
+class AccountSlot:
+    """An account: its live record (if any) and how many records it ever had.
+
+    ``generation`` never decreases, also when the record is destroyed or
+    deleted (the slot stays as a tombstone), so every record an account ever
+    had has a distinct generation.
+    """
+
+    account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
+    generation: U32
+    record: Record | None = None
+
+
+def _account_id_of(slot: AccountSlot) -> bytes:
+    return slot.account_id
+
+
+@message(tag=0x0701, version=1, max_size=MAX_STATE_SIZE)
+class VaultState:
+    """The replicated state: policy and the account slots, sorted by account id."""
+
+    fleet_id: Annotated[str, Text(max_len=MAX_FLEET_ID, min_len=1)]
+    max_guess_limit: U8
+    accounts: Annotated[tuple[AccountSlot, ...], ListOf(max_count=MAX_ACCOUNTS)] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_guess_limit <= MAX_GUESS_LIMIT:
+            raise ValueError("max guess limit out of range")
+        ids = [slot.account_id for slot in self.accounts]
+        # Strictly increasing ids: one slot per account, one canonical order.
+        if any(a >= b for a, b in itertools.pairwise(ids)):
+            raise ValueError("account slots are not strictly sorted by account id")
+
+    def slot(self, account_id: bytes) -> AccountSlot | None:
+        """The slot of ``account_id``, if the account ever registered."""
+        index = self._index(account_id)
+        if index < len(self.accounts) and self.accounts[index].account_id == account_id:
+            return self.accounts[index]
+        return None
+
+    def record(self, account_id: bytes) -> Record | None:
+        """The live record of ``account_id``, if any."""
+        slot = self.slot(account_id)
+        return None if slot is None else slot.record
+
+    def _index(self, account_id: bytes) -> int:
+        return bisect.bisect_left(self.accounts, account_id, key=_account_id_of)
+
+    def with_slot(self, slot: AccountSlot) -> VaultState:
+        """A copy with ``slot`` inserted or replacing the slot of the same account."""
+        index = self._index(slot.account_id)
+        accounts = list(self.accounts)
+        if index < len(accounts) and accounts[index].account_id == slot.account_id:
+            accounts[index] = slot
+        else:
+            accounts.insert(index, slot)
+        return dataclasses.replace(self, accounts=tuple(accounts))
+
+
+@message(tag=0x0704, version=1)
+class HsmSecrets:
+    """Fleet secrets: OPAQUE ServerSecrets, the channel (HPKE X25519) key pair, fake-id key."""
+
+    opaque: Annotated[bytes, Fixed(SERVER_SECRETS_SIZE)] = field(repr=False)
+    channel_private_key: Annotated[bytes, Fixed(CHANNEL_KEY_SIZE)] = field(repr=False)
+    channel_public_key: Annotated[bytes, Fixed(CHANNEL_KEY_SIZE)]
+    fake_key: Annotated[bytes, Fixed(FAKE_KEY_SIZE)] = field(repr=False)
+
+
+@message(tag=0x0705, version=1, max_size=MAX_STATE_SIZE + 512)
+class Snapshot:
+    """What is sealed at rest: the secrets and the vault state at ``version``."""
+
+    version: U64
+    secrets: HsmSecrets
+    vault: VaultState
+
+
+# --- commands -------------------------------------------------------------------
+
+
+@message(tag=0x0401, version=1)
+class CountAttempt:
+    """KE1 arrived for ``account_id``: count it (or destroy a record at its limit)."""
+
+    account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
+
+
+@message(tag=0x0402, version=1)
+class ResetAttempts:
+    """A valid KE3 for the record of ``generation``: the counter goes back to zero."""
+
+    account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
+    generation: U32
+
+
+@message(tag=0x0403, version=1)
+class DestroyRecord:
+    """The last allowed attempt failed: zeroize the record of ``generation``."""
+
+    account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
+    generation: U32
+
+
+@message(tag=0x0404, version=1)
+class DeleteRecord:
+    """The account owner (valid KE3 in the same session) deletes the record of ``generation``."""
+
+    account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
+    generation: U32
+
+
+@message(tag=0x0405, version=1)
+class InstallRecord:
+    """A finished registration. ``expected_generation`` is the slot's when it was started."""
+
+    account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
+    expected_generation: U32
+    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)]
+    opaque_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)]
+    secret: Annotated[bytes, Bytes(max_len=MAX_SECRET, min_len=1)] = field(repr=False)
+    guess_limit: U8 = 10
+    now_ms: U64 = 0
+
+
+Command = CountAttempt | ResetAttempts | DestroyRecord | DeleteRecord | InstallRecord
+
+
+@message(tag=0x0406, version=1)
+class CommandEnvelope:
+    """One command as it is logged or replicated: the state version it produces, and the command.
+
+    Applying command ``index`` to the state of version ``index - 1`` gives version
+    ``index``: exactly one command per version, so replicas can compare versions.
+    """
+
+    index: U64
+    command: Command
+
+
+@dataclasses.dataclass(frozen=True)
+class Counted:
+    """Outcome of CountAttempt: the attempt was counted against ``record`` (now updated)."""
+
+    record: Record
+
+
+@dataclasses.dataclass(frozen=True)
+class NoRecord:
+    """Outcome of CountAttempt on an account without a live record (answer with a fake KE2)."""
+
+    destroyed_now: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """Outcome of every other command: the slot after the change."""
+
+    slot: AccountSlot
+
+    def live_record(self) -> Record:
+        """The slot's record (for commands that leave one); ``ValueError`` if there is none."""
+        if self.slot.record is None:
+            raise ValueError("the command left no live record")
+        return self.slot.record
+
+
+def live_record_of(outcome: Outcome) -> Record:
+    """The live record an ``Applied`` outcome left (caller misuse otherwise: ``ValueError``)."""
+    if not isinstance(outcome, Applied):
+        raise ValueError(f"expected an Applied outcome, got {type(outcome).__name__}")
+    return outcome.live_record()
+
+
+Outcome = Counted | NoRecord | Applied
+
+
+def apply(state: VaultState, command: Command) -> tuple[VaultState, Outcome]:
+    """Apply one command; pure and deterministic. Raises VaultError subclasses on refusal."""
+    if isinstance(command, CountAttempt):
+        return _count_attempt(state, command)
+    if isinstance(command, ResetAttempts):
+        return _reset_attempts(state, command)
+    if isinstance(command, DestroyRecord):
+        return _destroy_record(state, command)
+    if isinstance(command, DeleteRecord):
+        return _delete_record(state, command)
+    if isinstance(command, InstallRecord):
+        return _install_record(state, command)
+    raise TypeError(f"not a command: {type(command).__name__}")
+
+
+def _count_attempt(state: VaultState, command: CountAttempt) -> tuple[VaultState, Outcome]:
+    slot = state.slot(command.account_id)
+    if slot is None or slot.record is None:
+        return state, NoRecord(destroyed_now=False)
+    record = slot.record
+    if record.attempts_used >= record.guess_limit:
+        # The limit was reached and that last attempt never proved the password
+        # (a valid KE3 would have reset the counter): destroy, answer as if unknown.
+        tombstone = dataclasses.replace(slot, record=None)
+        return state.with_slot(tombstone), NoRecord(destroyed_now=True)
+    counted = dataclasses.replace(record, attempts_used=record.attempts_used + 1)
+    return state.with_slot(dataclasses.replace(slot, record=counted)), Counted(counted)
+
+
+def _live_record(
+    state: VaultState, account_id: bytes, generation: int
+) -> tuple[AccountSlot, Record]:
+    """The slot and live record of ``generation``; else the session is stale."""
+    slot = state.slot(account_id)
+    if slot is None or slot.record is None or slot.record.generation != generation:
+        raise ProtocolStateError("the record this session was opened for no longer exists")
+    return slot, slot.record
+
+
+def _reset_attempts(state: VaultState, command: ResetAttempts) -> tuple[VaultState, Outcome]:
+    slot, record = _live_record(state, command.account_id, command.generation)
+    new_slot = dataclasses.replace(slot, record=dataclasses.replace(record, attempts_used=0))
+    return state.with_slot(new_slot), Applied(new_slot)
+
+
+def _destroy_record(state: VaultState, command: DestroyRecord) -> tuple[VaultState, Outcome]:
+    slot, record = _live_record(state, command.account_id, command.generation)
+    if record.attempts_used < record.guess_limit:
+        # Only a record at its limit is destroyed by a failed attempt: a stale
+        # or replayed DestroyRecord cannot wipe a record that a login has reset.
+        raise ProtocolStateError("record is not at its guess limit")
+    new_slot = dataclasses.replace(slot, record=None)
+    return state.with_slot(new_slot), Applied(new_slot)
+
+
+def _delete_record(state: VaultState, command: DeleteRecord) -> tuple[VaultState, Outcome]:
+    slot, _record = _live_record(state, command.account_id, command.generation)
+    new_slot = dataclasses.replace(slot, record=None)
+    return state.with_slot(new_slot), Applied(new_slot)
+
+
+def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultState, Outcome]:
+    if not 1 <= command.guess_limit <= state.max_guess_limit:
+        raise ValueError("guess limit outside the fleet policy")  # checked by the caller first
+    slot = state.slot(command.account_id) or AccountSlot(command.account_id, 0, None)
+    if slot.generation != command.expected_generation:
+        raise ProtocolStateError("another registration finished first; start again")
+    # Re-registration rule (docs/parts/hsm.md, "Re-registration rule"): a new
+    # record inherits the attempts already spent on the live record it replaces,
+    # so registering again never hands out fresh guesses against a secret. A
+    # record at its limit can answer no new check, and once it is replaced its
+    # open sessions fail the generation check too, so replacing it starts
+    # afresh, exactly as destroying it first would.
+    old = slot.record
+    carried = 0 if old is None or old.attempts_left == 0 else old.attempts_used
+    if carried >= command.guess_limit:
+        raise RecordExistsError("the live record's spent attempts reach the new guess limit")
+    if slot.generation >= 0xFFFFFFFF:
+        raise RecordExistsError("the account has used up its record generations")
+    record = Record(
+        generation=slot.generation + 1,
+        registration_id=command.registration_id,
+        opaque_record=command.opaque_record,
+        secret=command.secret,
+        guess_limit=command.guess_limit,
+        attempts_used=carried,
+        created_ms=command.now_ms,
+    )
+    new_slot = AccountSlot(command.account_id, record.generation, record)
+    if state.slot(command.account_id) is None and len(state.accounts) >= MAX_ACCOUNTS:
+        raise VaultFullError("this HSM holds its maximum number of accounts")
+    return state.with_slot(new_slot), Applied(new_slot)

@@ -1,0 +1,496 @@
+"""PKCS#11 backends of :class:`bkv.keystore.Signer` and :class:`bkv.keystore.Sealer`.
+
+This is an adapter: it loads a PKCS#11 library (Debian's SoftHSM2 in tests and
+development) through python-pkcs11 and runs ``softhsm2-util``. The keys are
+generated *inside* the token with ``CKA_SENSITIVE`` true and ``CKA_EXTRACTABLE``
+false, so their values never leave it: signing (CKM_EDDSA, Ed25519) and
+sealing (CKM_AES_GCM, AES-256) run in the token.
+
+One SoftHSM2 configuration per process
+--------------------------------------
+SoftHSM2 reads the file named by ``SOFTHSM2_CONF`` once, in ``C_Initialize``,
+and python-pkcs11 keeps one loaded library object per module path for the
+whole process. This module therefore owns that choice: before the first use of
+a :class:`Pkcs11Config` it sets ``SOFTHSM2_CONF`` and (re)initializes the
+library. Switching to another configuration finalizes the library, which
+invalidates every open session, so it is refused with
+:class:`bkv.errors.KeystoreError` while any key from the previous configuration
+is still open: close (or use ``with``) every backend before switching. Tests
+that give each test its own token directory rely on exactly this.
+
+Sessions: PKCS#11 login state is per application, not per session (PKCS#11
+v2.40 section 5.6: a second ``C_Login`` fails, ``C_Logout`` logs out every
+session). So all backends on one token share one logged-in read/write session,
+reference-counted, and every call into the library holds one process-wide lock
+(python-pkcs11 sessions are not safe for concurrent use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.exceptions import MultipleObjectsReturned, NoSuchKey, NoSuchToken, PKCS11Error
+from pkcs11.mechanisms import GCMParams
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from bkv.crypto.rng import Rng, default_rng, draw
+from bkv.errors import (
+    ConfigError,
+    KeyExistsError,
+    KeyNotFoundError,
+    KeystoreError,
+    SealingError,
+)
+from bkv.keystore import sealed
+from bkv.keystore.sealed import SealAlgorithm
+
+DEFAULT_MODULE_PATH: Final = "/usr/lib/softhsm/libsofthsm2.so"
+"""Debian's SoftHSM2 PKCS#11 module."""
+
+SOFTHSM2_UTIL: Final = "softhsm2-util"
+
+CONF_FILE_NAME: Final = "softhsm2.conf"
+CONFIG_FILE_NAME: Final = "pkcs11.json"
+"""Where the CLI records a token's :class:`Pkcs11Config` (without the PIN)."""
+
+MAX_TOKEN_LABEL_SIZE: Final = 32
+"""CK_TOKEN_INFO.label is 32 bytes (PKCS#11 v2.40 section 3.2)."""
+
+MAX_KEY_LABEL_SIZE: Final = 64
+MIN_PIN_SIZE: Final = 4
+"""SoftHSM2 refuses PINs shorter than 4 or longer than 255 bytes."""
+MAX_PIN_SIZE: Final = 255
+
+ED25519_OID: Final = "1.3.101.112"
+"""id-Ed25519 (RFC 8410 section 3); CKA_EC_PARAMS for CKK_EC_EDWARDS keys (PKCS#11 v3.0 2.3.5)."""
+
+_EC_POINT_DER_PREFIX: Final = b"\x04\x20"
+"""SoftHSM2 returns CKA_EC_POINT as a DER OCTET STRING of the 32 raw bytes."""
+
+_UTIL_TIMEOUT_SECONDS: Final = 60
+
+
+# --- configuration ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pkcs11Config:
+    """How to reach one token: module, SoftHSM2 configuration, token label and user PIN."""
+
+    module_path: str
+    conf_path: str
+    token_label: str
+    user_pin: str = field(repr=False)
+
+    def save(self, path: Path) -> None:
+        """Write the configuration as JSON, *without* the PIN (operators supply it at run time)."""
+        data = {
+            "module_path": self.module_path,
+            "conf_path": self.conf_path,
+            "token_label": self.token_label,
+        }
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path, user_pin: str) -> Pkcs11Config:
+        """Read a configuration written by :meth:`save`; the PIN comes from the caller."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read PKCS#11 config {path}: {type(exc).__name__}") from None
+        if not isinstance(data, dict) or set(data) != {"module_path", "conf_path", "token_label"}:
+            raise ConfigError(
+                f"PKCS#11 config {path} must have exactly module_path, conf_path, token_label"
+            )
+        if not all(isinstance(value, str) and value for value in data.values()):
+            raise ConfigError(f"PKCS#11 config {path}: every field must be a non-empty string")
+        _check_pin(user_pin, "user PIN")
+        return cls(data["module_path"], data["conf_path"], data["token_label"], user_pin)
+
+
+def _check_pin(pin: str, what: str) -> None:
+    if not isinstance(pin, str) or not MIN_PIN_SIZE <= len(pin.encode()) <= MAX_PIN_SIZE:
+        raise ValueError(f"{what} must be {MIN_PIN_SIZE}..{MAX_PIN_SIZE} bytes")
+
+
+def _check_label(label: str, limit: int, what: str) -> None:
+    if not isinstance(label, str) or not 0 < len(label.encode()) <= limit:
+        raise ValueError(f"{what} must be 1..{limit} bytes of UTF-8")
+
+
+def init_token(
+    token_dir: Path,
+    label: str,
+    so_pin: str,
+    user_pin: str,
+    module_path: str = DEFAULT_MODULE_PATH,
+) -> Pkcs11Config:
+    """Create a SoftHSM2 token in ``token_dir`` and return its configuration.
+
+    Writes ``token_dir/softhsm2.conf`` (object store in ``token_dir/tokens``) and
+    runs ``softhsm2-util --init-token --free``. The PINs pass on softhsm2-util's
+    command line, visible to other processes of the same user while it runs;
+    that is acceptable for a development token, not for a production HSM (whose
+    vendor tooling initializes it).
+    """
+    _check_label(label, MAX_TOKEN_LABEL_SIZE, "token label")
+    _check_pin(so_pin, "SO PIN")
+    _check_pin(user_pin, "user PIN")
+    token_dir = token_dir.resolve()
+    objects_dir = token_dir / "tokens"
+    objects_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conf_path = token_dir / CONF_FILE_NAME
+    conf_path.write_text(
+        f"directories.tokendir = {objects_dir}\n"
+        "objectstore.backend = file\n"
+        "log.level = ERROR\n"
+        "slots.removable = false\n"
+        "slots.mechanisms = ALL\n"
+        "library.reset_on_fork = false\n",
+        encoding="utf-8",
+    )
+    command = [
+        SOFTHSM2_UTIL, "--init-token", "--free", "--label", label,
+        "--so-pin", so_pin, "--pin", user_pin,
+    ]  # fmt: skip
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf_path)}
+    try:
+        result = subprocess.run(  # noqa: S603 - fixed program, arguments are not a shell string
+            command, env=env, capture_output=True, text=True, timeout=_UTIL_TIMEOUT_SECONDS,
+            check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KeystoreError(f"cannot run {SOFTHSM2_UTIL}: {type(exc).__name__}") from None
+    if result.returncode != 0:
+        # softhsm2-util's own messages name no PIN; pass the first line on.
+        reason = (result.stderr or result.stdout).strip().splitlines()[:1]
+        raise KeystoreError(f"{SOFTHSM2_UTIL} --init-token failed: {' '.join(reason)}")
+    return Pkcs11Config(module_path, str(conf_path), label, user_pin)
+
+
+# --- the process-wide library and shared sessions --------------------------
+
+
+class _SharedSession:
+    __slots__ = ("pin_digest", "references", "session")
+
+    def __init__(self, session: Any, pin_digest: bytes) -> None:
+        self.session = session
+        self.pin_digest = pin_digest  # so a later open with another PIN cannot piggyback
+        self.references = 1
+
+
+def _pin_digest(pin: str) -> bytes:
+    return hashlib.sha256(b"bkv.keystore.pkcs11.pin\x00" + pin.encode("utf-8")).digest()
+
+
+class _Runtime:
+    """The one PKCS#11 library of this process and its logged-in sessions (see module doc)."""
+
+    lock: Final = threading.RLock()
+    _active: tuple[str, str] | None = None  # (module_path, conf_path)
+    _sessions: dict[tuple[str, str, str], _SharedSession] = {}  # noqa: RUF012 - class-level on purpose
+
+    @classmethod
+    def acquire(cls, config: Pkcs11Config) -> Any:
+        """A logged-in R/W session on the config's token; pair with :meth:`release`."""
+        key = (config.module_path, config.conf_path, config.token_label)
+        with cls.lock:
+            shared = cls._sessions.get(key)
+            if shared is not None:
+                if not hmac.compare_digest(shared.pin_digest, _pin_digest(config.user_pin)):
+                    raise KeystoreError("the token is open in this process under another PIN")
+                shared.references += 1
+                return shared.session
+            library = cls._library_for(config)
+            try:
+                token = library.get_token(token_label=config.token_label)
+                session = token.open(user_pin=config.user_pin, rw=True)
+            except NoSuchToken:
+                raise KeystoreError(f"no token labelled {config.token_label!r}") from None
+            except PKCS11Error as exc:
+                raise KeystoreError(f"cannot open token: {type(exc).__name__}") from None
+            cls._sessions[key] = _SharedSession(session, _pin_digest(config.user_pin))
+            return session
+
+    @classmethod
+    def release(cls, config: Pkcs11Config) -> None:
+        key = (config.module_path, config.conf_path, config.token_label)
+        with cls.lock:
+            shared = cls._sessions.get(key)
+            if shared is None:
+                return
+            shared.references -= 1
+            if shared.references == 0:
+                del cls._sessions[key]
+                try:
+                    shared.session.close()
+                except PKCS11Error as exc:
+                    raise KeystoreError(f"cannot close session: {type(exc).__name__}") from None
+
+    @classmethod
+    def _library_for(cls, config: Pkcs11Config) -> Any:
+        wanted = (config.module_path, config.conf_path)
+        if cls._active == wanted:
+            return pkcs11.lib(config.module_path)
+        if cls._sessions:
+            raise KeystoreError(
+                "another PKCS#11 configuration has open keys in this process; close them first"
+            )
+        if not Path(config.conf_path).is_file():
+            raise ConfigError(f"SoftHSM2 configuration {config.conf_path} does not exist")
+        # SoftHSM2 reads SOFTHSM2_CONF in C_Initialize: set it, then (re)initialize so
+        # that a library loaded earlier with another configuration picks it up.
+        os.environ["SOFTHSM2_CONF"] = config.conf_path
+        try:
+            library = pkcs11.lib(config.module_path)
+            library.reinitialize()
+        except PKCS11Error as exc:
+            raise KeystoreError(f"cannot load PKCS#11 module: {type(exc).__name__}") from None
+        cls._active = wanted
+        return library
+
+
+class _TokenKey:
+    """Base of the backends: holds a shared session and releases it exactly once."""
+
+    def __init__(self, config: Pkcs11Config, label: str) -> None:
+        self._config = config
+        self._label = label
+        self._session: Any = _Runtime.acquire(config)
+        self._closed = False
+
+    @property
+    def label(self) -> str:
+        """The key's CKA_LABEL in the token."""
+        return self._label
+
+    def close(self) -> None:
+        """Release this key's share of the session (the key stays in the token)."""
+        if not self._closed:
+            self._closed = True
+            _Runtime.release(self._config)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this PKCS#11 key handle is closed")
+
+    def _find(self, object_class: ObjectClass, key_type: KeyType) -> Any:
+        try:
+            return self._session.get_key(
+                object_class=object_class, key_type=key_type, label=self._label
+            )
+        except NoSuchKey:
+            raise KeyNotFoundError(f"no {key_type.name} key labelled {self._label!r}") from None
+        except MultipleObjectsReturned:
+            raise KeystoreError(f"several keys are labelled {self._label!r}") from None
+
+
+def _label_in_use(session: Any, label: str) -> bool:
+    return any(True for _ in session.get_objects({Attribute.LABEL: label}))
+
+
+# --- Ed25519 signing --------------------------------------------------------
+
+
+class Pkcs11Signer(_TokenKey):
+    """Ed25519 (CKM_EDDSA, PureEdDSA) with the private key inside the token."""
+
+    def __init__(self, config: Pkcs11Config, label: str) -> None:
+        _check_label(label, MAX_KEY_LABEL_SIZE, "key label")
+        super().__init__(config, label)
+        try:
+            with _Runtime.lock:
+                self._private = self._find(ObjectClass.PRIVATE_KEY, KeyType.EC_EDWARDS)
+                public = self._find(ObjectClass.PUBLIC_KEY, KeyType.EC_EDWARDS)
+                self._public = _raw_ed25519_point(public[Attribute.EC_POINT])
+        except BaseException:
+            self.close()
+            raise
+
+    def public_key(self) -> bytes:
+        """The raw 32-byte Ed25519 public key (CKA_EC_POINT without its DER wrapper)."""
+        return self._public
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature over exactly ``message``, made in the token."""
+        if not isinstance(message, bytes):
+            raise TypeError("message must be bytes")
+        self._check_open()
+        try:
+            with _Runtime.lock:
+                signature = self._private.sign(message, mechanism=Mechanism.EDDSA)
+        except PKCS11Error as exc:
+            raise KeystoreError(f"token refused to sign: {type(exc).__name__}") from None
+        if not isinstance(signature, bytes) or len(signature) != 64:
+            raise KeystoreError("token returned a malformed Ed25519 signature")
+        return signature
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Signer(label={self._label!r}, public_key={self._public.hex()})"
+
+
+def _raw_ed25519_point(ec_point: bytes) -> bytes:
+    if len(ec_point) == 34 and ec_point.startswith(_EC_POINT_DER_PREFIX):
+        return ec_point[2:]
+    if len(ec_point) == 32:  # some tokens return the raw point
+        return ec_point
+    raise KeystoreError("token returned a malformed Ed25519 public key")
+
+
+def generate_signing_key(config: Pkcs11Config, label: str) -> Pkcs11Signer:
+    """Generate an Ed25519 key pair in the token (private half sensitive, non-extractable)."""
+    _check_label(label, MAX_KEY_LABEL_SIZE, "key label")
+    session = _Runtime.acquire(config)
+    try:
+        with _Runtime.lock:
+            if _label_in_use(session, label):
+                raise KeyExistsError(f"a key labelled {label!r} already exists")
+            params = session.create_domain_parameters(
+                KeyType.EC_EDWARDS,
+                {Attribute.EC_PARAMS: encode_named_curve_parameters(ED25519_OID)},
+                local=True,
+            )
+            params.generate_keypair(
+                store=True,
+                label=label,
+                public_template={Attribute.TOKEN: True, Attribute.VERIFY: True},
+                private_template={
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: True,
+                },
+            )
+    except PKCS11Error as exc:
+        raise KeystoreError(f"token refused to generate the key: {type(exc).__name__}") from None
+    finally:
+        _Runtime.release(config)
+    return Pkcs11Signer(config, label)
+
+
+def load_signing_key(config: Pkcs11Config, label: str) -> Pkcs11Signer:
+    """Open an existing Ed25519 key pair by label (raises KeyNotFoundError)."""
+    return Pkcs11Signer(config, label)
+
+
+# --- AES-256-GCM sealing ----------------------------------------------------
+
+
+class Pkcs11Sealer(_TokenKey):
+    """AES-256-GCM (CKM_AES_GCM) with a sensitive, non-extractable key inside the token.
+
+    Blobs have the :mod:`bkv.keystore.sealed` format with ``alg`` = AES-256-GCM,
+    byte-compatible with :class:`bkv.keystore.SoftwareSealer` under the same key.
+    Nonces are random 96-bit values drawn from ``rng`` on the host (the nonce
+    need not be secret, only unique); the 2^32-seals-per-key limit applies.
+    """
+
+    def __init__(self, config: Pkcs11Config, label: str, rng: Rng = default_rng) -> None:
+        _check_label(label, MAX_KEY_LABEL_SIZE, "key label")
+        super().__init__(config, label)
+        self._rng = rng
+        try:
+            with _Runtime.lock:
+                self._key = self._find(ObjectClass.SECRET_KEY, KeyType.AES)
+                if self._key[Attribute.VALUE_LEN] != sealed.KEY_SIZE:
+                    raise KeystoreError(f"key {label!r} is not an AES-256 key")
+        except BaseException:
+            self.close()
+            raise
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        """``alg || nonce || AES-256-GCM(plaintext, ad = alg || aad)``, encrypted in the token."""
+        sealed.check_seal_arguments(plaintext, aad)
+        self._check_open()
+        nonce = draw(self._rng, sealed.NONCE_SIZE)
+        alg = SealAlgorithm.AES_256_GCM
+        params = GCMParams(nonce, sealed.associated_data(alg, aad), sealed.TAG_SIZE * 8)
+        try:
+            with _Runtime.lock:
+                body = self._key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                         mechanism_param=params)  # fmt: skip
+        except PKCS11Error as exc:
+            raise KeystoreError(f"token refused to seal: {type(exc).__name__}") from None
+        return sealed.encode(alg, nonce, bytes(body))
+
+    def open(self, ciphertext: bytes, aad: bytes) -> bytes:
+        """The plaintext of a blob sealed under this key with ``aad``, decrypted in the token."""
+        alg = SealAlgorithm.AES_256_GCM
+        nonce, body = sealed.decode(ciphertext, aad, alg)
+        self._check_open()
+        params = GCMParams(nonce, sealed.associated_data(alg, aad), sealed.TAG_SIZE * 8)
+        try:
+            with _Runtime.lock:
+                plaintext = self._key.decrypt(body, mechanism=Mechanism.AES_GCM,
+                                              mechanism_param=params)  # fmt: skip
+        except PKCS11Error:
+            # SoftHSM2 reports a bad GCM tag as CKR_GENERAL_ERROR (or
+            # CKR_ENCRYPTED_DATA_INVALID); the token does not say which input was wrong.
+            raise SealingError("sealed blob failed to authenticate") from None
+        return bytes(plaintext)
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Sealer(label={self._label!r})"
+
+
+def generate_sealing_key(config: Pkcs11Config, label: str, rng: Rng = default_rng) -> Pkcs11Sealer:
+    """Generate an AES-256 key in the token: sensitive, non-extractable, no wrap/unwrap."""
+    _check_label(label, MAX_KEY_LABEL_SIZE, "key label")
+    session = _Runtime.acquire(config)
+    try:
+        with _Runtime.lock:
+            if _label_in_use(session, label):
+                raise KeyExistsError(f"a key labelled {label!r} already exists")
+            session.generate_key(
+                KeyType.AES,
+                sealed.KEY_SIZE * 8,
+                label=label,
+                store=True,
+                template={
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.ENCRYPT: True,
+                    Attribute.DECRYPT: True,
+                    Attribute.WRAP: False,
+                    Attribute.UNWRAP: False,
+                    Attribute.SIGN: False,
+                    Attribute.VERIFY: False,
+                    Attribute.DERIVE: False,
+                },
+            )
+    except PKCS11Error as exc:
+        raise KeystoreError(f"token refused to generate the key: {type(exc).__name__}") from None
+    finally:
+        _Runtime.release(config)
+    return Pkcs11Sealer(config, label, rng)
+
+
+def load_sealing_key(config: Pkcs11Config, label: str, rng: Rng = default_rng) -> Pkcs11Sealer:
+    """Open an existing AES-256 sealing key by label (raises KeyNotFoundError)."""
+    return Pkcs11Sealer(config, label, rng)

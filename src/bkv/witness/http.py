@@ -1,0 +1,397 @@
+"""The witness HTTP API (Starlette on uvicorn): Plexi auditor shape, tlog-tiles, tlog-witness.
+
+Routes (JSON shapes in :mod:`bkv.witness.api`, docs in docs/parts/witness.md):
+
+====== ============================================= ===========================================
+GET    ``/info``                                     witness keys (``not_before``), log keys
+GET    ``/namespaces``                               every namespace (Plexi ``NamespaceInfo``)
+GET    ``/namespaces/{ns}``                          one namespace
+GET    ``/namespaces/{ns}/audits/{epoch}``           Plexi ``SignatureResponse`` + log proof
+GET    ``/namespaces/{ns}/audits/{epoch}/artifact``  the artifact's exact bytes
+GET    ``/namespaces/{ns}/audits/{epoch}/evidence``  the deployment evidence's exact bytes
+GET    ``/namespaces/{ns}/last-verified-epoch``      Plexi ``LastVerifiedEpoch``
+POST   ``/namespaces/{ns}/submissions``              operator submission -> 201 + receipt
+GET    ``/checkpoint``                               C2SP signed checkpoint of the audit log
+GET    ``/tile/<L>/<N>[.p/<W>]``                     C2SP tlog-tiles hash tiles
+GET    ``/tile/entries/<N>[.p/<W>]``                 C2SP tlog-tiles entry bundles
+GET    ``/log/inclusion?index=I&size=S``             inclusion proof (JSON, hex hashes)
+GET    ``/log/consistency?old=M&size=N``             consistency proof (JSON, hex hashes)
+POST   ``/add-checkpoint``                           C2SP tlog-witness: cosign another log
+====== ============================================= ===========================================
+
+Every refusal is JSON ``{"error": <class>, "message": <what failed>}`` with a 4xx status
+(except add-checkpoint, whose statuses and bodies follow tlog-witness), and changes no
+state. Every request body is capped (:data:`BODY_LIMITS`); over the cap -> 413.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bkv.errors import (
+    AddCheckpointError,
+    AttestationError,
+    BkvError,
+    CheckpointSizeConflictError,
+    CodecError,
+    DigestMismatchError,
+    DigestReusedError,
+    EpochConflictError,
+    NamespaceExistsError,
+    SignatureError,
+    TimestampError,
+    UnknownNamespaceError,
+)
+from bkv.tlog import tiles, witness_protocol
+from bkv.tlog.merkle import MAX_TREE_SIZE
+from bkv.witness import api, core
+from bkv.witness.service import WitnessService
+
+#: Request body limits: submissions carry hex artifacts and evidence; add-checkpoint
+#: is bounded by tlog-witness; nothing else takes a body.
+BODY_LIMITS = {
+    "submission": api.MAX_SUBMISSION_BODY,
+    "add-checkpoint": witness_protocol.MAX_REQUEST_SIZE,
+    "other": 0,
+}
+
+FULL_TILE_CACHE = "public, max-age=31536000, immutable"
+PARTIAL_TILE_CACHE = "public, max-age=60"
+CHECKPOINT_CACHE = "no-cache"
+
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (UnknownNamespaceError, 404),
+    (EpochConflictError, 409),
+    (DigestReusedError, 409),
+    (NamespaceExistsError, 409),
+    (SignatureError, 403),
+    (DigestMismatchError, 422),
+    (TimestampError, 422),
+    (AttestationError, 422),
+    (CodecError, 400),
+)
+
+
+def status_for(error: BaseException) -> int:
+    for cls, status in _STATUS:
+        if isinstance(error, cls):
+            return status
+    return 400
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def _limit_for(scope: Scope) -> int:
+    path = str(scope.get("path", ""))
+    if scope.get("method") == "POST" and path.endswith("/submissions"):
+        return BODY_LIMITS["submission"]
+    if scope.get("method") == "POST" and path == "/add-checkpoint":
+        return BODY_LIMITS["add-checkpoint"]
+    return BODY_LIMITS["other"]
+
+
+class BodyLimitMiddleware:
+    """413 for any request whose body (declared or streamed) exceeds its route's limit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = _limit_for(scope)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                await _too_large(scope, receive, send, limit)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLargeError:
+            if started:
+                raise
+            await _too_large(scope, receive, send, limit)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = JSONResponse(
+        {"error": "SizeLimitError", "message": f"request body over the {limit}-byte limit"},
+        status_code=413,
+        headers={"Connection": "close"},
+    )
+    await response(scope, receive, send)
+
+
+def _error(error: BaseException, status: int | None = None) -> JSONResponse:
+    return JSONResponse(api.error_body(error), status_code=status or status_for(error))
+
+
+def _not_found(what: str) -> JSONResponse:
+    return JSONResponse({"error": "NotFound", "message": what}, status_code=404)
+
+
+def _parse_int(text: str, what: str) -> int:
+    """Canonical decimal (no sign, no leading zeros) below 2**63."""
+    if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
+        raise CodecError(f"{what} is not a decimal")
+    if text != "0" and text.startswith("0"):
+        raise CodecError(f"{what} has leading zeros")
+    value = int(text)
+    if value > MAX_TREE_SIZE:
+        raise CodecError(f"{what} is too large")
+    return value
+
+
+class _Handlers:
+    """Route handlers over one service. They run on the event loop, one at a time."""
+
+    def __init__(self, service: WitnessService) -> None:
+        self.service = service
+        self.store = service.store
+
+    def witnessed(self, ns: str, epoch_text: str) -> core.SignedEpoch | JSONResponse:
+        if self.store.namespace(ns) is None:
+            return _error(UnknownNamespaceError(f"namespace {ns} is not registered"))
+        try:
+            epoch = _parse_int(epoch_text, "epoch")
+        except CodecError as exc:
+            return _error(exc)
+        signed = self.store.signed_epoch(ns, epoch)
+        if signed is None:
+            return _not_found(f"epoch {epoch} of {ns} was never signed")
+        return signed
+
+    async def info(self, request: Request) -> Response:
+        extra = {
+            "origin": self.service.origin,
+            "log_public_key": self.service.log_verifier_key,
+            "cosigner_public_key": self.service.cosigner_verifier_key,
+            "checkpoint_uri": "/checkpoint",
+        }
+        names = [r.name for r in self.store.namespaces()]
+        return JSONResponse(api.info_response(self.store.witness_keys(), names, extra))
+
+    def _namespace_json(self, ns: str) -> dict[str, Any] | None:
+        record = self.store.namespace(ns)
+        if record is None:
+            return None
+        return api.namespace_info(
+            record, self.store.signed_epoch(ns, 1), self.store.last_signed(ns)
+        )
+
+    async def namespaces(self, request: Request) -> Response:
+        listed = [self._namespace_json(r.name) for r in self.store.namespaces()]
+        return JSONResponse({"namespaces": [n for n in listed if n is not None]})
+
+    async def namespace(self, request: Request) -> Response:
+        ns = request.path_params["ns"]
+        body = self._namespace_json(ns)
+        if body is None:
+            return _error(UnknownNamespaceError(f"namespace {ns} is not registered"))
+        return JSONResponse(body)
+
+    async def audit(self, request: Request) -> Response:
+        ns, epoch_text = request.path_params["ns"], request.path_params["epoch"]
+        signed = self.witnessed(ns, epoch_text)
+        if isinstance(signed, JSONResponse):
+            return signed
+        latest = self.store.latest_checkpoint()
+        assert latest is not None  # written when the service starts
+        size, note = latest
+        with self.store.reading_log() as log:
+            entry = log.entries(signed.log_index, signed.log_index + 1)[0]
+            proof = log.inclusion_proof(signed.log_index, size)
+        body = api.signature_response(signed) | api.proof_fields(
+            signed.log_index, entry, size, proof, note
+        )
+        base = f"/namespaces/{ns}/audits/{signed.epoch}"
+        body |= {
+            "artifact": signed.artifact.hex(),
+            "artifact_uri": f"{base}/artifact",
+            "evidence_uri": None if signed.evidence is None else f"{base}/evidence",
+        }
+        return JSONResponse(body)
+
+    async def artifact(self, request: Request) -> Response:
+        signed = self.witnessed(request.path_params["ns"], request.path_params["epoch"])
+        if isinstance(signed, JSONResponse):
+            return signed
+        return Response(signed.artifact, media_type="application/octet-stream")
+
+    async def evidence(self, request: Request) -> Response:
+        signed = self.witnessed(request.path_params["ns"], request.path_params["epoch"])
+        if isinstance(signed, JSONResponse):
+            return signed
+        if signed.evidence is None:
+            return _not_found("no deployment evidence was submitted for this epoch")
+        return Response(signed.evidence, media_type="application/octet-stream")
+
+    async def last_verified(self, request: Request) -> Response:
+        ns = request.path_params["ns"]
+        if self.store.namespace(ns) is None:
+            return _error(UnknownNamespaceError(f"namespace {ns} is not registered"))
+        last = self.store.last_signed(ns)
+        if last is None:
+            return _not_found(f"no epoch of {ns} was signed yet")
+        previous = self.store.signed_epoch(ns, last.epoch - 1) if last.epoch > 1 else None
+        return JSONResponse(api.last_verified_epoch(last, previous))
+
+    async def submit(self, request: Request) -> Response:
+        ns = request.path_params["ns"]
+        body = await request.body()
+        try:
+            submission = api.submission_from_json(ns, body)
+            receipt = self.service.submit(submission)
+        except BkvError as exc:
+            return _error(exc)
+        return JSONResponse(api.receipt_response(receipt), status_code=201)
+
+    async def checkpoint(self, request: Request) -> Response:
+        latest = self.store.latest_checkpoint()
+        assert latest is not None
+        return Response(
+            latest[1],
+            media_type="text/plain; charset=utf-8",
+            headers={"Cache-Control": CHECKPOINT_CACHE},
+        )
+
+    async def tile(self, request: Request) -> Response:
+        path = "tile/" + request.path_params["rest"]
+        try:
+            parsed = tiles.parse_tile_path(path)
+        except CodecError as exc:
+            return _error(exc)
+        latest = self.store.latest_checkpoint()
+        assert latest is not None
+        size = latest[0]
+        try:
+            with self.store.reading_log() as log:
+                if parsed.level == tiles.ENTRIES_LEVEL:
+                    data = tiles.read_entry_bundle(log, parsed)
+                else:
+                    data = tiles.read_tile(log, parsed)
+        except ValueError:
+            return _not_found(f"{path} is not in the tree of size {size}")
+        cache = PARTIAL_TILE_CACHE if parsed.is_partial else FULL_TILE_CACHE
+        return Response(
+            data, media_type="application/octet-stream", headers={"Cache-Control": cache}
+        )
+
+    def _query_ints(self, request: Request, names: tuple[str, str]) -> tuple[int, int]:
+        if set(request.query_params) != set(names):
+            raise CodecError(f"query must be exactly {', '.join(names)}")
+        a, b = (_parse_int(request.query_params[n], n) for n in names)
+        return a, b
+
+    async def inclusion(self, request: Request) -> Response:
+        try:
+            index, size = self._query_ints(request, ("index", "size"))
+            with self.store.reading_log() as log:
+                proof = log.inclusion_proof(index, size)
+        except CodecError as exc:
+            return _error(exc)
+        except ValueError as exc:
+            return _error(CodecError(str(exc)))
+        return JSONResponse({"index": index, "size": size, "proof": [h.hex() for h in proof]})
+
+    async def consistency(self, request: Request) -> Response:
+        try:
+            old, size = self._query_ints(request, ("old", "size"))
+            with self.store.reading_log() as log:
+                proof = log.consistency_proof(old, size)
+        except CodecError as exc:
+            return _error(exc)
+        except ValueError as exc:
+            return _error(CodecError(str(exc)))
+        return JSONResponse({"old": old, "size": size, "proof": [h.hex() for h in proof]})
+
+    async def add_checkpoint(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            lines = self.service.add_checkpoint(body)
+        except CheckpointSizeConflictError as exc:
+            return PlainTextResponse(
+                f"{exc.current_size}\n",
+                status_code=exc.http_status,
+                media_type=witness_protocol.SIZE_CONTENT_TYPE,
+            )
+        except AddCheckpointError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=exc.http_status)
+        return Response(lines, media_type="text/plain; charset=utf-8")
+
+
+def create_app(service: WitnessService) -> Starlette:
+    """The ASGI app serving ``service``."""
+    h = _Handlers(service)
+    routes = [
+        Route("/info", h.info, methods=["GET"]),
+        Route("/namespaces", h.namespaces, methods=["GET"]),
+        Route("/namespaces/{ns}", h.namespace, methods=["GET"]),
+        Route("/namespaces/{ns}/audits/{epoch}", h.audit, methods=["GET"]),
+        Route("/namespaces/{ns}/audits/{epoch}/artifact", h.artifact, methods=["GET"]),
+        Route("/namespaces/{ns}/audits/{epoch}/evidence", h.evidence, methods=["GET"]),
+        Route("/namespaces/{ns}/last-verified-epoch", h.last_verified, methods=["GET"]),
+        Route("/namespaces/{ns}/submissions", h.submit, methods=["POST"]),
+        Route("/checkpoint", h.checkpoint, methods=["GET"]),
+        Route("/tile/{rest:path}", h.tile, methods=["GET"]),
+        Route("/log/inclusion", h.inclusion, methods=["GET"]),
+        Route("/log/consistency", h.consistency, methods=["GET"]),
+        Route("/add-checkpoint", h.add_checkpoint, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(BodyLimitMiddleware)
+    return app
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (port 0 = any free port), ValueError otherwise."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("listen address must be HOST:PORT")
+    return host.strip("[]"), int(port_text)
+
+
+def serve(service: WitnessService, host: str, port: int) -> None:
+    """Run the witness until interrupted (uvicorn, one process, one event loop).
+
+    The socket is bound here so that port 0 works: the bound address is printed on
+    stdout (``listening on http://HOST:PORT``) before requests are served.
+    """
+    import uvicorn  # noqa: PLC0415  (only the serving process needs it)
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    print(f"listening on http://{host}:{bound_port}", flush=True)
+    sys.stdout.flush()
+    config = uvicorn.Config(create_app(service), log_level="warning", lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,443 @@
+"""SQLite adapter of the witness: namespaces, signed epochs, the audit log, keys.
+
+One database file holds everything the witness must never forget. Each
+submission runs in one ``BEGIN IMMEDIATE`` transaction (:meth:`WitnessStore.transaction`):
+the signed epoch, the artifact, the new log entry and hashes and the new checkpoint
+are committed together or not at all, so a refused or failed submission leaves no
+trace.
+
+The core's rules are enforced a second time by the schema, so that no code path,
+crash or restart can sign twice:
+
+- ``PRIMARY KEY (namespace, epoch)`` and ``UNIQUE (namespace, digest)``;
+- a trigger refuses an epoch that is not the namespace's last epoch + 1;
+- triggers refuse every UPDATE and DELETE of signed epochs, log entries and hashes.
+
+The audit log's storage implements :class:`bkv.tlog.log.LogStore` on the same
+connection (tables ``log_entries`` and ``log_hashes``, append-only), so that a log
+append is part of the submission's transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from bkv.errors import (
+    DigestReusedError,
+    EpochConflictError,
+    NamespaceExistsError,
+    StorageError,
+)
+from bkv.tlog.log import MerkleLog, stored_hash_count
+from bkv.tlog.witness_protocol import LogState
+from bkv.witness.core import NamespaceRecord, SignedEpoch
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS witness_keys (
+    public_key BLOB PRIMARY KEY CHECK (length(public_key) = 32),
+    not_before_ms INTEGER NOT NULL CHECK (not_before_ms >= 0)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS namespaces (
+    name TEXT PRIMARY KEY,
+    operator_public_key BLOB NOT NULL CHECK (length(operator_public_key) = 32),
+    created_ms INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS signed_epochs (
+    namespace TEXT NOT NULL REFERENCES namespaces (name),
+    epoch INTEGER NOT NULL CHECK (epoch >= 1),
+    timestamp_ms INTEGER NOT NULL,
+    digest BLOB NOT NULL CHECK (length(digest) = 32),
+    message BLOB NOT NULL,
+    signature BLOB NOT NULL CHECK (length(signature) = 64),
+    key_id INTEGER NOT NULL CHECK (key_id BETWEEN 0 AND 255),
+    log_index INTEGER NOT NULL UNIQUE,
+    artifact BLOB NOT NULL,
+    evidence BLOB,
+    submitted_at_ms INTEGER NOT NULL,
+    operator_signature BLOB NOT NULL CHECK (length(operator_signature) = 64),
+    PRIMARY KEY (namespace, epoch),
+    UNIQUE (namespace, digest)
+) STRICT;
+
+CREATE TRIGGER IF NOT EXISTS signed_epochs_in_sequence
+BEFORE INSERT ON signed_epochs
+WHEN NEW.epoch != 1 + COALESCE(
+    (SELECT MAX(epoch) FROM signed_epochs WHERE namespace = NEW.namespace), 0)
+BEGIN
+    SELECT RAISE(ABORT, 'epoch is not the last epoch + 1');
+END;
+
+CREATE TRIGGER IF NOT EXISTS signed_epochs_no_update
+BEFORE UPDATE ON signed_epochs
+BEGIN
+    SELECT RAISE(ABORT, 'signed epochs are immutable');
+END;
+
+CREATE TRIGGER IF NOT EXISTS signed_epochs_no_delete
+BEFORE DELETE ON signed_epochs
+BEGIN
+    SELECT RAISE(ABORT, 'signed epochs are immutable');
+END;
+
+CREATE TABLE IF NOT EXISTS log_entries (
+    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+    entry BLOB NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS log_hashes (
+    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+    hash BLOB NOT NULL CHECK (length(hash) = 32)
+) STRICT;
+
+CREATE TRIGGER IF NOT EXISTS log_entries_no_update BEFORE UPDATE ON log_entries
+BEGIN SELECT RAISE(ABORT, 'the log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS log_entries_no_delete BEFORE DELETE ON log_entries
+BEGIN SELECT RAISE(ABORT, 'the log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS log_hashes_no_update BEFORE UPDATE ON log_hashes
+BEGIN SELECT RAISE(ABORT, 'the log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS log_hashes_no_delete BEFORE DELETE ON log_hashes
+BEGIN SELECT RAISE(ABORT, 'the log is append-only'); END;
+
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY CHECK (size >= 0),
+    note BLOB NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS cosigned_logs (
+    origin TEXT PRIMARY KEY,
+    verifier_keys TEXT NOT NULL,
+    size INTEGER CHECK (size >= 0),
+    root_hash BLOB CHECK (root_hash IS NULL OR length(root_hash) = 32),
+    checkpoint BLOB
+) STRICT;
+"""
+
+_EPOCH_COLUMNS = (
+    "namespace, epoch, timestamp_ms, digest, message, signature, key_id, log_index, "
+    "artifact, evidence, submitted_at_ms, operator_signature"
+)
+
+
+def _signed_epoch(row: Sequence[object]) -> SignedEpoch:
+    (ns, epoch, ts, digest, message, signature, key_id, index, artifact, evidence, sub, op) = row
+    return SignedEpoch(
+        namespace=str(ns),
+        epoch=int(epoch),  # type: ignore[call-overload]
+        timestamp_ms=int(ts),  # type: ignore[call-overload]
+        digest=bytes(digest),  # type: ignore[call-overload]
+        message_bytes=bytes(message),  # type: ignore[call-overload]
+        signature=bytes(signature),  # type: ignore[call-overload]
+        key_id=int(key_id),  # type: ignore[call-overload]
+        log_index=int(index),  # type: ignore[call-overload]
+        artifact=bytes(artifact),  # type: ignore[call-overload]
+        evidence=None if evidence is None else bytes(evidence),  # type: ignore[call-overload]
+        submitted_at_ms=int(sub),  # type: ignore[call-overload]
+        operator_signature=bytes(op),  # type: ignore[call-overload]
+    )
+
+
+class _LogTables:
+    """:class:`bkv.tlog.log.LogStore` over the witness connection (same transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def size(self) -> int:
+        row = self._conn.execute("SELECT COUNT(*) FROM log_entries").fetchone()
+        return int(row[0])
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        wanted = sorted(set(indexes))
+        found: dict[int, bytes] = {}
+        # Bounded batches keep under SQLite's host-parameter limit.
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for idx, value in self._conn.execute(
+                f"SELECT idx, hash FROM log_hashes WHERE idx IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                found[int(idx)] = bytes(value)
+        try:
+            return [found[i] for i in indexes]
+        except KeyError:
+            raise StorageError("stored log hash missing") from None
+
+    def read_entries(self, start: int, stop: int) -> list[bytes]:
+        rows = self._conn.execute(
+            "SELECT idx, entry FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, stop),
+        ).fetchall()
+        if len(rows) != stop - start or any(int(r[0]) != start + i for i, r in enumerate(rows)):
+            raise StorageError("log entry missing")
+        return [bytes(r[1]) for r in rows]
+
+    def append(self, old_size: int, entries: Sequence[bytes], hashes: Sequence[bytes]) -> None:
+        if self.size() != old_size:
+            raise StorageError("log store is not at the expected size")
+        first_hash = stored_hash_count(old_size)
+        if first_hash + len(hashes) != stored_hash_count(old_size + len(entries)):
+            raise StorageError("append batch has the wrong number of hashes")
+        self._conn.executemany(
+            "INSERT INTO log_entries (idx, entry) VALUES (?, ?)",
+            [(old_size + i, e) for i, e in enumerate(entries)],
+        )
+        self._conn.executemany(
+            "INSERT INTO log_hashes (idx, hash) VALUES (?, ?)",
+            [(first_hash + i, h) for i, h in enumerate(hashes)],
+        )
+
+
+class _Transaction:
+    """:class:`bkv.witness.core.WitnessState` for one open transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._log: MerkleLog | None = None
+
+    def namespace(self, name: str) -> NamespaceRecord | None:
+        return _read_namespace(self._conn, name)
+
+    def add_namespace(self, record: NamespaceRecord) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO namespaces (name, operator_public_key, created_ms) VALUES (?, ?, ?)",
+                (record.name, record.operator_public_key, record.created_ms),
+            )
+        except sqlite3.IntegrityError:
+            raise NamespaceExistsError(f"namespace {record.name} is already registered") from None
+
+    def last_signed(self, name: str) -> SignedEpoch | None:
+        return _read_last(self._conn, name)
+
+    def digest_signed(self, name: str, digest: bytes) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM signed_epochs WHERE namespace = ? AND digest = ?", (name, digest)
+        ).fetchone()
+        return row is not None
+
+    def record_signed(self, signed: SignedEpoch) -> None:
+        try:
+            self._conn.execute(
+                f"INSERT INTO signed_epochs ({_EPOCH_COLUMNS}) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    signed.namespace,
+                    signed.epoch,
+                    signed.timestamp_ms,
+                    signed.digest,
+                    signed.message_bytes,
+                    signed.signature,
+                    signed.key_id,
+                    signed.log_index,
+                    signed.artifact,
+                    signed.evidence,
+                    signed.submitted_at_ms,
+                    signed.operator_signature,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            # The schema is the last line of defence; name what it caught.
+            text = str(exc)
+            if "digest" in text:
+                raise DigestReusedError(f"digest already signed in {signed.namespace}") from None
+            raise EpochConflictError(
+                f"epoch {signed.epoch} of {signed.namespace} refused by the store ({text})"
+            ) from None
+
+    def record_checkpoint(self, size: int, note: bytes) -> None:
+        self._conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (size, note))
+
+    @property
+    def audit_log(self) -> MerkleLog:
+        if self._log is None:
+            self._log = MerkleLog(_LogTables(self._conn))
+        return self._log
+
+
+def _read_namespace(conn: sqlite3.Connection, name: str) -> NamespaceRecord | None:
+    row = conn.execute(
+        "SELECT name, operator_public_key, created_ms FROM namespaces WHERE name = ?", (name,)
+    ).fetchone()
+    if row is None:
+        return None
+    return NamespaceRecord(name=row[0], operator_public_key=bytes(row[1]), created_ms=int(row[2]))
+
+
+def _read_last(conn: sqlite3.Connection, name: str) -> SignedEpoch | None:
+    row = conn.execute(
+        f"SELECT {_EPOCH_COLUMNS} FROM signed_epochs WHERE namespace = ? "  # noqa: S608
+        "ORDER BY epoch DESC LIMIT 1",
+        (name,),
+    ).fetchone()
+    return None if row is None else _signed_epoch(row)
+
+
+class WitnessStore:
+    """The witness database. Thread-safe: one connection behind one lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (one per submission).
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (SCHEMA_VERSION,),
+            )
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+            if row[0] != SCHEMA_VERSION:
+                raise StorageError(f"witness database schema {row[0]} is not {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> WitnessStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Transaction]:
+        """One all-or-nothing write transaction; any exception rolls it back."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Transaction(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # --- reads (HTTP API) --------------------------------------------------------
+
+    def namespaces(self) -> list[NamespaceRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT name, operator_public_key, created_ms FROM namespaces ORDER BY name"
+            ).fetchall()
+        return [NamespaceRecord(r[0], bytes(r[1]), int(r[2])) for r in rows]
+
+    def namespace(self, name: str) -> NamespaceRecord | None:
+        with self._lock:
+            return _read_namespace(self._conn, name)
+
+    def signed_epoch(self, name: str, epoch: int) -> SignedEpoch | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_EPOCH_COLUMNS} FROM signed_epochs "  # noqa: S608
+                "WHERE namespace = ? AND epoch = ?",
+                (name, epoch),
+            ).fetchone()
+        return None if row is None else _signed_epoch(row)
+
+    def last_signed(self, name: str) -> SignedEpoch | None:
+        with self._lock:
+            return _read_last(self._conn, name)
+
+    def epoch_count(self, name: str) -> int:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM signed_epochs WHERE namespace = ?", (name,)
+            ).fetchone()
+        return int(row[0])
+
+    def latest_checkpoint(self) -> tuple[int, bytes] | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    @contextmanager
+    def reading_log(self) -> Iterator[MerkleLog]:
+        """A consistent read view of the audit log (holds the store lock)."""
+        with self._lock:
+            yield MerkleLog(_LogTables(self._conn))
+
+    # --- witness keys (for /info) ---------------------------------------------------
+
+    def witness_keys(self) -> list[tuple[bytes, int]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT public_key, not_before_ms FROM witness_keys ORDER BY not_before_ms"
+            ).fetchall()
+        return [(bytes(r[0]), int(r[1])) for r in rows]
+
+    def ensure_witness_key(self, public_key: bytes, now_ms: int) -> None:
+        """Record a statement key the first time it is used (its not_before is then)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO witness_keys (public_key, not_before_ms) VALUES (?, ?)",
+                (public_key, now_ms),
+            )
+
+    # --- logs this witness cosigns (tlog-witness) -----------------------------------
+
+    def add_cosigned_log(self, origin: str, verifier_keys: Sequence[str]) -> None:
+        """Configure a log whose checkpoints this witness cosigns (vkeys of the log)."""
+        if not verifier_keys or any("\n" in v or not v for v in verifier_keys):
+            raise ValueError("need one or more single-line verifier keys")
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "INSERT INTO cosigned_logs (origin, verifier_keys) VALUES (?, ?)",
+                    (origin, "\n".join(verifier_keys)),
+                )
+            except sqlite3.IntegrityError:
+                raise NamespaceExistsError(f"log {origin} is already configured") from None
+
+    def cosigned_logs(self) -> dict[str, list[str]]:
+        """Every configured origin and its verifier keys."""
+        with self._lock:
+            rows = self._conn.execute("SELECT origin, verifier_keys FROM cosigned_logs").fetchall()
+        return {str(r[0]): str(r[1]).split("\n") for r in rows}
+
+    @contextmanager
+    def cosigning(self) -> Iterator[_CosignState]:
+        """Atomic read-latest / check / persist for add-checkpoint (tlog-witness)."""
+        with self.transaction():
+            yield _CosignState(self._conn)
+
+
+class _CosignState:
+    """Latest cosigned state per origin, inside one transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def latest(self, origin: str) -> LogState | None:
+        row = self._conn.execute(
+            "SELECT size, root_hash, checkpoint FROM cosigned_logs WHERE origin = ?", (origin,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return LogState(int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def persist(self, origin: str, state: LogState) -> None:
+        self._conn.execute(
+            "UPDATE cosigned_logs SET size = ?, root_hash = ?, checkpoint = ? WHERE origin = ?",
+            (state.size, state.root_hash, state.checkpoint, origin),
+        )

@@ -1,0 +1,73 @@
+"""HKDF-SHA512 against pyca/cryptography's independent HKDF; OPRF and rng misuse."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bkv.crypto import hkdf, oprf, ristretto
+from bkv.crypto.rng import draw
+
+
+@given(
+    salt=st.binary(max_size=80),
+    ikm=st.binary(max_size=200),
+    info=st.binary(max_size=100),
+    length=st.integers(min_value=1, max_value=300),
+)
+def test_hkdf_matches_pyca(salt: bytes, ikm: bytes, info: bytes, length: int) -> None:
+    ours = hkdf.expand(hkdf.extract(salt, ikm), info, length)
+    theirs = HKDF(hashes.SHA512(), length, salt or None, info).derive(ikm)
+    assert ours == theirs
+
+
+def test_hkdf_expand_matches_pyca_at_the_block_boundaries() -> None:
+    prk = bytes(range(64))
+    for length in (63, 64, 65, 128, 129, 255 * 64):
+        theirs = HKDFExpand(hashes.SHA512(), length, b"info").derive(prk)
+        assert hkdf.expand(prk, b"info", length) == theirs
+
+
+@pytest.mark.parametrize("length", [0, -1, 255 * 64 + 1])
+def test_hkdf_expand_rejects_impossible_lengths(length: int) -> None:
+    with pytest.raises(ValueError, match="length"):
+        hkdf.expand(bytes(64), b"", length)
+
+
+def test_draw_rejects_a_short_rng() -> None:
+    assert draw(lambda n: b"\x01" * n, 4) == b"\x01" * 4
+    with pytest.raises(ValueError, match="rng returned 3 bytes, expected 4"):
+        draw(lambda n: b"\x01" * (n - 1), 4)
+
+
+def test_oprf_rejects_misuse() -> None:
+    with pytest.raises(ValueError, match="seed"):
+        oprf.derive_key_pair(bytes(31), b"")
+    with pytest.raises(ValueError, match="info"):
+        oprf.derive_key_pair(bytes(32), bytes(65536))
+    with pytest.raises(ValueError, match="nonzero"):
+        oprf.blind(b"x", blind_scalar=ristretto.scalar_from_int(0))
+    with pytest.raises(ValueError, match="65535"):
+        oprf.blind(bytes(65536))
+    key, _ = oprf.derive_key_pair(bytes(32), b"")
+    with pytest.raises(ValueError, match="65535"):
+        oprf.evaluate(key, bytes(65536))
+
+
+@given(st.binary(max_size=100))
+def test_oprf_blind_evaluate_finalize_equals_evaluate(private_input: bytes) -> None:
+    key, _ = oprf.derive_key_pair(b"\x05" * 32, b"property")
+    blind, blinded = oprf.blind(private_input)
+    output = oprf.finalize(private_input, blind, oprf.blind_evaluate(key, blinded))
+    assert output == oprf.evaluate(key, private_input)
+    assert len(output) == oprf.OUTPUT_SIZE
+
+
+def test_oprf_output_depends_on_key_and_input() -> None:
+    key_a, _ = oprf.derive_key_pair(b"\x05" * 32, b"a")
+    key_b, _ = oprf.derive_key_pair(b"\x05" * 32, b"b")
+    assert oprf.evaluate(key_a, b"x") != oprf.evaluate(key_b, b"x")
+    assert oprf.evaluate(key_a, b"x") != oprf.evaluate(key_a, b"y")

@@ -1,0 +1,141 @@
+"""A real fleet for host tests: `bkv hsm serve` and `bkv host serve` subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bkv.client.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE
+from bkv.client.sdk import VaultClient
+from bkv.client.vault import FleetKeys
+from bkv.host.config import token_digest
+from bkv.hsm.store import PUBLIC_KEYS_FILE
+
+FLEET = "host-fleet"
+START_TIMEOUT_S = 30.0
+
+
+def bkv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bkv.cli.main", *args]
+
+
+def _read_url(process: subprocess.Popen[str]) -> str:
+    found: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        found.append(process.stdout.readline())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(START_TIMEOUT_S)
+    if not found or "listening on " not in found[0]:
+        process.kill()
+        stderr = process.stderr.read() if process.stderr else ""
+        raise AssertionError(f"process did not start: {found!r} {stderr[-2000:]}")
+    return found[0].strip().rsplit("listening on ", 1)[1]
+
+
+@contextlib.contextmanager
+def running(args: list[str]) -> Iterator[str]:
+    """Start a `bkv ... serve`; yield its base URL; stop it (SIGTERM, then SIGKILL) on exit."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield _read_url(process)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+
+
+def init_hsm(directory: Path) -> Path:
+    """Write an HSM config, run `bkv hsm init`; return the config path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "hsm.toml"
+    config.write_text(
+        f'[hsm]\nfleet_id = "{FLEET}"\nlisten = "127.0.0.1:0"\nstate_dir = "state"\n'
+        'max_guess_limit = 10\n\n[sealer]\nbackend = "software"\n',
+        encoding="utf-8",
+    )
+    subprocess.run(bkv("hsm", "init", "--config", str(config)),
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    return config
+
+
+def public_keys_path(hsm_config: Path) -> Path:
+    return hsm_config.parent / "state" / PUBLIC_KEYS_FILE
+
+
+def fleet_keys(hsm_config: Path) -> FleetKeys:
+    data = json.loads(public_keys_path(hsm_config).read_text())
+    by_role = {key["role"]: bytes.fromhex(key["public_key"]) for key in data["keys"]}
+    return FleetKeys(data["fleet_id"], by_role[ROLE_CHANNEL], by_role[ROLE_OPAQUE_AKE])
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: bytes
+    token: str
+
+
+ACCOUNTS = [Account(f"account-{i}".encode(), f"token-{i}-" + "x" * 32) for i in range(12)]
+
+
+def write_host_config(
+    directory: Path,
+    hsm_url: str,
+    hsm_config: Path,
+    *,
+    name: str = "host.toml",
+    limits: str = "",
+) -> Path:
+    accounts = "".join(
+        f'\n[[accounts]]\naccount_id = "{a.account_id.hex()}"\n'
+        f'token_sha256 = "{token_digest(a.token).hex()}"\n'
+        for a in ACCOUNTS
+    )
+    path = directory / name
+    path.write_text(
+        f'[host]\nfleet_id = "{FLEET}"\nlisten = "127.0.0.1:0"\n'
+        f'hsm_url = "{hsm_url}/v1/message"\nhsm_timeout_seconds = 20\n'
+        f'public_keys_file = "{public_keys_path(hsm_config)}"\n{accounts}{limits}',
+        encoding="utf-8",
+    )
+    return path
+
+
+class Recorder(httpx.HTTPTransport):
+    """An HTTP transport that keeps every byte sent to and received from the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.captured: list[bytes] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.captured.append(request.read())
+        response = super().handle_request(request)
+        response.read()
+        self.captured.append(response.content)
+        return response
+
+
+def client(
+    url: str, account: Account, fleet: FleetKeys, transport: httpx.BaseTransport | None = None
+) -> VaultClient:
+    return VaultClient(url, account.token, account.account_id, fleet, transport=transport)

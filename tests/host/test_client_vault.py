@@ -1,0 +1,159 @@
+"""The SDK's sans-IO core: request building, answer reading, error mapping, key wrapping."""
+
+from __future__ import annotations
+
+import pytest
+
+from bkv.client import vault
+from bkv.client.vault import FleetKeys
+from bkv.crypto import channel
+from bkv.errors import (
+    BkvError,
+    ClientAuthenticationError,
+    CodecError,
+    DecryptionError,
+    ProtocolStateError,
+    RecordExistsError,
+    ServerAuthenticationError,
+    VaultError,
+    VaultFullError,
+)
+from bkv.hsm.messages import (
+    ErrorCode,
+    HsmRejected,
+    HsmRequest,
+    HsmResponse,
+    RequestKind,
+    StatusOk,
+    StatusRequest,
+    VaultFailure,
+    request_aad,
+)
+from bkv.wire import decode, encode
+
+SK, PK = channel.derive_channel_key_pair(bytes(range(32)))
+FLEET = FleetKeys("fleet-1", PK, bytes(32))
+ACCOUNT = b"alice"
+EXPORT_KEY = bytes(range(64))
+BACKUP_KEY = bytes(range(200, 232))
+
+
+def _answer(pending: vault.PendingRequest, inner: object) -> bytes:
+    outer = decode(HsmRequest, pending.request)
+    aad = request_aad(outer.fleet_id, outer.kind, outer.account_id)
+    state, _ = channel.open_request(SK, outer.fleet_id.encode(), outer.sealed, aad)
+    return encode(HsmResponse(channel.seal_response(state, encode(inner))))
+
+
+def test_build_request_binds_routing_fields() -> None:
+    pending = vault.build_request(FLEET, ACCOUNT, StatusRequest())
+    outer = decode(HsmRequest, pending.request)
+    assert (outer.fleet_id, outer.kind, outer.account_id) == (
+        "fleet-1",
+        RequestKind.STATUS,
+        ACCOUNT,
+    )
+    aad = request_aad("fleet-1", RequestKind.STATUS, ACCOUNT)
+    _, plaintext = channel.open_request(SK, b"fleet-1", outer.sealed, aad)
+    assert plaintext == encode(StatusRequest())
+    with pytest.raises(DecryptionError):
+        channel.open_request(
+            SK, b"fleet-1", outer.sealed, request_aad("fleet-1", outer.kind, b"bob")
+        )
+
+
+def test_read_response_opens_the_answer() -> None:
+    pending = vault.build_request(FLEET, ACCOUNT, StatusRequest())
+    answer = vault.read_response(pending, _answer(pending, StatusOk(True, 3, 10, 7)))
+    status = vault.status_of(vault.expect(answer, StatusOk))
+    assert status == vault.VaultStatus(True, 3, 10, 7)
+
+
+def test_read_response_refuses_an_answer_to_another_request() -> None:
+    first = vault.build_request(FLEET, ACCOUNT, StatusRequest())
+    second = vault.build_request(FLEET, ACCOUNT, StatusRequest())
+    with pytest.raises(DecryptionError):
+        vault.read_response(first, _answer(second, StatusOk(True, 3, 10, 7)))
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (ErrorCode.MALFORMED, CodecError),
+        (ErrorCode.WRONG_FLEET, VaultError),
+        (ErrorCode.UNDECRYPTABLE, DecryptionError),
+        (ErrorCode.KIND_MISMATCH, CodecError),
+        (ErrorCode.PROTOCOL_STATE, ProtocolStateError),
+        (ErrorCode.LOGIN_FAILED, ClientAuthenticationError),
+        (ErrorCode.RECORD_EXISTS, RecordExistsError),
+        (ErrorCode.INVALID_POLICY, VaultError),
+        (ErrorCode.VAULT_FULL, VaultFullError),
+    ],
+)
+def test_error_codes_map_to_typed_errors(code: ErrorCode, error: type[BkvError]) -> None:
+    assert set(ErrorCode) == set(vault._REJECTION_ERRORS)
+    pending = vault.build_request(FLEET, ACCOUNT, StatusRequest())
+    with pytest.raises(error):
+        vault.read_response(pending, encode(HsmRejected(code)))
+    with pytest.raises(error):
+        vault.read_response(pending, _answer(pending, VaultFailure(code)))
+
+
+def test_garbage_answers_raise_codec_errors() -> None:
+    pending = vault.build_request(FLEET, ACCOUNT, StatusRequest())
+    for answer in (b"", b"\x01\x02\x01", b"\xff" * 40):
+        with pytest.raises(CodecError):
+            vault.read_response(pending, answer)
+
+
+def test_expect_refuses_the_wrong_answer() -> None:
+    with pytest.raises(ProtocolStateError):
+        vault.expect(StatusOk(True, 1, 10, 10), VaultFailure)
+
+
+def test_check_server_key() -> None:
+    vault.check_server_key(FLEET, bytes(32))
+    vault.check_server_key(FleetKeys("f", PK), b"\x01" * 32)  # nothing pinned
+    with pytest.raises(ServerAuthenticationError):
+        vault.check_server_key(FLEET, b"\x01" * 32)
+
+
+def test_wrap_round_trip_and_binding() -> None:
+    secret = vault.wrap_backup_key(EXPORT_KEY, ACCOUNT, BACKUP_KEY)
+    assert len(secret) == vault.WRAPPED_KEY_SIZE
+    assert BACKUP_KEY not in secret
+    assert vault.unwrap_backup_key(EXPORT_KEY, ACCOUNT, secret) == BACKUP_KEY
+    with pytest.raises(DecryptionError):
+        vault.unwrap_backup_key(bytes(64), ACCOUNT, secret)
+    with pytest.raises(DecryptionError):
+        vault.unwrap_backup_key(EXPORT_KEY, b"bob", secret)
+    for index in range(len(secret)):
+        tampered = bytearray(secret)
+        tampered[index] ^= 1
+        with pytest.raises(DecryptionError):
+            vault.unwrap_backup_key(EXPORT_KEY, ACCOUNT, bytes(tampered))
+    with pytest.raises(DecryptionError):
+        vault.unwrap_backup_key(EXPORT_KEY, ACCOUNT, secret[:-1])
+
+
+def test_wrap_refuses_misuse() -> None:
+    with pytest.raises(ValueError):
+        vault.wrap_backup_key(EXPORT_KEY, ACCOUNT, BACKUP_KEY[:31])
+    with pytest.raises(ValueError):
+        vault.wrap_backup_key(b"", ACCOUNT, BACKUP_KEY)
+
+
+@pytest.mark.parametrize(
+    ("fleet_id", "key", "opaque"),
+    [("", PK, None), ("f" * 65, PK, None), ("f", PK[:31], None), ("f", PK, b"\x00")],
+)
+def test_fleet_keys_validate(fleet_id: str, key: bytes, opaque: bytes | None) -> None:
+    with pytest.raises(ValueError):
+        FleetKeys(fleet_id, key, opaque)
+
+
+def test_build_request_refuses_bad_account() -> None:
+    with pytest.raises(ValueError):
+        vault.build_request(FLEET, b"", StatusRequest())
+    with pytest.raises(ValueError):
+        vault.build_request(FLEET, b"x" * 65, StatusRequest())

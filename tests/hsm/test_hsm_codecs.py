@@ -1,0 +1,154 @@
+"""Hypothesis: the HSM's message and state codecs round-trip and fail only with CodecError."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bkv.errors import CodecError
+from bkv.hsm import messages as m
+from bkv.hsm import state as s
+from bkv.hsm.sealing import SealedState
+from bkv.wire import Registry, decode, decode_any, encode
+
+
+def fixed(n: int) -> st.SearchStrategy[bytes]:
+    return st.binary(min_size=n, max_size=n)
+
+
+def var(lo: int, hi: int) -> st.SearchStrategy[bytes]:
+    return st.binary(min_size=lo, max_size=hi)
+
+
+account = var(1, m.MAX_ACCOUNT_ID)
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+limit = st.integers(1, m.MAX_GUESS_LIMIT)
+fleet = st.text(min_size=1, max_size=16)
+
+records = st.builds(
+    lambda g, rid, rec, sec, lim, used, ms: s.Record(g, rid, rec, sec, lim, min(used, lim), ms),
+    u32,
+    fixed(32),
+    fixed(192),
+    var(1, m.MAX_SECRET),
+    limit,
+    st.integers(0, m.MAX_GUESS_LIMIT),
+    u64,
+)
+commands = st.one_of(
+    st.builds(s.CountAttempt, account),
+    st.builds(s.ResetAttempts, account, u32),
+    st.builds(s.DestroyRecord, account, u32),
+    st.builds(s.DeleteRecord, account, u32),
+    st.builds(
+        s.InstallRecord, account, u32, fixed(32), fixed(192), var(1, m.MAX_SECRET), limit, u64
+    ),
+)
+
+MESSAGES = st.one_of(
+    st.builds(
+        m.HsmRequest, fleet, st.sampled_from(m.RequestKind), account, var(1, m.MAX_SEALED_REQUEST)
+    ),
+    st.builds(m.HsmResponse, var(1, m.MAX_SEALED_RESPONSE)),
+    st.builds(m.HsmRejected, st.sampled_from(m.ErrorCode)),
+    st.builds(m.RegisterStart, fixed(32)),
+    st.builds(m.RegisterFinish, fixed(32), fixed(192), var(1, m.MAX_SECRET), st.integers(0, 255)),
+    st.builds(m.RecoverStart, fixed(96)),
+    st.builds(m.RecoverFinish, fixed(16), fixed(64), st.sampled_from(m.FinishAction)),
+    st.builds(m.RecoverAbort, fixed(16)),
+    st.just(m.StatusRequest()),
+    st.builds(m.RegisterStartOk, fixed(64), fixed(32)),
+    st.builds(m.RegisterFinishOk, u32, st.integers(0, 255), st.integers(0, 255)),
+    st.builds(m.RecoverStartOk, fixed(16), fixed(320)),
+    st.builds(m.KeyReleased, u32, var(1, m.MAX_SEALED_SECRET)),
+    st.builds(m.RecordDeleted, u32),
+    st.just(m.AbortOk()),
+    st.builds(m.StatusOk, st.booleans(), u32, st.integers(0, 255), st.integers(0, 255)),
+    st.builds(m.VaultFailure, st.sampled_from(m.ErrorCode)),
+    records,
+    st.builds(s.AccountSlot, account, u32, st.none() | records),
+    commands,
+    st.builds(s.CommandEnvelope, u64, commands),
+    st.builds(SealedState, fleet, u64, var(1, 200)),
+)
+
+ALL = Registry(
+    [
+        m.HsmRequest,
+        m.HsmResponse,
+        m.HsmRejected,
+        *m.INNER_REQUESTS,
+        *m.INNER_RESPONSES,
+        s.Record,
+        s.AccountSlot,
+        s.VaultState,
+        s.HsmSecrets,
+        s.Snapshot,
+        s.CountAttempt,
+        s.ResetAttempts,
+        s.DestroyRecord,
+        s.DeleteRecord,
+        s.InstallRecord,
+        s.CommandEnvelope,
+        SealedState,
+    ]
+)
+
+
+@given(MESSAGES)
+def test_round_trip(msg: object) -> None:
+    data = encode(msg)
+    assert decode(type(msg), data) == msg
+    assert decode_any(data, ALL) == msg
+
+
+@given(MESSAGES, st.data())
+def test_mutations_fail_typed_or_stay_canonical(msg: object, data: st.DataObject) -> None:
+    raw = bytearray(encode(msg))
+    choice = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
+    if choice == "flip":
+        index = data.draw(st.integers(0, len(raw) - 1))
+        raw[index] ^= data.draw(st.integers(1, 255))
+    elif choice == "truncate":
+        del raw[data.draw(st.integers(0, len(raw) - 1)) :]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=8))
+    try:
+        decoded = decode_any(bytes(raw), ALL)
+    except CodecError:
+        return
+    assert encode(decoded) == bytes(raw)  # whatever decodes is canonical
+
+
+@given(st.binary(max_size=600))
+def test_random_bytes_raise_only_codec_errors(raw: bytes) -> None:
+    try:
+        decoded = decode_any(raw, ALL)
+    except CodecError:
+        return
+    assert encode(decoded) == raw
+
+
+def test_vault_state_requires_sorted_unique_accounts() -> None:
+    a, b = s.AccountSlot(b"a", 0), s.AccountSlot(b"b", 0)
+    s.VaultState("f", 10, (a, b))
+    for accounts in ((b, a), (a, a)):
+        with pytest.raises(ValueError, match="sorted"):
+            s.VaultState("f", 10, accounts)
+    data = bytearray(encode(s.VaultState("f", 10, (a, b))))
+    # Swap the two one-letter ids in place: same length, wrong order -> typed error.
+    first, second = data.index(b"a"[0], 8), data.rindex(b"b"[0])
+    data[first], data[second] = data[second], data[first]
+    with pytest.raises(CodecError):
+        decode(s.VaultState, bytes(data))
+
+
+def test_secrets_are_not_in_reprs() -> None:
+    secrets = s.HsmSecrets(b"\x11" * 128, b"\x22" * 32, b"\x33" * 32, b"\x44" * 32)
+    text = repr(secrets)
+    assert "\\x11" not in text and "\\x22" not in text and "\\x44" not in text
+    install = s.InstallRecord(b"a", 0, bytes(32), bytes(192), b"TOPSECRET", 10, 0)
+    assert "TOPSECRET" not in repr(install)
+    assert "TOPSECRET" not in repr(m.RegisterFinish(bytes(32), bytes(192), b"TOPSECRET"))

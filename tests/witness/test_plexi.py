@@ -1,0 +1,268 @@
+"""Plexi SignatureMessage: Plexi's own vector, strict decoding, sign/verify errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bkv.errors import (
+    CodecError,
+    NonCanonicalError,
+    SizeLimitError,
+    TrailingBytesError,
+    TruncatedError,
+    UnknownKeyError,
+    UnknownTagError,
+    WitnessSignatureError,
+)
+from bkv.witness import plexi
+
+VECTORS = json.loads(
+    (Path(__file__).parent.parent / "vectors" / "plexi" / "test-vectors.json").read_text()
+)
+
+
+class SeedSigner:
+    """Minimal Ed25519 signer for tests (the witness store uses bkv.keystore)."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+
+    def public_key(self) -> bytes:
+        return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def _protobuf_vector() -> dict[str, object]:
+    [vector] = [v for v in VECTORS if v["ciphersuite"] == 1]
+    return vector
+
+
+def _sample(**overrides: object) -> plexi.SignatureMessage:
+    fields: dict[str, object] = {
+        "namespace": "bkv.fleet_keys.v1",
+        "timestamp_ms": 1_800_000_000_000,
+        "epoch": 7,
+        "digest": bytes(range(32)),
+    }
+    fields.update(overrides)
+    return plexi.SignatureMessage(**fields)  # type: ignore[arg-type]
+
+
+def test_plexi_vector_signature_is_reproduced_byte_for_byte() -> None:
+    v = _protobuf_vector()
+    signer = SeedSigner(bytes.fromhex(str(v["signing_key"])))
+    assert signer.public_key().hex() == v["verifying_key"]
+    statement = plexi.sign_statement(
+        signer,
+        str(v["namespace"]),
+        int(str(v["timestamp"])),
+        int(str(v["epoch"])),
+        bytes.fromhex(str(v["digest"])),
+    )
+    assert statement.key_id == v["key_id"]
+    # Ed25519 is deterministic: the same bytes give Plexi's exact signature.
+    assert statement.signature.hex() == v["signature"]
+    message = plexi.verify_statement(
+        statement.message_bytes,
+        bytes.fromhex(str(v["signature"])),
+        int(str(v["key_id"])),
+        [plexi.WitnessKey(bytes.fromhex(str(v["verifying_key"])))],
+    )
+    assert message.namespace == v["namespace"]
+
+
+def test_encoding_layout_matches_the_proto_definition() -> None:
+    encoded = _sample(epoch=300, timestamp_ms=0, digest=b"\xaa").to_bytes()
+    assert encoded == (
+        b"\x08\x01"
+        + b"\x12\x11bkv.fleet_keys.v1"
+        + b"\x18\x00"  # proto2 required: zero is still written
+        + b"\x22\x03\x08\xac\x02"  # Epoch{inner=300}, 300 = ac 02
+        + b"\x2a\x01\xaa"
+    )
+
+
+def test_round_trip() -> None:
+    message = _sample()
+    assert plexi.decode_signature_message(message.to_bytes()) == message
+
+
+def test_bincode_ciphersuite_is_refused() -> None:
+    encoded = bytearray(_sample().to_bytes())
+    encoded[1] = 0x02
+    with pytest.raises(UnknownTagError):
+        plexi.decode_signature_message(bytes(encoded))
+    with pytest.raises(ValueError):
+        _sample(ciphersuite=2)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda b: b[:-1], TruncatedError),
+        (lambda b: b + b"\x00", TrailingBytesError),
+        (lambda b: b"", SizeLimitError),
+        (lambda b: b"\x08\x01" + b[2:] + b"\x2a\x01\x00", TrailingBytesError),  # duplicate digest
+        (lambda b: b + b"\x30\x01", TrailingBytesError),  # field 6 after the end
+        (lambda b: b"\x08\x01\x08\x01" + b[2:], NonCanonicalError),  # repeated ciphersuite
+        (lambda b: b"\x08\x01\x68\x01" + b[2:], UnknownTagError),  # unknown field 13
+        (lambda b: b[:2], TruncatedError),  # namespace missing
+        (lambda b: b"\x08\x81\x00" + b[2:], NonCanonicalError),  # padded varint 1
+        (lambda b: b"\x88\x00\x01" + b[2:], NonCanonicalError),  # padded tag 0x08
+        (lambda b: b"\x10\x01" + b[2:], UnknownTagError),  # field 2 as a varint
+        (lambda b: b"\x08\x01\x18\x00" + b[2:], NonCanonicalError),  # timestamp early
+        (lambda b: b"\x08\x01\x12\x00" + b[2:], SizeLimitError),  # empty namespace
+    ],
+)
+def test_malformed_messages_are_refused(mutate: object, error: type[Exception]) -> None:
+    encoded = _sample().to_bytes()
+    with pytest.raises(error):
+        plexi.decode_signature_message(mutate(encoded))  # type: ignore[operator]
+
+
+def test_varint_longer_than_ten_bytes_is_refused() -> None:
+    encoded = _sample().to_bytes()
+    head = b"\x08\x01\x12\x11bkv.fleet_keys.v1\x18"
+    assert encoded.startswith(head)
+    with pytest.raises(NonCanonicalError):
+        plexi.decode_signature_message(head + b"\xff" * 10 + b"\x01")
+    with pytest.raises(NonCanonicalError):  # 10 bytes but > 2**64 - 1
+        plexi.decode_signature_message(head + b"\xff" * 9 + b"\x7f")
+
+
+def test_ciphersuite_beyond_uint32_is_refused() -> None:
+    encoded = _sample().to_bytes()
+    with pytest.raises(NonCanonicalError):
+        plexi.decode_signature_message(b"\x08\x81\x80\x80\x80\x10" + encoded[2:])
+
+
+def test_epoch_body_must_be_exactly_inner() -> None:
+    head = b"\x08\x01\x12\x01n\x18\x01"
+    tail = b"\x2a\x01\x00"
+    with pytest.raises(UnknownTagError):
+        plexi.decode_signature_message(head + b"\x22\x02\x10\x01" + tail)
+    with pytest.raises(TrailingBytesError):
+        plexi.decode_signature_message(head + b"\x22\x03\x08\x01\x00" + tail)
+    with pytest.raises(CodecError):  # epoch 0 is not a Plexi epoch
+        plexi.decode_signature_message(head + b"\x22\x02\x08\x00" + tail)
+    assert plexi.decode_signature_message(head + b"\x22\x02\x08\x01" + tail).epoch == 1
+
+
+def test_namespace_must_be_utf8() -> None:
+    with pytest.raises(CodecError):
+        plexi.decode_signature_message(b"\x08\x01\x12\x01\xff\x18\x01\x22\x02\x08\x01\x2a\x01\x00")
+
+
+def test_oversized_inputs_are_refused() -> None:
+    with pytest.raises(SizeLimitError):
+        plexi.decode_signature_message(b"\x08" * (plexi.MAX_SIGNATURE_MESSAGE_BYTES + 1))
+    with pytest.raises(ValueError):
+        _sample(namespace="n" * (plexi.MAX_NAMESPACE_BYTES + 1))
+    with pytest.raises(ValueError):
+        _sample(digest=b"\x00" * (plexi.MAX_DIGEST_BYTES + 1))
+    with pytest.raises(ValueError):
+        _sample(epoch=0)
+    longest = _sample(
+        namespace="n" * plexi.MAX_NAMESPACE_BYTES,
+        timestamp_ms=2**64 - 1,
+        epoch=2**64 - 1,
+        digest=b"\x01" * plexi.MAX_DIGEST_BYTES,
+    )
+    assert len(longest.to_bytes()) <= plexi.MAX_SIGNATURE_MESSAGE_BYTES
+    assert plexi.decode_signature_message(longest.to_bytes()) == longest
+
+
+def _signed() -> tuple[SeedSigner, plexi.SignedStatement]:
+    signer = SeedSigner(b"\x07" * 32)
+    return signer, plexi.sign_statement(signer, "bkv.fleet_keys.v1", 1000, 1, b"\x11" * 32)
+
+
+def test_verify_refuses_wrong_key_and_tampering() -> None:
+    signer, st_ = _signed()
+    good = plexi.WitnessKey(signer.public_key())
+    other = SeedSigner(b"\x08" * 32).public_key()
+    # same key id as the witness key, different key
+    impostor = plexi.WitnessKey(other[:-1] + signer.public_key()[-1:])
+    with pytest.raises(WitnessSignatureError):
+        plexi.verify_statement(st_.message_bytes, st_.signature, st_.key_id, [impostor])
+    with pytest.raises(UnknownKeyError):
+        plexi.verify_statement(
+            st_.message_bytes, st_.signature, st_.key_id, [plexi.WitnessKey(other)]
+        )
+    tampered = plexi.encode_signature_message("bkv.fleet_keys.v1", 1000, 2, b"\x11" * 32)
+    with pytest.raises(WitnessSignatureError):
+        plexi.verify_statement(tampered, st_.signature, st_.key_id, [good])
+    flipped = bytes([st_.signature[0] ^ 1]) + st_.signature[1:]
+    with pytest.raises(WitnessSignatureError):
+        plexi.verify_statement(st_.message_bytes, flipped, st_.key_id, [good])
+    with pytest.raises(WitnessSignatureError):
+        plexi.verify_statement(st_.message_bytes, st_.signature[:-1], st_.key_id, [good])
+    with pytest.raises(UnknownKeyError):
+        plexi.verify_statement(st_.message_bytes, st_.signature, 256, [good])
+    assert plexi.verify_statement(st_.message_bytes, st_.signature, st_.key_id, [impostor, good])
+
+
+def test_verify_enforces_not_before() -> None:
+    signer, st_ = _signed()
+    later = plexi.WitnessKey(signer.public_key(), not_before_ms=1001)
+    with pytest.raises(UnknownKeyError):
+        plexi.verify_statement(st_.message_bytes, st_.signature, st_.key_id, [later])
+    exact = plexi.WitnessKey(signer.public_key(), not_before_ms=1000)
+    assert plexi.verify_statement(st_.message_bytes, st_.signature, st_.key_id, [exact]).epoch == 1
+
+
+def test_faulty_signer_is_caught() -> None:
+    class WrongKeySigner(SeedSigner):
+        def public_key(self) -> bytes:
+            return SeedSigner(b"\x09" * 32).public_key()
+
+    with pytest.raises(WitnessSignatureError):
+        plexi.sign_statement(WrongKeySigner(b"\x07" * 32), "ns", 1, 1, b"\x01")
+
+
+def test_key_id_is_last_byte() -> None:
+    assert plexi.key_id_for(bytes(31) + b"\xbc") == 188
+    with pytest.raises(ValueError):
+        plexi.key_id_for(b"\x00" * 31)
+
+
+@given(st.binary(max_size=plexi.MAX_SIGNATURE_MESSAGE_BYTES + 8))
+def test_random_bytes_raise_only_codec_errors(data: bytes) -> None:
+    try:
+        message = plexi.decode_signature_message(data)
+    except CodecError:
+        return
+    assert message.to_bytes() == data
+
+
+@given(
+    st.text(min_size=1, max_size=60).filter(lambda s: 0 < len(s.encode()) <= 255),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=1, max_value=2**64 - 1),
+    st.binary(min_size=1, max_size=plexi.MAX_DIGEST_BYTES),
+)
+def test_round_trip_property(namespace: str, timestamp: int, epoch: int, digest: bytes) -> None:
+    message = plexi.SignatureMessage(namespace, timestamp, epoch, digest)
+    encoded = message.to_bytes()
+    assert plexi.decode_signature_message(encoded) == message
+
+
+@given(st.data())
+def test_single_byte_mutations_never_escape_codec_errors(data: st.DataObject) -> None:
+    encoded = bytearray(_sample().to_bytes())
+    index = data.draw(st.integers(min_value=0, max_value=len(encoded) - 1))
+    encoded[index] = data.draw(st.integers(min_value=0, max_value=255))
+    try:
+        message = plexi.decode_signature_message(bytes(encoded))
+    except CodecError:
+        return
+    assert message.to_bytes() == bytes(encoded)
