@@ -287,6 +287,14 @@ class NamespaceExistsError(WitnessError):
     """The namespace is already registered with the witness."""
 
 
+class UnknownEpochError(WitnessError):
+    """The witness never signed this epoch of the namespace."""
+
+
+class CountersignatureExistsError(WitnessError):
+    """Another counter-signature is already stored for this epoch (they are immutable)."""
+
+
 class SubmissionSignatureError(SignatureError):
     """The operator's signature over a witness submission did not verify."""
 

@@ -59,6 +59,8 @@ class RogueWitness:
     log: MerkleLog = field(default_factory=lambda: MerkleLog(MemoryHashStore()))
     served: dict[int, Served] = field(default_factory=dict)
     last_epoch: int | None = None
+    #: Counter-signatures served per epoch (hex; what an operator posted, or a lie).
+    counter_signatures: dict[int, str] = field(default_factory=dict)
 
     def sign(
         self,
@@ -131,6 +133,7 @@ class RogueWitness:
                 "inclusion_proof": [],
                 "checkpoint": self.checkpoint().decode(),
                 "artifact": served.artifact.hex(),
+                "counter_signature": self.counter_signatures.get(message.epoch),
             }
         raise FetchError(f"GET {path}: HTTP 404")
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from rogue_witness import NAMESPACE, T0, RogueWitness, artifact, key
 
 from bkv.audit.delta import all_deltas, render_table
 from bkv.audit.verify import audit_namespace
+from bkv.client.countersign import countersign
 from bkv.client.state import ClientState
 from bkv.errors import (
     AuditError,
+    CodecError,
+    CounterSignatureError,
     EpochRollbackError,
     InclusionProofError,
     NamespaceMismatchError,
@@ -155,3 +160,40 @@ def test_previous_audit_saw_another_digest() -> None:
     forged = ClientState(state.epoch, b"\x01" * 32, state.checkpoint_size, state.checkpoint_root)
     with pytest.raises(EpochRollbackError, match="another digest"):
         audit_namespace(rogue, NAMESPACE, rogue.pins(previous=forged))
+
+
+def test_counter_signatures_served_by_the_witness_are_checked() -> None:
+    rogue = honest()
+    for epoch in (1, 2, 3):
+        signature = rogue.served[epoch].statement.signature
+        rogue.counter_signatures[epoch] = countersign(rogue.operator, signature).hex()
+    pins = dataclasses.replace(rogue.pins(), require_countersignatures=True)
+    report = audit_namespace(rogue, NAMESPACE, pins)
+    assert report.countersigned_epochs == {1, 2, 3}
+    # One epoch without: refused when every epoch must be counter-signed.
+    del rogue.counter_signatures[2]
+    with pytest.raises(AuditError):
+        audit_namespace(rogue, NAMESPACE, pins)
+    assert audit_namespace(rogue, NAMESPACE, rogue.pins()).countersigned_epochs == {1, 3}
+
+
+def test_counter_signature_by_another_key_fails_the_audit() -> None:
+    rogue = honest()
+    signature = rogue.served[2].statement.signature
+    rogue.counter_signatures[2] = countersign(key("mallory"), signature).hex()
+    with pytest.raises(CounterSignatureError):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+    # the operator's counter-signature of another epoch's statement
+    rogue.counter_signatures[2] = countersign(
+        rogue.operator, rogue.served[1].statement.signature
+    ).hex()
+    with pytest.raises(CounterSignatureError):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
+@pytest.mark.parametrize("served", ["00" * 63, "AB" * 64, 7])
+def test_malformed_counter_signature_fails_the_audit(served: object) -> None:
+    rogue = honest()
+    rogue.counter_signatures[1] = served  # type: ignore[assignment]
+    with pytest.raises(CodecError):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())

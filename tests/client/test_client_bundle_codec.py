@@ -22,8 +22,10 @@ from bkv.client.operator import bundle_from_receipt, proof_from_json, statement_
 from bkv.client.state import ClientState
 from bkv.client.trust import PinnedFleetKeys
 from bkv.client.validation import validate_bundle
+from bkv.client.vault import build_request
 from bkv.errors import CodecError, CounterSignatureError, DigestMismatchError, TimestampError
-from bkv.wire import schema_of
+from bkv.hsm.messages import HsmRequest, StatusRequest
+from bkv.wire import decode, schema_of
 
 hashes = st.lists(st.binary(min_size=32, max_size=32), max_size=63).map(tuple)
 
@@ -197,8 +199,11 @@ def test_pinned_of_artifact_built_in_code() -> None:
 
 
 def test_fleet_keys_feed_the_vault_protocol() -> None:
+    # One FleetKeys type: the vault protocol takes it directly and uses keys by role.
     artifact = make_artifact()
-    vault_keys = PinnedFleetKeys.of(artifact).fleet_keys(NOW_MS).for_vault()
+    vault_keys = PinnedFleetKeys.of(artifact).fleet_keys(NOW_MS)
+    request = build_request(vault_keys, b"alice", StatusRequest())
+    assert decode(HsmRequest, request.request).fleet_id == artifact.fleet_id
     assert vault_keys.fleet_id == artifact.fleet_id
     assert vault_keys.channel_public_key == artifact.key("channel").key
     assert vault_keys.opaque_public_key == artifact.key("opaque_ake").key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -181,3 +182,90 @@ def test_server_secrets_random_bytes(data: bytes) -> None:
     except (CodecError, InvalidPointError, InvalidScalarError):
         return
     raise AssertionError("random bytes decoded as server secrets")
+
+
+# --- constructor checks (caller misuse) and the decoders' fast paths --------------------------
+
+
+class _Bytes(bytes):
+    """A bytes subclass: the constructors' fast path tests ``type(x) is bytes``, the slow path
+    ``isinstance``; both must accept it."""
+
+
+def _valid_message(cls: Any, size: int, offsets: list[int]) -> Any:
+    encoded = bytearray(size)
+    generator = ristretto.scalar_mult_base(ristretto.scalar_from_int(1))
+    for offset in offsets:
+        encoded[offset : offset + 32] = generator
+    return cls.from_bytes(bytes(encoded))
+
+
+@pytest.mark.parametrize(("cls", "size", "offsets"), CODECS, ids=IDS)
+def test_constructors_check_every_bytes_field(cls: Any, size: int, offsets: list[int]) -> None:
+    message = _valid_message(cls, size, offsets)
+    byte_fields = [
+        f.name for f in dataclasses.fields(cls) if isinstance(getattr(message, f.name), bytes)
+    ]
+    for name in byte_fields:
+        value = getattr(message, name)
+        with pytest.raises(ValueError, match=name):
+            dataclasses.replace(message, **{name: value + b"\x00"})
+        with pytest.raises(ValueError, match=name):
+            dataclasses.replace(message, **{name: value[:-1]})
+        with pytest.raises(TypeError, match=name):
+            dataclasses.replace(message, **{name: bytearray(value)})
+        assert dataclasses.replace(message, **{name: _Bytes(value)}) == message
+
+
+@pytest.mark.parametrize(("cls", "size", "offsets"), [c for c in CODECS if c[0] in (KE1, KE2)])
+def test_composite_constructors_check_their_parts(cls: Any, size: int, offsets: list[int]) -> None:
+    message = _valid_message(cls, size, offsets)
+    for f in dataclasses.fields(cls):
+        with pytest.raises(TypeError, match=f.name):
+            dataclasses.replace(message, **{f.name: getattr(message, f.name).to_bytes()})
+
+
+def test_record_constructor_checks_the_envelope_type() -> None:
+    record = _valid_message(RegistrationRecord, REGISTRATION_RECORD_SIZE, [0])
+    with pytest.raises(TypeError, match="envelope"):
+        dataclasses.replace(record, envelope=record.envelope.to_bytes())
+
+
+@pytest.mark.parametrize(("cls", "size", "offsets"), CODECS, ids=IDS)
+def test_decoders_take_any_bytes_like_and_reject_other_types(
+    cls: Any, size: int, offsets: list[int]
+) -> None:
+    encoded = _valid_message(cls, size, offsets).to_bytes()
+    decoded = cls.from_bytes(encoded)
+    assert cls.from_bytes(bytearray(encoded)) == decoded
+    assert cls.from_bytes(memoryview(encoded)) == decoded
+    assert type(cls.from_bytes(bytearray(encoded)).to_bytes()) is bytes
+    with pytest.raises(TypeError):
+        cls.from_bytes(encoded.hex())
+
+
+def test_fast_decoded_finish_inputs_behave_like_constructed_ones() -> None:
+    """KE3 and ServerLoginState.from_bytes skip the generated __init__ (their hot path): the
+    objects must still be equal, hashable, frozen and secret-free in repr."""
+    mac, key = bytes(range(64)), bytes(range(64, 128))
+    state = ServerLoginState.from_bytes(ServerLoginState(mac, key).to_bytes())
+    ke3 = KE3.from_bytes(bytearray(mac))
+    assert state == ServerLoginState(mac, key) and hash(state) == hash(ServerLoginState(mac, key))
+    assert ke3 == KE3(mac) and hash(ke3) == hash(KE3(mac))
+    assert type(ke3.client_mac) is bytes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.session_key = mac  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ke3.client_mac = key  # type: ignore[misc]
+    assert mac.hex() not in repr(state) and key.hex() not in repr(state)
+    assert str(list(mac)) not in repr(state) and repr(mac) not in repr(state)
+    assert ServerLoginState.from_bytes(memoryview(state.to_bytes())) == state
+
+
+@pytest.mark.parametrize(("mac", "key"), [(bytes(63), bytes(64)), (bytes(64), bytes(65))])
+def test_server_login_state_constructor_checks_lengths(mac: bytes, key: bytes) -> None:
+    with pytest.raises(ValueError, match="64 bytes"):
+        ServerLoginState(mac, key)
+    with pytest.raises(TypeError, match="bytes"):
+        ServerLoginState(bytearray(64), bytes(64))  # type: ignore[arg-type]
+    assert ServerLoginState(_Bytes(64), _Bytes(64)) == ServerLoginState(bytes(64), bytes(64))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
@@ -9,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bkv.crypto import hkdf, oprf, ristretto
+from bkv.crypto.opaque import ake
 from bkv.crypto.rng import draw
 
 
@@ -26,9 +29,27 @@ def test_hkdf_matches_pyca(salt: bytes, ikm: bytes, info: bytes, length: int) ->
 
 def test_hkdf_expand_matches_pyca_at_the_block_boundaries() -> None:
     prk = bytes(range(64))
-    for length in (63, 64, 65, 128, 129, 255 * 64):
+    for length in (1, 32, 63, 64, 65, 128, 129, 255 * 64):
         theirs = HKDFExpand(hashes.SHA512(), length, b"info").derive(prk)
         assert hkdf.expand(prk, b"info", length) == theirs
+
+
+@given(key=st.binary(max_size=300), data=st.binary(max_size=300))
+def test_hmac_sha512_matches_openssl(key: bytes, data: bytes) -> None:
+    # Keys shorter than, equal to and longer than SHA-512's 128-byte block (RFC 2104 hashes these).
+    assert hkdf.hmac_sha512(key, data) == hmac.digest(key, data, "sha512")
+
+
+@pytest.mark.parametrize("key_size", [0, 1, 64, 127, 128, 129, 200])
+def test_hmac_sha512_at_the_key_padding_boundaries(key_size: int) -> None:
+    key = bytes(range(key_size % 256)) + bytes(max(0, key_size - 256))
+    assert hkdf.hmac_sha512(key, b"msg") == hmac.digest(key, b"msg", "sha512")
+    assert hkdf.extract(b"", key) == hmac.digest(bytes(64), key, "sha512")
+
+
+def test_hmac_sha512_rejects_a_key_that_is_not_bytes() -> None:
+    with pytest.raises(TypeError, match="key must be bytes"):
+        hkdf.hmac_sha512(memoryview(b"key"), b"msg")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("length", [0, -1, 255 * 64 + 1])
@@ -71,3 +92,25 @@ def test_oprf_output_depends_on_key_and_input() -> None:
     key_b, _ = oprf.derive_key_pair(b"\x05" * 32, b"b")
     assert oprf.evaluate(key_a, b"x") != oprf.evaluate(key_b, b"x")
     assert oprf.evaluate(key_a, b"x") != oprf.evaluate(key_a, b"y")
+
+
+@given(ikm=st.binary(min_size=96, max_size=96), preamble=st.binary(max_size=600))
+def test_derive_keys_and_macs_equals_the_separate_rfc_functions(
+    ikm: bytes, preamble: bytes
+) -> None:
+    keys, server_mac, client_mac = ake.derive_keys_and_macs(ikm, preamble)
+    assert keys == ake.derive_keys(ikm, preamble)
+    assert server_mac == ake.server_mac(keys, preamble)
+    assert client_mac == ake.client_mac(keys, preamble, server_mac)
+    # Expand-Label's generic path agrees with derive_keys' precomputed labels.
+    prk = hkdf.extract(b"", ikm)
+    assert keys.session_key == ake.derive_secret(prk, b"SessionKey", hkdf.sha512(preamble))
+    assert keys.client_mac_key == ake.derive_secret(keys.handshake_secret, b"ClientMAC", b"")
+
+
+def test_expand_label_rejects_oversized_label_or_context() -> None:
+    with pytest.raises(ValueError, match="label"):
+        ake.expand_label(bytes(64), b"x" * 249, b"", 64)
+    with pytest.raises(ValueError, match="context"):
+        ake.expand_label(bytes(64), b"x", bytes(256), 64)
+    assert len(ake.expand_label(bytes(64), b"x" * 248, bytes(255), 64)) == 64

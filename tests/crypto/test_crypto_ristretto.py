@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -150,3 +152,32 @@ def test_random_32_bytes_decode_or_raise_invalid_point(data: bytes) -> None:
     except InvalidPointError:
         return
     assert element == data
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [bytes(31), bytes(33), bytearray(32), "0" * 32],
+    ids=["short", "long", "bytearray", "str"],
+)
+def test_libsodium_wrappers_check_operands_before_calling(bad: Any) -> None:
+    # libsodium reads exactly 32 bytes from each operand and ctypes cannot check that.
+    scalar = ristretto.scalar_from_int(7)
+    point = ristretto.scalar_mult_base(scalar)
+    with pytest.raises(TypeError, match="scalar"):
+        ristretto.scalar_mult(bad, point)
+    with pytest.raises(TypeError, match="element"):
+        ristretto.scalar_mult(scalar, bad)
+    with pytest.raises(TypeError, match="scalar"):
+        ristretto.scalar_mult_base(bad)
+
+
+@pytest.mark.parametrize("bad", [bytes(63), bytes(65), bytearray(64)])
+def test_one_way_map_checks_its_input_before_calling(bad: bytes) -> None:
+    with pytest.raises(ValueError, match="from_hash"):
+        ristretto.element_from_uniform_bytes(bad)
+
+
+def test_decode_element_takes_bytes_like_input() -> None:
+    point = ristretto.scalar_mult_base(ristretto.scalar_from_int(7))
+    assert ristretto.decode_element(bytearray(point)) == point
+    assert type(ristretto.decode_element(memoryview(point))) is bytes

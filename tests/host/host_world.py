@@ -14,11 +14,21 @@ from pathlib import Path
 
 import httpx
 
-from bkv.client.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE
+from bkv.client.artifact import (
+    ROLE_CHANNEL,
+    ROLE_OPAQUE_AKE,
+    FleetKeyArtifact,
+    FleetPolicy,
+    PublicKey,
+)
 from bkv.client.sdk import VaultClient
-from bkv.client.vault import FleetKeys
+from bkv.client.trust import FleetKeys, PinnedFleetKeys
+from bkv.crypto.ksf import Argon2id
 from bkv.host.config import token_digest
 from bkv.hsm.store import PUBLIC_KEYS_FILE
+
+TEST_KSF = Argon2id(memory_kib=256, iterations=1, lanes=1)
+"""A real but small Argon2id: the production default costs ~0.2 s per login."""
 
 FLEET = "host-fleet"
 START_TIMEOUT_S = 30.0
@@ -82,10 +92,26 @@ def public_keys_path(hsm_config: Path) -> Path:
     return hsm_config.parent / "state" / PUBLIC_KEYS_FILE
 
 
+def pinned(fleet_id: str, channel_key: bytes, opaque_key: bytes) -> FleetKeys:
+    """Pinned-mode keys for a one-HSM fleet (the artifact an app would compile in)."""
+    artifact = FleetKeyArtifact(
+        fleet_id=fleet_id,
+        keys=(
+            PublicKey(ROLE_CHANNEL, "x25519", channel_key),
+            PublicKey(ROLE_OPAQUE_AKE, "ristretto255", opaque_key),
+        ),
+        members=("hsm-1",),
+        policy=FleetPolicy(guess_limit=10, quorum=1),
+        not_before_ms=0,
+        not_after_ms=2**53 - 1,
+    )
+    return PinnedFleetKeys.of(artifact).fleet_keys(now_ms=1)
+
+
 def fleet_keys(hsm_config: Path) -> FleetKeys:
     data = json.loads(public_keys_path(hsm_config).read_text())
     by_role = {key["role"]: bytes.fromhex(key["public_key"]) for key in data["keys"]}
-    return FleetKeys(data["fleet_id"], by_role[ROLE_CHANNEL], by_role[ROLE_OPAQUE_AKE])
+    return pinned(data["fleet_id"], by_role[ROLE_CHANNEL], by_role[ROLE_OPAQUE_AKE])
 
 
 @dataclass(frozen=True)
@@ -138,4 +164,6 @@ class Recorder(httpx.HTTPTransport):
 def client(
     url: str, account: Account, fleet: FleetKeys, transport: httpx.BaseTransport | None = None
 ) -> VaultClient:
-    return VaultClient(url, account.token, account.account_id, fleet, transport=transport)
+    return VaultClient(
+        url, account.token, account.account_id, fleet, ksf=TEST_KSF, transport=transport
+    )

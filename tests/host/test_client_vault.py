@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from host_world import pinned
 
 from bkv.client import vault
-from bkv.client.vault import FleetKeys
+from bkv.client.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE, FleetKeyArtifact
+from bkv.client.trust import FleetKeys
 from bkv.crypto import channel
 from bkv.errors import (
     BkvError,
@@ -32,7 +34,7 @@ from bkv.hsm.messages import (
 from bkv.wire import decode, encode
 
 SK, PK = channel.derive_channel_key_pair(bytes(range(32)))
-FLEET = FleetKeys("fleet-1", PK, bytes(32))
+FLEET = pinned("fleet-1", PK, bytes(32))
 ACCOUNT = b"alice"
 EXPORT_KEY = bytes(range(64))
 BACKUP_KEY = bytes(range(200, 232))
@@ -113,9 +115,14 @@ def test_expect_refuses_the_wrong_answer() -> None:
 
 def test_check_server_key() -> None:
     vault.check_server_key(FLEET, bytes(32))
-    vault.check_server_key(FleetKeys("f", PK), b"\x01" * 32)  # nothing pinned
     with pytest.raises(ServerAuthenticationError):
         vault.check_server_key(FLEET, b"\x01" * 32)
+
+
+def test_the_vault_uses_the_fleet_keys_by_role() -> None:
+    assert FLEET.channel_public_key == FLEET.public_key(ROLE_CHANNEL) == PK
+    assert FLEET.opaque_public_key == FLEET.public_key(ROLE_OPAQUE_AKE) == bytes(32)
+    assert FLEET.source == "pinned" and FLEET.epoch is None
 
 
 def test_wrap_round_trip_and_binding() -> None:
@@ -144,12 +151,23 @@ def test_wrap_refuses_misuse() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fleet_id", "key", "opaque"),
-    [("", PK, None), ("f" * 65, PK, None), ("f", PK[:31], None), ("f", PK, b"\x00")],
+    ("digest", "epoch", "source"),
+    [
+        (b"\x00" * 31, None, "pinned"),
+        (FLEET.digest, 1, "pinned"),
+        (FLEET.digest, None, "over_the_air"),
+        (FLEET.digest, 0, "over_the_air"),
+    ],
 )
-def test_fleet_keys_validate(fleet_id: str, key: bytes, opaque: bytes | None) -> None:
+def test_fleet_keys_validate(digest: bytes, epoch: int | None, source: str) -> None:
     with pytest.raises(ValueError):
-        FleetKeys(fleet_id, key, opaque)
+        FleetKeys(FLEET.artifact, digest, epoch, source)  # type: ignore[arg-type]
+
+
+def test_fleet_keys_need_an_artifact() -> None:
+    with pytest.raises(TypeError):
+        FleetKeys("fleet-1", FLEET.digest, None, "pinned")  # type: ignore[arg-type]
+    assert isinstance(FLEET.artifact, FleetKeyArtifact)
 
 
 def test_build_request_refuses_bad_account() -> None:
@@ -157,3 +175,15 @@ def test_build_request_refuses_bad_account() -> None:
         vault.build_request(FLEET, b"", StatusRequest())
     with pytest.raises(ValueError):
         vault.build_request(FLEET, b"x" * 65, StatusRequest())
+
+
+def test_pinned_client_has_no_bundle_to_refresh() -> None:
+    from bkv.client.sdk import VaultClient  # noqa: PLC0415
+
+    with VaultClient("http://127.0.0.1:9", "token", ACCOUNT, FLEET) as client:
+        assert not client.refresh_pending
+        with pytest.raises(ValueError):
+            client.refresh()
+        assert "pinned" in repr(client)
+    with pytest.raises(TypeError):
+        VaultClient("http://127.0.0.1:9", "token", ACCOUNT, FLEET.artifact)  # type: ignore[arg-type]

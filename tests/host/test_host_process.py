@@ -15,12 +15,14 @@ from host_world import (
     client,
     fleet_keys,
     init_hsm,
+    pinned,
     public_keys_path,
     running,
     write_host_config,
 )
 
-from bkv.client.vault import FleetKeys, build_request
+from bkv.client.trust import FleetKeys
+from bkv.client.vault import build_request
 from bkv.errors import (
     CodecError,
     FleetUnreachableError,
@@ -138,7 +140,7 @@ def test_relayed_bytes_hold_no_password_or_backup_key(host_url: str, keys: Fleet
 
 
 def test_register_refuses_a_vault_with_another_opaque_key(host_url: str, keys: FleetKeys) -> None:
-    pinned_elsewhere = FleetKeys(keys.fleet_id, keys.channel_public_key, bytes(32))
+    pinned_elsewhere = pinned(keys.fleet_id, keys.channel_public_key, bytes(32))
     with client(host_url, ACCOUNTS[5], pinned_elsewhere) as vault:
         with pytest.raises(ServerAuthenticationError):
             vault.register(PASSWORD, BACKUP_KEY)
@@ -260,7 +262,7 @@ def test_host_down_is_fleet_unreachable(keys: FleetKeys) -> None:
 
 
 def test_sdk_maps_host_refusals_to_typed_errors(host_url: str, keys: FleetKeys) -> None:
-    wrong_fleet = FleetKeys("other", keys.channel_public_key)
+    wrong_fleet = pinned("other", keys.channel_public_key, keys.opaque_public_key)
     with client(host_url, ACCOUNTS[6], wrong_fleet) as vault, pytest.raises(CodecError):
         vault.status()
 

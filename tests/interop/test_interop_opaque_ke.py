@@ -56,7 +56,9 @@ from bkv.errors import (
     ServerAuthenticationError,
 )
 
-VECTOR_FILE = Path(__file__).resolve().parent.parent / "vectors" / "rfc9807-appendix-c.1.1.txt"
+# RFC 9807 Appendix C, the same file tests/crypto replays; only section C.1.1 is used here.
+VECTOR_FILE = Path(__file__).resolve().parent.parent / "vectors" / "rfc9807-appendix-c.txt"
+VECTOR_SECTION = "C.1.1."  # OPAQUE-3DH Real Test Vector 1: ristretto255-SHA512, KSF Identity
 
 # opaque-ke's `Ksf for argon2::Argon2` with `Argon2::default()` (argon2 crate 0.5.3:
 # Params::DEFAULT_M_COST = 19 * 1024, DEFAULT_T_COST = 2, DEFAULT_P_COST = 1, Argon2id, v0x13),
@@ -84,10 +86,25 @@ def flip(data: bytes, index: int) -> bytes:
     return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
 
 
+def vector_section_text(number: str) -> str:
+    """The text of one top-level vector of the appendix: from its header line (column 0,
+    "C.1.1.  OPAQUE-3DH ...") up to the next vector's header. Subsection headers ("C.1.1.2.")
+    stay inside."""
+    text = VECTOR_FILE.read_text(encoding="ascii")
+    headers = list(re.finditer(r"^C\.\d+\.\d+\.  ", text, re.MULTILINE))
+    for index, header in enumerate(headers):
+        if header.group(0).rstrip() == number:
+            end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
+            return text[header.start() : end]
+    raise KeyError(f"no vector {number} in {VECTOR_FILE.name}")
+
+
 def load_vector() -> dict[str, bytes]:
     """The hex fields of RFC 9807 Appendix C.1.1 (values wrap over indented lines)."""
-    text = VECTOR_FILE.read_text(encoding="ascii")
-    fields = re.finditer(r"^   (\w+): ([0-9a-f]+(?:\n   [0-9a-f]+$)*)$", text, re.MULTILINE)
+    section = vector_section_text(VECTOR_SECTION)
+    if not re.search(r"^   Group: ristretto255$", section, re.MULTILINE):
+        raise ValueError(f"{VECTOR_SECTION} is not a ristretto255 vector")
+    fields = re.finditer(r"^   (\w+): ([0-9a-f]+(?:\n   [0-9a-f]+$)*)$", section, re.MULTILINE)
     return {m.group(1): bytes.fromhex(re.sub(r"\s", "", m.group(2))) for m in fields}
 
 

@@ -257,3 +257,29 @@ def test_sqlite_error_becomes_storage_error(tmp_path: Path) -> None:
         assert log.size == 1
         log.append(b"b")
         assert s.size() == 2
+
+
+def test_sqlite_failed_commit_rolls_back_and_store_stays_usable(tmp_path: Path) -> None:
+    # A COMMIT that fails (here: denied by an authorizer, standing in for an I/O
+    # error) must leave no open transaction: nothing half-written is served, and
+    # the next append works.
+    path = tmp_path / "log.sqlite"
+    with SqliteLogStore(path) as s:
+        log = MerkleLog(s)
+        log.append(b"kept")
+
+        def deny_commit(action: int, arg1: str | None, *_: object) -> int:
+            if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT":
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        s._db.set_authorizer(deny_commit)
+        with pytest.raises(StorageError):
+            log.append(b"lost")
+        s._db.set_authorizer(None)
+        assert not s._db.in_transaction
+        assert s.size() == 1
+        log.reload()
+        assert log.append(b"next") == 1
+    with SqliteLogStore(path) as s:
+        assert MerkleLog(s).entries(0, 2) == [b"kept", b"next"]

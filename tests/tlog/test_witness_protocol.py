@@ -146,12 +146,22 @@ def test_422_bad_proofs_and_roots() -> None:
         f, format_add_checkpoint(6, proof[:-1], f.checkpoint()), CheckpointConsistencyError, 422
     )
     _refused(f, format_add_checkpoint(6, [], f.checkpoint()), CheckpointConsistencyError, 422)
-    # Same size as stored, different root (a fork).
-    fork = Checkpoint(ORIGIN, 6, f.log.root(7)).sign([LOG_KEY])
-    _refused(f, format_add_checkpoint(6, [], fork), CheckpointConsistencyError, 422)
     _refused(
         f, format_add_checkpoint(6, proof[:1], f.checkpoint(6)), CheckpointConsistencyError, 422
     )
+
+
+def test_409_same_size_different_root_is_a_fork() -> None:
+    # tlog-witness: same size as the latest cosigned checkpoint but another root
+    # is a 409 Conflict (not a 422), with the current size in the body.
+    f = Fixture()
+    f.grow(6)
+    f.witness.handle(f.body(0), NOW_MS)
+    fork = Checkpoint(ORIGIN, 6, f.log.root(5)).sign([LOG_KEY])
+    err = _refused(f, format_add_checkpoint(6, [], fork), CheckpointSizeConflictError, 409)
+    assert isinstance(err, CheckpointSizeConflictError) and err.current_size == 6
+    # The same checkpoint again is fine (idempotent re-cosigning).
+    assert f.witness.handle(f.body(6), NOW_MS)
 
 
 def test_422_proof_from_zero_and_empty_root() -> None:

@@ -32,13 +32,18 @@ The auditor trusts nothing it fetches. Given a :class:`WitnessSource` (HTTP in
    (``ConsistencyProofError``); with ``previous`` (the state a former audit
    saved) the current checkpoint must extend its checkpoint, and its newest
    epoch must still be served with the same digest (``EpochRollbackError``);
-6. operator counter-signatures: every validation bundle given (the operator's
+6. operator counter-signatures: the witness serves the counter-signature the
+   operator posted for each epoch (``counter_signature`` in the audit JSON, checked
+   by the witness before storing); whenever one is served it must verify under a
+   pinned operator key over the epoch's witness signature
+   (:mod:`bkv.witness.countersign`; ``CounterSignatureError``). As an alternative
+   source, every validation bundle given (the operator's
    published bundles) is validated like a client would
    (:func:`bkv.client.validation.validate_bundle` at the statement's time), must
    record exactly the statement the witness serves for its epoch
    (``AuditError``), and its checkpoint must be consistent with the current one
    (``ConsistencyProofError``). With ``require_countersignatures`` every epoch
-   needs one (``AuditError``).
+   needs one, from the witness or from a bundle (``AuditError``).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from bkv.errors import (
     BundleError,
     CodecError,
     ConsistencyProofError,
+    CounterSignatureError,
     DigestMismatchError,
     EpochRollbackError,
     InclusionProofError,
@@ -74,6 +80,7 @@ from bkv.tlog.note import MAX_NOTE_SIZE, parse_verifier_key
 from bkv.witness import plexi
 from bkv.witness.api import parse_hex, parse_uint64
 from bkv.witness.core import AuditEntry
+from bkv.witness.countersign import ED25519_SIGNATURE_SIZE, verify_countersignature
 
 #: Most epochs one audit run walks (bounds the loop; a fleet changes every few years).
 MAX_AUDIT_EPOCHS: Final = 100_000
@@ -148,6 +155,7 @@ class _Served:
     artifact: bytes
     log_index: int
     log_entry: bytes
+    counter_signature: bytes | None
 
 
 def audit_namespace(source: WitnessSource, namespace: str, pins: AuditPins) -> AuditReport:
@@ -284,6 +292,17 @@ def _fetch_epoch(source: WitnessSource, namespace: str, epoch: int) -> _Served:
     statement = statement_from_json(data)
     entry, index, _, _ = proof_from_json(data)
     artifact = parse_hex(data.get("artifact"), "artifact", max_bytes=MAX_ARTIFACT_SIZE)
+    served_counter = data.get("counter_signature")
+    counter_signature = (
+        None
+        if served_counter is None
+        else parse_hex(
+            served_counter,
+            "counter_signature",
+            max_bytes=ED25519_SIGNATURE_SIZE,
+            exact=ED25519_SIGNATURE_SIZE,
+        )
+    )
     message = plexi.decode_signature_message(statement.message_bytes)
     # The JSON convenience fields must agree with the signed bytes.
     for name, value in (
@@ -294,7 +313,7 @@ def _fetch_epoch(source: WitnessSource, namespace: str, epoch: int) -> _Served:
     ):
         if data.get(name) != value:
             raise AuditError(f"epoch {epoch}: JSON field {name} differs from the signed message")
-    return _Served(statement, message, artifact, index, entry)
+    return _Served(statement, message, artifact, index, entry, counter_signature)
 
 
 def _verify_epoch(
@@ -324,6 +343,11 @@ def _verify_epoch(
     )
     artifact = parse_artifact(served.artifact)
     _check_logged(served, epoch, pins, log)
+    countersigned = served.counter_signature is not None
+    if served.counter_signature is not None:
+        _check_served_countersignature(
+            served.statement.signature, served.counter_signature, epoch, pins.operator_keys
+        )
     if before:
         previous = before[-1]
         if message.timestamp_ms < previous.timestamp_ms:
@@ -338,7 +362,7 @@ def _verify_epoch(
         digest=digest,
         log_index=served.log_index,
         artifact=artifact,
-        countersigned=False,
+        countersigned=countersigned,
     )
 
 
@@ -354,6 +378,20 @@ def _check_logged(served: _Served, epoch: int, pins: AuditPins, log: _Authentica
     except BundleError:
         raise InclusionProofError(f"epoch {epoch}: log entry records another statement") from None
     _check_operator_submission(entry, epoch, pins.operator_keys)
+
+
+def _check_served_countersignature(
+    witness_signature: bytes, counter_signature: bytes, epoch: int, operator_keys: Sequence[bytes]
+) -> None:
+    for key in operator_keys:
+        try:
+            verify_countersignature(key, witness_signature, counter_signature)
+        except CounterSignatureError:
+            continue
+        return
+    raise CounterSignatureError(
+        f"epoch {epoch}: the counter-signature the witness serves is by no pinned operator key"
+    )
 
 
 def _check_operator_submission(
@@ -418,7 +456,7 @@ def _check_bundles(
     pins: AuditPins, namespace: str, audited: Sequence[AuditedEpoch], log: _AuthenticatedLog
 ) -> set[int]:
     by_epoch = {a.epoch: a for a in audited}
-    countersigned: set[int] = set()
+    countersigned = {a.epoch for a in audited if a.countersigned}
     for data in pins.bundles:
         bundle = decode_bundle(data)
         epoch = by_epoch.get(bundle.epoch)
@@ -447,5 +485,8 @@ def _check_bundles(
     if pins.require_countersignatures:
         missing = sorted(set(by_epoch) - countersigned)
         if missing:
-            raise AuditError(f"no operator-countersigned bundle for epoch(s) {missing}")
+            raise AuditError(
+                f"no operator counter-signature (from the witness or a bundle) for "
+                f"epoch(s) {missing}"
+            )
     return countersigned

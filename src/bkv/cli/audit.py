@@ -7,6 +7,10 @@ Usage::
         --log-key <C2SP vkey> --origin <log origin> \\
         [--bundles DIR] [--require-countersignatures] [--state FILE]
 
+Operator counter-signatures are read from the witness (it serves the one the
+operator posted with each epoch); ``--bundles DIR`` adds the operator's
+published bundles as a second source, each validated as a client would.
+
 Keys not given on the command line are taken from the witness itself
 (``/info``, ``/namespaces/{ns}``) and the output says so: that checks the
 record's internal consistency, but only pinned keys make it an audit against
@@ -60,7 +64,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     log.add_argument(
         "--require-countersignatures",
         action="store_true",
-        help="fail unless every epoch has a counter-signed bundle in --bundles",
+        help=(
+            "fail unless every epoch has an operator counter-signature, served by the "
+            "witness or in a bundle from --bundles"
+        ),
     )
     log.add_argument("--state", type=Path, help="file remembering the last audited checkpoint")
     log.set_defaults(handler=run_audit_log)

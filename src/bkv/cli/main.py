@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "bkv.cli.host",
     "bkv.cli.witness",
     "bkv.cli.audit",
+    "bkv.cli.operator",
 )
 
 

@@ -41,12 +41,14 @@ from typing import Any, Final
 
 from bkv.errors import ArtifactError, CodecError
 from bkv.wire import canonical_json
+from bkv.witness.core import MAX_ARTIFACT_BYTES
 
 ARTIFACT_TYPE: Final = "bkv.fleet_keys"
 ARTIFACT_VERSION: Final = 1
 
 #: Largest artifact accepted, in bytes (a fleet of MAX_MEMBERS with all roles fits easily).
-MAX_ARTIFACT_SIZE: Final = 16 * 1024
+#: The same constant bounds what the witness accepts in a submission.
+MAX_ARTIFACT_SIZE: Final = MAX_ARTIFACT_BYTES
 #: Largest number of HSMs in one fleet.
 MAX_MEMBERS: Final = 64
 #: Largest number of keys (roles) in one artifact.

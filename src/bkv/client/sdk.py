@@ -1,14 +1,36 @@
 """The client SDK (adapter): talk to the vault through the host over HTTP.
 
+Two ways to know the fleet's keys (BRIEF, "Trusting the fleet's keys"), one
+:class:`~bkv.client.trust.FleetKeys` type:
+
 ::
 
-    fleet = FleetKeys("bkv-dev", channel_public_key=..., opaque_public_key=...)
-    with VaultClient("http://127.0.0.1:8080", token, account_id, fleet) as vault:
+    # pinned: the artifact is compiled into the app
+    fleet = PinnedFleetKeys(ARTIFACT_BYTES, ARTIFACT_DIGEST).fleet_keys(now_ms)
+    vault = VaultClient("https://vault.example", token, account_id, fleet)
+
+    # over the air: pin only the witness and operator keys (TrustRoots)
+    vault = VaultClient.over_the_air("https://vault.example", token, account_id,
+                                     roots, JsonFileStateStore("trust-state.json"))
+
+    with vault:
         vault.register(password, backup_key)          # -> VaultStatus
         backup_key = vault.recover(password)            # WrongPasswordError(attempts_left)
         vault.change_password(old, new)                 # -> VaultStatus
         vault.status()                                  # -> VaultStatus
         vault.delete(password)
+
+Over the air, :meth:`VaultClient.over_the_air` fetches ``GET /v1/bundle?since=<the
+tree size of the last checkpoint this client saw>`` from the host, validates it
+with :func:`bkv.client.validation.validate_bundle` against the pinned roots and the
+persisted :class:`~bkv.client.state.ClientState`, saves the new state, and only then
+uses the keys, by role. A bundle failing any check raises that check's typed error
+and no key is used (and the state is not touched). Every ``/v1/request`` answer
+carries the host's current bundle epoch in the ``bkv-bundle-epoch`` header; when it
+is newer than the accepted epoch the client fetches and validates the bundle again
+before its next operation (never in the middle of one), and :meth:`VaultClient.refresh`
+does so on demand. A lower or equal epoch in the header changes nothing: the client
+never goes back (a rolled-back bundle fails with ``EpochRollbackError``).
 
 Typed errors (all :class:`bkv.errors.BkvError`):
 
@@ -27,13 +49,21 @@ moves bytes. Fleet keys come from the caller: a validated bundle or pinned keys.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import httpx
 
 from bkv.client import vault
-from bkv.client.vault import FleetKeys, PendingRequest, VaultStatus
+from bkv.client.bundle import MAX_BUNDLE_SIZE
+from bkv.client.state import ClientStateStore
+from bkv.client.trust import FleetKeys, TrustRoots
+from bkv.client.validation import validate_bundle
+from bkv.client.vault import PendingRequest, VaultStatus
+from bkv.crypto.ksf import Ksf
 from bkv.crypto.opaque import (
     KE2,
     RegistrationResponse,
@@ -75,12 +105,68 @@ from bkv.hsm.messages import (
 )
 
 REQUEST_PATH = "/v1/request"
+BUNDLE_PATH = "/v1/bundle"
+BUNDLE_EPOCH_HEADER = "bkv-bundle-epoch"
 OCTET_STREAM = "application/octet-stream"
 MAX_ANSWER_SIZE = 4096
+#: A uint64 in decimal has at most 20 digits.
+_MAX_EPOCH_DIGITS = 20
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the Unix epoch: the clock bundle validation is checked against."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class _OverTheAir:
+    """What over-the-air mode needs to (re)validate bundles: roots, state store, clock."""
+
+    roots: TrustRoots
+    state_store: ClientStateStore
+    clock: Callable[[], int]
+
+    def update(self, http: httpx.Client) -> FleetKeys:
+        """Fetch, validate and persist; the keys only if every check passed."""
+        state = self.state_store.load()
+        data = _fetch_bundle(http, state.checkpoint_size)
+        keys, new_state = validate_bundle(data, self.roots, state, self.clock())
+        self.state_store.save(new_state)
+        return keys
+
+
+def _http_client(
+    base_url: str, token: str, timeout_seconds: float, transport: httpx.BaseTransport | None
+) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url,
+        timeout=timeout_seconds,
+        headers={"authorization": f"Bearer {token}"},
+        transport=transport,
+    )
+
+
+def _fetch_bundle(http: httpx.Client, since: int) -> bytes:
+    """``GET /v1/bundle?since=<tree size>``: the bundle bytes (not yet validated)."""
+    try:
+        response = http.get(BUNDLE_PATH, params={"since": str(since)})
+    except httpx.TimeoutException:
+        raise FleetUnreachableError("the host did not send the bundle in time") from None
+    except httpx.HTTPError as exc:
+        raise FleetUnreachableError(f"cannot fetch the bundle: {type(exc).__name__}") from None
+    if response.status_code != 200 or response.headers.get("content-type") != OCTET_STREAM:
+        raise _http_error(response)
+    if not 0 < len(response.content) <= MAX_BUNDLE_SIZE:
+        raise CodecError(f"the bundle is empty or over {MAX_BUNDLE_SIZE} bytes")
+    return response.content
 
 
 class VaultClient:
-    """One account's view of the vault, through the host at ``base_url``."""
+    """One account's view of the vault, through the host at ``base_url``.
+
+    ``fleet`` are keys the caller already trusts (pinned mode). For over-the-air
+    mode use :meth:`over_the_air`.
+    """
 
     def __init__(
         self,
@@ -90,21 +176,94 @@ class VaultClient:
         fleet: FleetKeys,
         *,
         timeout_seconds: float = 30.0,
+        ksf: Ksf = vault.DEFAULT_KSF,
         rng: Rng = default_rng,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._http = httpx.Client(
-            base_url=base_url,
-            timeout=timeout_seconds,
-            headers={"authorization": f"Bearer {token}"},
-            transport=transport,
-        )
+        if not isinstance(fleet, FleetKeys):
+            raise TypeError("fleet must be FleetKeys (pinned or from a validated bundle)")
+        self._http = _http_client(base_url, token, timeout_seconds, transport)
         self.account_id = account_id
         self.fleet = fleet
+        self._config = vault.opaque_config(ksf)
         self._rng = rng
+        self._ota: _OverTheAir | None = None
+        self._newer_epoch_seen = False
+
+    @classmethod
+    def over_the_air(
+        cls,
+        base_url: str,
+        token: str,
+        account_id: bytes,
+        roots: TrustRoots,
+        state_store: ClientStateStore,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        timeout_seconds: float = 30.0,
+        ksf: Ksf = vault.DEFAULT_KSF,
+        rng: Rng = default_rng,
+        transport: httpx.BaseTransport | None = None,
+    ) -> VaultClient:
+        """A client whose fleet keys come from the host's validation bundle.
+
+        Raises the typed error of the first failed check (``CounterSignatureError``,
+        ``EpochRollbackError``, ``ConsistencyProofError``, ...) or
+        ``FleetUnreachableError``; then no key was used and the state is unchanged.
+        """
+        ota = _OverTheAir(roots, state_store, clock)
+        http = _http_client(base_url, token, timeout_seconds, transport)
+        try:
+            fleet = ota.update(http)
+        finally:
+            http.close()
+        client = cls(
+            base_url,
+            token,
+            account_id,
+            fleet,
+            timeout_seconds=timeout_seconds,
+            ksf=ksf,
+            rng=rng,
+            transport=transport,
+        )
+        client._ota = ota
+        return client
 
     def __repr__(self) -> str:
-        return f"VaultClient(fleet_id={self.fleet.fleet_id!r}, account_id={self.account_id.hex()})"
+        mode = "pinned" if self._ota is None else f"over_the_air, epoch {self.fleet.epoch}"
+        return (
+            f"VaultClient(fleet_id={self.fleet.fleet_id!r}, account_id={self.account_id.hex()}, "
+            f"{mode})"
+        )
+
+    @property
+    def refresh_pending(self) -> bool:
+        """Whether the host announced a newer bundle epoch than the accepted one."""
+        return self._newer_epoch_seen
+
+    def refresh(self) -> FleetKeys:
+        """Over the air: fetch and validate the host's bundle now; the keys in use after.
+
+        On any failed check the typed error is raised and the keys in use stay as they were.
+        """
+        if self._ota is None:
+            raise ValueError("a client with pinned fleet keys has no bundle to refresh")
+        self.fleet = self._ota.update(self._http)
+        self._newer_epoch_seen = False
+        return self.fleet
+
+    def _refresh_if_announced(self) -> None:
+        if self._ota is not None and self._newer_epoch_seen:
+            self.refresh()
+
+    def _note_bundle_epoch(self, response: httpx.Response) -> None:
+        """Remember a newer epoch announced by the host (``bkv-bundle-epoch``)."""
+        text = response.headers.get(BUNDLE_EPOCH_HEADER, "")
+        if self._ota is None or not text.isdigit() or len(text) > _MAX_EPOCH_DIGITS:
+            return
+        if int(text) > (self.fleet.epoch or 0):
+            self._newer_epoch_seen = True
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -132,6 +291,7 @@ class VaultClient:
             raise FleetUnreachableError("the vault did not answer in time") from None
         except httpx.HTTPError as exc:
             raise FleetUnreachableError(f"cannot reach the vault: {type(exc).__name__}") from None
+        self._note_bundle_epoch(response)
         status = response.status_code
         if status == 200 and response.headers.get("content-type") == OCTET_STREAM:
             if len(response.content) > MAX_ANSWER_SIZE:
@@ -150,6 +310,10 @@ class VaultClient:
 
     def status(self) -> VaultStatus:
         """Whether a record exists and how many attempts it has left."""
+        self._refresh_if_announced()
+        return self._status()
+
+    def _status(self) -> VaultStatus:
         return vault.status_of(vault.expect(self._call(StatusRequest()), StatusOk))
 
     def register(
@@ -158,6 +322,7 @@ class VaultClient:
         """Store ``backup_key`` under ``password``. A live record's counter carries over."""
         if len(backup_key) != vault.BACKUP_KEY_SIZE:
             raise ValueError(f"a backup key is {vault.BACKUP_KEY_SIZE} bytes")
+        self._refresh_if_announced()
         registration_state, registration_request = client_registration_start(password, self._rng)
         started = vault.expect(
             self._call(RegisterStart(registration_request.to_bytes())), RegisterStartOk
@@ -165,7 +330,7 @@ class VaultClient:
         response = RegistrationResponse.from_bytes(started.registration_response)
         vault.check_server_key(self.fleet, response.server_public_key)
         record, export_key = client_registration_finish(
-            registration_state, vault.OPAQUE_CONFIG, response, rng=self._rng
+            registration_state, self._config, response, rng=self._rng
         )
         secret = vault.wrap_backup_key(export_key, self.account_id, backup_key, self._rng)
         finish = RegisterFinish(started.registration_id, record.to_bytes(), secret, guess_limit)
@@ -174,6 +339,7 @@ class VaultClient:
 
     def recover(self, password: bytes) -> bytes:
         """The backup key; costs one attempt, refunded by the vault if the password is right."""
+        self._refresh_if_announced()
         session_id, ke3, session_key, export_key = self._login(password)
         pending, answer = self._exchange(RecoverFinish(session_id, ke3, FinishAction.RELEASE))
         released = vault.expect(answer, KeyReleased)
@@ -182,6 +348,7 @@ class VaultClient:
 
     def delete(self, password: bytes) -> None:
         """Delete the record; proving the password is the authorization."""
+        self._refresh_if_announced()
         session_id, ke3, _session_key, _export_key = self._login(password)
         vault.expect(self._call(RecoverFinish(session_id, ke3, FinishAction.DELETE)), RecordDeleted)
 
@@ -196,7 +363,7 @@ class VaultClient:
         started = vault.expect(self._call(RecoverStart(ke1.to_bytes())), RecoverStartOk)
         try:
             ke3, session_key, export_key = client_login_finish(
-                login_state, vault.OPAQUE_CONFIG, KE2.from_bytes(started.ke2)
+                login_state, self._config, KE2.from_bytes(started.ke2)
             )
         except EnvelopeRecoveryError:
             raise self._wrong_password(started.session_id) from None
@@ -205,7 +372,7 @@ class VaultClient:
     def _wrong_password(self, session_id: bytes) -> VaultError:
         """Close the session (so a last attempt destroys now) and say how many tries remain."""
         vault.expect(self._call(RecoverAbort(session_id)), AbortOk)
-        status = self.status()
+        status = self._status()  # same keys as the rest of this operation
         if not status.exists or status.attempts_left == 0:
             # Also the answer for an account that never registered: its KE2 came
             # from the RFC 9807 fake record and cannot open under any password.

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from bkv.client import vault
 from bkv.client.artifact import (
+    DIGEST_SIZE,
     ROLE_CHANNEL,
     ROLE_OPAQUE_AKE,
     FleetKeyArtifact,
@@ -87,6 +87,12 @@ class TrustRoots:
 class FleetKeys:
     """Fleet keys the client may use, by role; made only after every check passed.
 
+    The one fleet-keys type of the client: :func:`bkv.client.validation.validate_bundle`
+    returns it (over the air), :meth:`PinnedFleetKeys.fleet_keys` makes it (pinned), and
+    the vault protocol (:mod:`bkv.client.vault`, :class:`bkv.client.sdk.VaultClient`)
+    takes it directly and uses the keys by role: ``channel`` seals requests,
+    ``opaque_ake`` is the OPAQUE server key a registration must match.
+
     ``epoch`` is the witnessed epoch (``None`` for pinned keys). ``digest`` is the
     SHA-256 of the exact artifact bytes.
     """
@@ -95,6 +101,16 @@ class FleetKeys:
     digest: bytes
     epoch: int | None
     source: Literal["pinned", "over_the_air"]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.artifact, FleetKeyArtifact):
+            raise TypeError("artifact must be a FleetKeyArtifact")
+        if not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_SIZE:
+            raise ValueError("digest must be the 32-byte SHA-256 of the artifact")
+        if (self.source == "pinned") != (self.epoch is None):
+            raise ValueError("pinned keys have no epoch; over-the-air keys have one")
+        if self.epoch is not None and self.epoch < 1:
+            raise ValueError("a witnessed epoch is at least 1")
 
     @property
     def fleet_id(self) -> str:
@@ -109,17 +125,18 @@ class FleetKeys:
         return self.artifact.key(role).key
 
     @property
+    def channel_public_key(self) -> bytes:
+        """The fleet's HPKE channel key (role ``channel``, X25519): requests are sealed to it."""
+        return self.public_key(ROLE_CHANNEL)
+
+    @property
+    def opaque_public_key(self) -> bytes:
+        """The fleet's OPAQUE AKE key (role ``opaque_ake``): registrations must match it."""
+        return self.public_key(ROLE_OPAQUE_AKE)
+
+    @property
     def guess_limit(self) -> int:
         return self.artifact.policy.guess_limit
-
-    def for_vault(self) -> vault.FleetKeys:
-        """The keys the vault protocol uses (:class:`bkv.client.vault.FleetKeys`), by role:
-        ``channel`` seals requests, ``opaque_ake`` is the OPAQUE server key to insist on."""
-        return vault.FleetKeys(
-            fleet_id=self.fleet_id,
-            channel_public_key=self.public_key(ROLE_CHANNEL),
-            opaque_public_key=self.public_key(ROLE_OPAQUE_AKE),
-        )
 
 
 def check_validity_window(artifact: FleetKeyArtifact, now_ms: int, skew_ms: int) -> None:

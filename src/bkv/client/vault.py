@@ -29,7 +29,9 @@ from typing import TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from bkv.client.trust import FleetKeys
 from bkv.crypto import channel, hkdf
+from bkv.crypto.ksf import Argon2id, Ksf
 from bkv.crypto.opaque import Config
 from bkv.crypto.rng import Rng, default_rng, draw
 from bkv.errors import (
@@ -47,7 +49,6 @@ from bkv.hsm.messages import (
     INNER_RESPONSES,
     KIND_OF_REQUEST,
     MAX_ACCOUNT_ID,
-    MAX_FLEET_ID,
     OPAQUE_CONTEXT,
     OUTER_RESPONSES,
     AbortOk,
@@ -70,8 +71,23 @@ from bkv.wire import decode_any, encode
 
 _T = TypeVar("_T")
 
-OPAQUE_CONFIG = Config(context=OPAQUE_CONTEXT)
-"""The OPAQUE parameters the fleet uses (context from :mod:`bkv.hsm.messages`; KSF Identity)."""
+DEFAULT_KSF: Ksf = Argon2id()
+"""The client's password stretching: Argon2id, RFC 9106 section 4's second
+recommended option (64 MiB, 3 passes, 4 lanes; ~0.2 s on a laptop core).
+
+The KSF runs only on the client (RFC 9807 section 6: the server never sees the
+password or its stretch), so it is the client's choice, but it must be the
+same at registration and at every recovery: a record made under one KSF does
+not open under another. It is what makes a stolen HSM state expensive to
+attack offline, so production clients must not weaken it; tests pass a small
+Argon2id to stay fast.
+"""
+
+
+def opaque_config(ksf: Ksf = DEFAULT_KSF) -> Config:
+    """The OPAQUE parameters of the fleet (context from :mod:`bkv.hsm.messages`) with ``ksf``."""
+    return Config(context=OPAQUE_CONTEXT, ksf=ksf)
+
 
 BACKUP_KEY_SIZE = 32
 """The product's backup key: 256 random bits."""
@@ -81,27 +97,6 @@ WRAP_VERSION = 0x01
 _WRAP_NONCE_SIZE = 12
 _WRAP_TAG_SIZE = 16
 WRAPPED_KEY_SIZE = 1 + _WRAP_NONCE_SIZE + BACKUP_KEY_SIZE + _WRAP_TAG_SIZE
-
-
-@dataclass(frozen=True)
-class FleetKeys:
-    """What the client trusts about the fleet: its id and public keys by role.
-
-    Comes from a validated bundle (over-the-air mode) or is compiled in (pinned).
-    """
-
-    fleet_id: str
-    channel_public_key: bytes
-    opaque_public_key: bytes | None = None
-    """If set, a registration is refused unless the HSM's OPAQUE key is this one."""
-
-    def __post_init__(self) -> None:
-        if not 0 < len(self.fleet_id.encode("utf-8")) <= MAX_FLEET_ID:
-            raise ValueError(f"fleet_id must be 1..{MAX_FLEET_ID} bytes")
-        if len(self.channel_public_key) != channel.PUBLIC_KEY_SIZE:
-            raise ValueError("channel public key must be 32 bytes")
-        if self.opaque_public_key is not None and len(self.opaque_public_key) != 32:
-            raise ValueError("OPAQUE public key must be 32 bytes")
 
 
 @dataclass(frozen=True)
@@ -197,9 +192,8 @@ def status_of(response: StatusOk) -> VaultStatus:
 
 
 def check_server_key(fleet: FleetKeys, server_public_key: bytes) -> None:
-    """Refuse to register against an OPAQUE key other than the fleet's (if one is pinned)."""
-    expected = fleet.opaque_public_key
-    if expected is not None and not hmac.compare_digest(expected, server_public_key):
+    """Refuse to register against an OPAQUE key other than the fleet's (role ``opaque_ake``)."""
+    if not hmac.compare_digest(fleet.opaque_public_key, server_public_key):
         raise ServerAuthenticationError("the vault's OPAQUE key is not the fleet's")
 
 

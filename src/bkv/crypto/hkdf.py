@@ -1,39 +1,84 @@
 """SHA-512, HMAC-SHA512 and HKDF-SHA512 (RFC 5869), the hash/MAC/KDF of the
-ristretto255-SHA512 OPAQUE suite (RFC 9807 section 4)."""
+ristretto255-SHA512 OPAQUE suite (RFC 9807 section 4).
+
+Speed (these run about a dozen times per OPAQUE login, inside the HSM):
+
+- HMAC is RFC 2104 written out over ``hashlib.sha512``, the construction
+  CPython's own ``hmac.HMAC`` uses (key padded to the 128-byte block, XOR with
+  0x36 / 0x5c via ``bytes.translate``). It is about 1 µs faster per call than
+  ``hmac.digest``, which pays OpenSSL 3's per-call HMAC context setup. Tests
+  check it against ``hmac.digest`` (OpenSSL) for keys and messages of every
+  size class.
+- HKDF-Expand with L <= HashLen (every OPAQUE use but the 128-byte
+  credential-response pad) is one HMAC: T(1) = HMAC(PRK, info || 0x01).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 
 HASH_SIZE = 64
 """Nh = Nx = Nm for SHA-512."""
 
+_BLOCK_SIZE = 128  # SHA-512's input block: HMAC's key padding length (RFC 2104 section 2)
 _MAX_EXPAND = 255 * HASH_SIZE  # RFC 5869 section 2.3: L <= 255*HashLen
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # translation tables: key XOR ipad / opad
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_ZERO_SALT_INNER = bytes(_BLOCK_SIZE).translate(_IPAD)  # HMAC pads of the empty salt
+_ZERO_SALT_OUTER = bytes(_BLOCK_SIZE).translate(_OPAD)
+
+_sha512 = hashlib.sha512
 
 
 def sha512(data: bytes) -> bytes:
     """Hash(data) of the suite."""
-    return hashlib.sha512(data).digest()
+    return _sha512(data).digest()
+
+
+def _pads(key: bytes) -> tuple[bytes, bytes]:
+    """(K XOR ipad, K XOR opad) with K the key zero-padded to the block (RFC 2104 section 2)."""
+    if not isinstance(key, bytes):
+        raise TypeError("HMAC key must be bytes")
+    if len(key) > _BLOCK_SIZE:
+        key = _sha512(key).digest()  # RFC 2104: keys longer than B are hashed first
+    key = key.ljust(_BLOCK_SIZE, b"\x00")
+    return key.translate(_IPAD), key.translate(_OPAD)
+
+
+def _hmac_with_pads(inner_pad: bytes, outer_pad: bytes, data: bytes) -> bytes:
+    """H(K XOR opad || H(K XOR ipad || data)) (RFC 2104 section 2)."""
+    return _sha512(outer_pad + _sha512(inner_pad + data).digest()).digest()
 
 
 def hmac_sha512(key: bytes, data: bytes) -> bytes:
-    """MAC(key, data) of the suite (RFC 2104)."""
-    return hmac.digest(key, data, "sha512")
+    """MAC(key, data) of the suite: HMAC-SHA512 (RFC 2104)."""
+    if type(key) is bytes and len(key) <= _BLOCK_SIZE:  # every OPAQUE key: inlined _pads
+        key = key.ljust(_BLOCK_SIZE, b"\x00")
+        inner_pad, outer_pad = key.translate(_IPAD), key.translate(_OPAD)
+    else:
+        inner_pad, outer_pad = _pads(key)
+    return _sha512(outer_pad + _sha512(inner_pad + data).digest()).digest()
 
 
 def extract(salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract. An empty salt equals HashLen zero bytes under HMAC's key padding."""
+    if not salt:  # OPAQUE's only use (RFC 9807 sections 5.2.3, 6.4.2): precomputed pads
+        return _hmac_with_pads(_ZERO_SALT_INNER, _ZERO_SALT_OUTER, ikm)
     return hmac_sha512(salt, ikm)
 
 
 def expand(prk: bytes, info: bytes, length: int) -> bytes:
     """HKDF-Expand (RFC 5869 section 2.3)."""
+    if 0 < length <= HASH_SIZE:
+        # N = 1: OKM is the first L bytes of T(1) = HMAC(PRK, T(0) || info || 0x01), T(0) = "".
+        block = hmac_sha512(prk, info + b"\x01")
+        return block if length == HASH_SIZE else block[:length]
     if not 0 < length <= _MAX_EXPAND:
         raise ValueError(f"HKDF-Expand length {length} out of range")
+    inner_pad, outer_pad = _pads(prk)
     blocks: list[bytes] = []
     previous = b""
     for counter in range(1, -(-length // HASH_SIZE) + 1):  # bounded: at most 255 blocks
-        previous = hmac_sha512(prk, previous + info + bytes([counter]))
+        previous = _hmac_with_pads(inner_pad, outer_pad, previous + info + bytes((counter,)))
         blocks.append(previous)
     return b"".join(blocks)[:length]

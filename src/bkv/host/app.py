@@ -23,12 +23,23 @@ request it:
    type tells them apart.
 
 Endpoints: ``POST /v1/request`` (octet-stream in and out), ``GET
-/v1/fleet-keys``, ``GET /healthz``, ``GET /openapi.json``. Errors are JSON
+/v1/bundle?since=<tree size>`` (the validation bundle, :mod:`bkv.host.bundle`),
+``GET /v1/fleet-keys``, ``GET /healthz``, ``GET /openapi.json``. Errors are JSON
 ``{"error": <bkv error class>, "message": ...}``; 429 carries ``Retry-After``.
+
+When a bundle is configured, every ``/v1/request`` answer carries the header
+``bkv-bundle-epoch: <epoch of the bundle now served>``, so that an over-the-air
+client notices a newer epoch and fetches ``/v1/bundle`` again before its next
+operation (the bundle "arrives with the vault's own response"; shipping the
+whole bundle, up to 40 KiB, on every answer would cost more than one extra GET
+per epoch, which happens every few years). The header is a hint from an
+untrusted host: the client validates whatever bundle it then gets, and never
+accepts an older epoch than it has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Callable
@@ -46,8 +57,10 @@ from bkv.errors import (
     CodecError,
     FleetUnreachableError,
     RateLimitedError,
+    StorageError,
     UnauthorizedError,
 )
+from bkv.host.bundle import BundleSource, parse_since
 from bkv.host.config import HostConfig, token_digest
 from bkv.host.ratelimit import RateLimiter
 from bkv.hsm.messages import MAX_REQUEST_SIZE, OUTER_RESPONSES, HsmRequest, RequestKind
@@ -57,6 +70,9 @@ OCTET_STREAM = "application/octet-stream"
 MAX_RESPONSE_SIZE = 4096
 """Largest HSM answer relayed (an outer response is at most ~1 KiB)."""
 MAX_PUBLIC_KEYS_SIZE = 64 * 1024
+
+BUNDLE_EPOCH_HEADER = "bkv-bundle-epoch"
+"""Response header of ``/v1/request``: the epoch of the bundle ``/v1/bundle`` serves."""
 
 ATTEMPT_KINDS = frozenset({RequestKind.RECOVER_START})
 """Requests that cost the record an attempt: rate-limited per record as well."""
@@ -141,6 +157,11 @@ class Host:
         self.config = config
         self.link = link
         self.now_ms = now_ms
+        self.bundles = (
+            None
+            if config.bundle_file is None
+            else BundleSource(config.bundle_file, config.witness_url)
+        )
         self.account_limiter = RateLimiter(config.account_limit)
         self.record_limiter = RateLimiter(config.record_attempt_limit)
 
@@ -158,7 +179,35 @@ class Host:
         return account
 
     async def relay(self, request: Request) -> Response:
-        """``POST /v1/request``."""
+        """``POST /v1/request``; the answer names the bundle epoch now served."""
+        response = await self._relay(request)
+        if self.bundles is not None:
+            # No valid bundle to announce: say nothing here; /v1/bundle says why.
+            with contextlib.suppress(StorageError):
+                response.headers[BUNDLE_EPOCH_HEADER] = str(self.bundles.current().epoch)
+        return response
+
+    async def bundle(self, request: Request) -> Response:
+        """``GET /v1/bundle?since=<tree size>``: the bundle with a consistency proof."""
+        if self.bundles is None:
+            return _error(404, "NotConfigured", "this host serves no validation bundle")
+        if set(request.query_params) - {"since"}:
+            return _error(400, "CodecError", "the only query parameter is since")
+        try:
+            since = parse_since(request.query_params.get("since"))
+        except CodecError as exc:
+            return _error(400, exc)
+        try:
+            data = await self.bundles.for_client(since)
+        except StorageError as exc:
+            return _error(503, exc)
+        return Response(
+            data,
+            media_type=OCTET_STREAM,
+            headers={BUNDLE_EPOCH_HEADER: str(self.bundles.current().epoch)},
+        )
+
+    async def _relay(self, request: Request) -> Response:
         body = await _read_capped(request, MAX_REQUEST_SIZE)
         if body is None:
             return _error(413, "SizeLimitError", f"request exceeds {MAX_REQUEST_SIZE} bytes")
@@ -234,9 +283,12 @@ def create_app(config: HostConfig, link: HsmLink | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await host.link.aclose()
+        if host.bundles is not None:
+            await host.bundles.aclose()
 
     routes = [
         Route("/v1/request", host.relay, methods=["POST"]),
+        Route("/v1/bundle", host.bundle, methods=["GET"]),
         Route("/v1/fleet-keys", host.fleet_keys, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -260,6 +312,14 @@ def _error_response(description: str) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of the host API (served at ``/openapi.json``)."""
     binary = {"type": "string", "format": "binary"}
+    bundle_epoch_header = {
+        "description": (
+            "Epoch of the bundle /v1/bundle serves now (only when one is configured). "
+            "An over-the-air client that accepted an older epoch fetches /v1/bundle "
+            "again before its next operation; it never accepts an older epoch."
+        ),
+        "schema": {"type": "integer", "minimum": 1},
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -301,6 +361,7 @@ def openapi_document() -> dict[str, Any]:
                         "200": {
                             "description": "An encoded HsmResponse or HsmRejected",
                             "content": {OCTET_STREAM: {"schema": binary}},
+                            "headers": {"bkv-bundle-epoch": bundle_epoch_header},
                         },
                         "400": _error_response("Malformed request or wrong fleet"),
                         "401": _error_response("Missing or unknown bearer token"),
@@ -313,6 +374,40 @@ def openapi_document() -> dict[str, Any]:
                         "502": _error_response(
                             "The HSM is unreachable, too slow, or answered badly"
                         ),
+                    },
+                }
+            },
+            "/v1/bundle": {
+                "get": {
+                    "summary": "The fleet's validation bundle (over-the-air fleet keys)",
+                    "description": (
+                        "The ValidationBundle (bkv.client.bundle, wire tag 0x0301) that "
+                        "`bkv operator publish` wrote, with an RFC 9162 consistency proof "
+                        "from the client's last seen tree size `since` to the bundle "
+                        "checkpoint's tree size attached (consistency_size = since). The "
+                        "client validates everything; the host is not trusted."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": False,
+                            "description": (
+                                "Tree size of the last witness checkpoint the client "
+                                "accepted (0 or absent: none, no proof attached)"
+                            ),
+                            "schema": {"type": "integer", "minimum": 0},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The encoded ValidationBundle",
+                            "content": {OCTET_STREAM: {"schema": binary}},
+                            "headers": {"bkv-bundle-epoch": bundle_epoch_header},
+                        },
+                        "400": _error_response("Malformed since"),
+                        "404": _error_response("No bundle configured"),
+                        "503": _error_response("The bundle file is missing or malformed"),
                     },
                 }
             },

@@ -8,6 +8,11 @@ Example (relative paths are relative to the config file)::
     hsm_url = "http://127.0.0.1:7801/v1/message"  # `bkv hsm serve` endpoint
     hsm_timeout_seconds = 10
     public_keys_file = "hsm-state/public-keys.json"   # optional, served at /v1/fleet-keys
+    bundle_file = "bundles/current.bundle"        # optional: the validation bundle that
+                                                  # `bkv operator publish` wrote, served at
+                                                  # /v1/bundle (re-read when it changes)
+    witness_url = "http://127.0.0.1:8470"         # optional: where /v1/bundle fetches
+                                                  # consistency proofs (/log/consistency)
 
     [[accounts]]
     account_id = "616c696365"                     # hex, 1..64 bytes
@@ -65,6 +70,8 @@ class HostConfig:
     listen_port: int = 8080
     hsm_timeout_seconds: float = 10.0
     public_keys_file: Path | None = None
+    bundle_file: Path | None = None
+    witness_url: str | None = None
     account_limit: Limit = DEFAULT_ACCOUNT_LIMIT
     record_attempt_limit: Limit = DEFAULT_RECORD_ATTEMPT_LIMIT
 
@@ -84,7 +91,8 @@ class HostConfig:
         """Validate a parsed configuration; relative paths are resolved against ``base``."""
         top = _object(data, "top level", required={"host", "accounts"}, optional={"rate_limits"})
         host = _object(top["host"], "[host]", required={"fleet_id", "hsm_url"},
-                       optional={"listen", "hsm_timeout_seconds", "public_keys_file"})  # fmt: skip
+                       optional={"listen", "hsm_timeout_seconds", "public_keys_file",
+                                 "bundle_file", "witness_url"})  # fmt: skip
         fleet_id = _string(host["fleet_id"], "fleet_id")
         if len(fleet_id.encode("utf-8")) > MAX_FLEET_ID:
             raise ConfigError(f"fleet_id exceeds {MAX_FLEET_ID} bytes")
@@ -97,6 +105,14 @@ class HostConfig:
         if type(timeout) not in (int, float) or not 0 < timeout <= MAX_TIMEOUT_SECONDS:
             raise ConfigError(f"hsm_timeout_seconds must be in (0, {MAX_TIMEOUT_SECONDS}]")
         keys_file = host.get("public_keys_file")
+        bundle_file = host.get("bundle_file")
+        witness_url = host.get("witness_url")
+        if witness_url is not None:
+            witness_url = _string(witness_url, "witness_url").rstrip("/")
+            if not witness_url.startswith(("http://", "https://")):
+                raise ConfigError("witness_url must be an http(s) URL")
+            if bundle_file is None:
+                raise ConfigError("witness_url is only used with bundle_file")
         limits = _object(top.get("rate_limits", {}), "[rate_limits]", required=set(),
                          optional={"account", "record_attempts"})  # fmt: skip
         return cls(
@@ -109,6 +125,10 @@ class HostConfig:
             public_keys_file=(
                 None if keys_file is None else base / _string(keys_file, "public_keys_file")
             ),
+            bundle_file=(
+                None if bundle_file is None else base / _string(bundle_file, "bundle_file")
+            ),
+            witness_url=witness_url,
             account_limit=_limit(limits.get("account"), DEFAULT_ACCOUNT_LIMIT, "account"),
             record_attempt_limit=_limit(
                 limits.get("record_attempts"), DEFAULT_RECORD_ATTEMPT_LIMIT, "record_attempts"

@@ -140,7 +140,10 @@ class SqliteLogStore:
                 "INSERT INTO hashes (idx, hash) VALUES (?, ?)",
                 ((first_hash + i, h) for i, h in enumerate(hashes)),
             )
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # Also when COMMIT itself fails (I/O error, disk full): a transaction
+            # left open would serve uncommitted rows and block every later append.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")

@@ -23,6 +23,10 @@ Submission request body (``POST /namespaces/{ns}/submissions``)::
 
     {"epoch": 1, "digest": hex32, "artifact": hex, "evidence": hex | null,
      "submitted_at": ms, "operator_signature": hex64}
+
+Counter-signature body (``POST /namespaces/{ns}/audits/{epoch}/countersignature``)::
+
+    {"counter_signature": hex64}
 """
 
 from __future__ import annotations
@@ -140,6 +144,24 @@ def submission_from_json(namespace: str, body: bytes) -> core.Submission:
         if evidence is None
         else parse_hex(evidence, "evidence", max_bytes=core.MAX_EVIDENCE_BYTES),
     )
+
+
+# --- operator counter-signatures ------------------------------------------------------
+
+#: ``{"counter_signature": "<128 hex>"}`` and a little framing.
+MAX_COUNTERSIGNATURE_BODY = 256
+
+
+def countersignature_from_json(body: bytes) -> bytes:
+    """The 64-byte counter-signature of a ``POST .../countersignature`` body (CodecError)."""
+    data = parse_json_object(body, MAX_COUNTERSIGNATURE_BODY)
+    if set(data) != {"counter_signature"}:
+        raise CodecError('countersignature body must be exactly {"counter_signature": hex}')
+    return parse_hex(data["counter_signature"], "counter_signature", max_bytes=64, exact=64)
+
+
+def countersignature_to_json(counter_signature: bytes) -> dict[str, Any]:
+    return {"counter_signature": counter_signature.hex()}
 
 
 # --- Plexi shapes -------------------------------------------------------------------

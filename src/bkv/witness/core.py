@@ -46,6 +46,7 @@ from bkv import wire
 from bkv.errors import (
     AttestationError,
     BundleError,
+    CountersignatureExistsError,
     DigestMismatchError,
     DigestReusedError,
     EpochConflictError,
@@ -53,11 +54,13 @@ from bkv.errors import (
     SizeLimitError,
     SubmissionSignatureError,
     TimestampError,
+    UnknownEpochError,
     UnknownNamespaceError,
 )
 from bkv.tlog.log import MerkleLog
 from bkv.wire import U8, U64, Bytes, Fixed, Text
 from bkv.witness import plexi
+from bkv.witness.countersign import verify_countersignature
 
 __all__ = [
     "AUDIT_ENTRY_TAG",
@@ -69,6 +72,7 @@ __all__ = [
     "SUBMISSION_MAX_SKEW_MS",
     "AuditEntry",
     "CheckpointSigner",
+    "CountersignatureState",
     "EvidenceChecker",
     "NamespaceRecord",
     "Receipt",
@@ -77,6 +81,7 @@ __all__ = [
     "WitnessState",
     "check_namespace_name",
     "process_submission",
+    "record_countersignature",
     "register_namespace",
     "sign_submission",
     "submission_signing_bytes",
@@ -89,8 +94,12 @@ FLEET_KEYS_NAMESPACE = "bkv.fleet_keys.v1"
 SHA256_SIZE = 32
 MAX_NAMESPACE_BYTES = plexi.MAX_NAMESPACE_BYTES
 ED25519_SIGNATURE_SIZE = plexi.ED25519_SIGNATURE_SIZE
-#: A fleet-key artifact is canonical JSON of a few dozen keys; 64 KiB is generous.
-MAX_ARTIFACT_BYTES = 64 * 1024
+#: The one artifact size limit, for the witness (submissions) and for clients (the
+#: fleet-key artifact, :mod:`bkv.client.artifact`, and the validation bundle that
+#: carries it): a fleet-key artifact is canonical JSON of at most 16 keys and 64
+#: members, well under 16 KiB. One constant so that the witness never signs an
+#: artifact that no client could accept.
+MAX_ARTIFACT_BYTES = 16 * 1024
 #: Deployment evidence: attestation chains of every HSM of a fleet.
 MAX_EVIDENCE_BYTES = 1024 * 1024
 #: Accepted age of a submission (its ``submitted_at_ms``) at the witness.
@@ -99,7 +108,7 @@ SUBMISSION_MAX_AGE_MS = 5 * 60 * 1000
 SUBMISSION_MAX_SKEW_MS = 60 * 1000
 
 #: Signed-message prefix of operator submissions. NUL-terminated ASCII, like the
-#: operator's counter-signature context (bkv.client.countersign), so that neither
+#: operator's counter-signature context (bkv.witness.countersign), so that neither
 #: context is a prefix of the other and no signature of one use verifies as the other.
 SUBMISSION_CONTEXT = b"bkv witness submission v1\x00"
 
@@ -390,6 +399,26 @@ class WitnessState(Protocol):
         ...
 
 
+class CountersignatureState(Protocol):
+    """One transaction's view of the stored operator counter-signatures."""
+
+    def namespace(self, name: str) -> NamespaceRecord | None:
+        """The registered namespace, or None."""
+        ...
+
+    def signed_epoch(self, name: str, epoch: int) -> SignedEpoch | None:
+        """The signed epoch, or None."""
+        ...
+
+    def countersignature(self, name: str, epoch: int) -> bytes | None:
+        """The stored counter-signature of the epoch, or None."""
+        ...
+
+    def add_countersignature(self, name: str, epoch: int, counter_signature: bytes) -> None:
+        """Persist the counter-signature (must refuse a second one for the epoch)."""
+        ...
+
+
 #: (tree size, root hash) -> signed C2SP checkpoint note bytes.
 CheckpointSigner = Callable[[int, bytes], bytes]
 #: (artifact, evidence) -> None, raising AttestationError if the evidence does not
@@ -526,3 +555,43 @@ def process_submission(
         inclusion_proof=tuple(log.inclusion_proof(index, size)),
         checkpoint=checkpoint,
     )
+
+
+# --- operator counter-signatures --------------------------------------------------
+
+
+def record_countersignature(
+    state: CountersignatureState, namespace: str, epoch: int, counter_signature: bytes
+) -> bool:
+    """Store the operator's counter-signature of a signed epoch; True if newly stored.
+
+    The witness keeps and serves the counter-signature so that auditors (``bkv audit
+    log``) can check that the operator endorsed every statement without asking the
+    operator for its bundles. Rules, first failure named:
+
+    1. the namespace is registered (:class:`UnknownNamespaceError`) and the epoch was
+       signed (:class:`UnknownEpochError`);
+    2. it verifies under the namespace's operator key over the exact bytes of
+       :func:`bkv.witness.countersign.countersignature_message` of the witness
+       signature of that epoch (:class:`CounterSignatureError`);
+    3. it is immutable once stored: the same bytes again are accepted (a retried
+       request), other bytes are refused (:class:`CountersignatureExistsError`).
+       Ed25519 signing is deterministic, so an honest operator never has two.
+    """
+    record = state.namespace(namespace)
+    if record is None:
+        raise UnknownNamespaceError(f"namespace {namespace} is not registered")
+    _check_uint64("epoch", epoch)
+    signed = state.signed_epoch(namespace, epoch)
+    if signed is None:
+        raise UnknownEpochError(f"epoch {epoch} of {namespace} was never signed")
+    verify_countersignature(record.operator_public_key, signed.signature, counter_signature)
+    existing = state.countersignature(namespace, epoch)
+    if existing is not None:
+        if hmac.compare_digest(existing, counter_signature):
+            return False
+        raise CountersignatureExistsError(
+            f"epoch {epoch} of {namespace} already has another counter-signature"
+        )
+    state.add_countersignature(namespace, epoch, counter_signature)
+    return True

@@ -11,6 +11,7 @@ GET    ``/namespaces/{ns}/audits/{epoch}/artifact``  the artifact's exact bytes
 GET    ``/namespaces/{ns}/audits/{epoch}/evidence``  the deployment evidence's exact bytes
 GET    ``/namespaces/{ns}/last-verified-epoch``      Plexi ``LastVerifiedEpoch``
 POST   ``/namespaces/{ns}/submissions``              operator submission -> 201 + receipt
+POST   ``/namespaces/{ns}/audits/{epoch}/countersignature``  operator counter-signature
 GET    ``/checkpoint``                               C2SP signed checkpoint of the audit log
 GET    ``/tile/<L>/<N>[.p/<W>]``                     C2SP tlog-tiles hash tiles
 GET    ``/tile/entries/<N>[.p/<W>]``                 C2SP tlog-tiles entry bundles
@@ -42,12 +43,14 @@ from bkv.errors import (
     BkvError,
     CheckpointSizeConflictError,
     CodecError,
+    CountersignatureExistsError,
     DigestMismatchError,
     DigestReusedError,
     EpochConflictError,
     NamespaceExistsError,
     SignatureError,
     TimestampError,
+    UnknownEpochError,
     UnknownNamespaceError,
 )
 from bkv.tlog import tiles, witness_protocol
@@ -60,6 +63,7 @@ from bkv.witness.service import WitnessService
 BODY_LIMITS = {
     "submission": api.MAX_SUBMISSION_BODY,
     "add-checkpoint": witness_protocol.MAX_REQUEST_SIZE,
+    "countersignature": api.MAX_COUNTERSIGNATURE_BODY,
     "other": 0,
 }
 
@@ -69,6 +73,8 @@ CHECKPOINT_CACHE = "no-cache"
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UnknownNamespaceError, 404),
+    (UnknownEpochError, 404),
+    (CountersignatureExistsError, 409),
     (EpochConflictError, 409),
     (DigestReusedError, 409),
     (NamespaceExistsError, 409),
@@ -95,6 +101,8 @@ def _limit_for(scope: Scope) -> int:
     path = str(scope.get("path", ""))
     if scope.get("method") == "POST" and path.endswith("/submissions"):
         return BODY_LIMITS["submission"]
+    if scope.get("method") == "POST" and path.endswith("/countersignature"):
+        return BODY_LIMITS["countersignature"]
     if scope.get("method") == "POST" and path == "/add-checkpoint":
         return BODY_LIMITS["add-checkpoint"]
     return BODY_LIMITS["other"]
@@ -232,7 +240,9 @@ class _Handlers:
             signed.log_index, entry, size, proof, note
         )
         base = f"/namespaces/{ns}/audits/{signed.epoch}"
+        counter_signature = self.store.countersignature(ns, signed.epoch)
         body |= {
+            "counter_signature": None if counter_signature is None else counter_signature.hex(),
             "artifact": signed.artifact.hex(),
             "artifact_uri": f"{base}/artifact",
             "evidence_uri": None if signed.evidence is None else f"{base}/evidence",
@@ -272,6 +282,19 @@ class _Handlers:
         except BkvError as exc:
             return _error(exc)
         return JSONResponse(api.receipt_response(receipt), status_code=201)
+
+    async def countersignature(self, request: Request) -> Response:
+        ns, epoch_text = request.path_params["ns"], request.path_params["epoch"]
+        body = await request.body()
+        try:
+            epoch = _parse_int(epoch_text, "epoch")
+            counter_signature = api.countersignature_from_json(body)
+            created = self.service.add_countersignature(ns, epoch, counter_signature)
+        except BkvError as exc:
+            return _error(exc)
+        return JSONResponse(
+            api.countersignature_to_json(counter_signature), status_code=201 if created else 200
+        )
 
     async def checkpoint(self, request: Request) -> Response:
         latest = self.store.latest_checkpoint()
@@ -357,6 +380,11 @@ def create_app(service: WitnessService) -> Starlette:
         Route("/namespaces/{ns}/audits/{epoch}", h.audit, methods=["GET"]),
         Route("/namespaces/{ns}/audits/{epoch}/artifact", h.artifact, methods=["GET"]),
         Route("/namespaces/{ns}/audits/{epoch}/evidence", h.evidence, methods=["GET"]),
+        Route(
+            "/namespaces/{ns}/audits/{epoch}/countersignature",
+            h.countersignature,
+            methods=["POST"],
+        ),
         Route("/namespaces/{ns}/last-verified-epoch", h.last_verified, methods=["GET"]),
         Route("/namespaces/{ns}/submissions", h.submit, methods=["POST"]),
         Route("/checkpoint", h.checkpoint, methods=["GET"]),

@@ -220,6 +220,14 @@ class WitnessService:
                 evidence_checker=self.evidence_checker,
             )
 
+    def add_countersignature(self, namespace: str, epoch: int, counter_signature: bytes) -> bool:
+        """Verify and store the operator's counter-signature of an epoch (True if new).
+
+        See :func:`bkv.witness.core.record_countersignature`; one transaction.
+        """
+        with self.store.transaction() as tx:
+            return core.record_countersignature(tx, namespace, epoch, counter_signature)
+
     def add_cosigned_log(self, origin: str, verifier_keys: Sequence[str]) -> None:
         for vkey in verifier_keys:
             parse_verifier_key(vkey)  # refuse a malformed key now, not at first use

@@ -11,7 +11,12 @@ crash or restart can sign twice:
 
 - ``PRIMARY KEY (namespace, epoch)`` and ``UNIQUE (namespace, digest)``;
 - a trigger refuses an epoch that is not the namespace's last epoch + 1;
-- triggers refuse every UPDATE and DELETE of signed epochs, log entries and hashes.
+- triggers refuse every UPDATE and DELETE of signed epochs, counter-signatures, log
+  entries and hashes; a counter-signature's epoch must be a signed epoch (foreign key).
+
+The ``countersignatures`` table was added after schema version 1 shipped; it is
+created by ``CREATE TABLE IF NOT EXISTS`` on open, so older databases gain it
+without a migration (nothing else changed, hence the same version).
 
 The audit log's storage implements :class:`bkv.tlog.log.LogStore` on the same
 connection (tables ``log_entries`` and ``log_hashes``, append-only), so that a log
@@ -27,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bkv.errors import (
+    CountersignatureExistsError,
     DigestReusedError,
     EpochConflictError,
     NamespaceExistsError,
@@ -90,6 +96,28 @@ CREATE TRIGGER IF NOT EXISTS signed_epochs_no_delete
 BEFORE DELETE ON signed_epochs
 BEGIN
     SELECT RAISE(ABORT, 'signed epochs are immutable');
+END;
+
+-- Operator counter-signatures of signed epochs (bkv.witness.countersign), checked
+-- against the namespace's operator key before insert; one per epoch, never changed.
+CREATE TABLE IF NOT EXISTS countersignatures (
+    namespace TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    counter_signature BLOB NOT NULL CHECK (length(counter_signature) = 64),
+    PRIMARY KEY (namespace, epoch),
+    FOREIGN KEY (namespace, epoch) REFERENCES signed_epochs (namespace, epoch)
+) STRICT;
+
+CREATE TRIGGER IF NOT EXISTS countersignatures_no_update
+BEFORE UPDATE ON countersignatures
+BEGIN
+    SELECT RAISE(ABORT, 'counter-signatures are immutable');
+END;
+
+CREATE TRIGGER IF NOT EXISTS countersignatures_no_delete
+BEFORE DELETE ON countersignatures
+BEGIN
+    SELECT RAISE(ABORT, 'counter-signatures are immutable');
 END;
 
 CREATE TABLE IF NOT EXISTS log_entries (
@@ -261,6 +289,24 @@ class _Transaction:
     def record_checkpoint(self, size: int, note: bytes) -> None:
         self._conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (size, note))
 
+    def signed_epoch(self, name: str, epoch: int) -> SignedEpoch | None:
+        return _read_epoch(self._conn, name, epoch)
+
+    def countersignature(self, name: str, epoch: int) -> bytes | None:
+        return _read_countersignature(self._conn, name, epoch)
+
+    def add_countersignature(self, name: str, epoch: int, counter_signature: bytes) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO countersignatures (namespace, epoch, counter_signature) "
+                "VALUES (?, ?, ?)",
+                (name, epoch, counter_signature),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise CountersignatureExistsError(
+                f"counter-signature of epoch {epoch} of {name} refused by the store ({exc})"
+            ) from None
+
     @property
     def audit_log(self) -> MerkleLog:
         if self._log is None:
@@ -275,6 +321,23 @@ def _read_namespace(conn: sqlite3.Connection, name: str) -> NamespaceRecord | No
     if row is None:
         return None
     return NamespaceRecord(name=row[0], operator_public_key=bytes(row[1]), created_ms=int(row[2]))
+
+
+def _read_epoch(conn: sqlite3.Connection, name: str, epoch: int) -> SignedEpoch | None:
+    row = conn.execute(
+        f"SELECT {_EPOCH_COLUMNS} FROM signed_epochs "  # noqa: S608
+        "WHERE namespace = ? AND epoch = ?",
+        (name, epoch),
+    ).fetchone()
+    return None if row is None else _signed_epoch(row)
+
+
+def _read_countersignature(conn: sqlite3.Connection, name: str, epoch: int) -> bytes | None:
+    row = conn.execute(
+        "SELECT counter_signature FROM countersignatures WHERE namespace = ? AND epoch = ?",
+        (name, epoch),
+    ).fetchone()
+    return None if row is None else bytes(row[0])
 
 
 def _read_last(conn: sqlite3.Connection, name: str) -> SignedEpoch | None:
@@ -346,12 +409,12 @@ class WitnessStore:
 
     def signed_epoch(self, name: str, epoch: int) -> SignedEpoch | None:
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_EPOCH_COLUMNS} FROM signed_epochs "  # noqa: S608
-                "WHERE namespace = ? AND epoch = ?",
-                (name, epoch),
-            ).fetchone()
-        return None if row is None else _signed_epoch(row)
+            return _read_epoch(self._conn, name, epoch)
+
+    def countersignature(self, name: str, epoch: int) -> bytes | None:
+        """The operator's stored counter-signature of the epoch, or None."""
+        with self._lock:
+            return _read_countersignature(self._conn, name, epoch)
 
     def last_signed(self, name: str) -> SignedEpoch | None:
         with self._lock:

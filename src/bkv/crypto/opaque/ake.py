@@ -7,6 +7,7 @@ parties (client.py, server.py) because each uses different key material.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from bkv.crypto import hkdf
@@ -47,24 +48,34 @@ def preamble(
     )
 
 
+def _label_header(label: bytes, length: int) -> bytes:
+    """CustomLabel's fixed part: uint16 length || opaque label<8..255> ("OPAQUE-" || Label)."""
+    full_label = _LABEL_PREFIX + label
+    if len(full_label) > _MAX_LABEL_CONTEXT:
+        raise ValueError("Expand-Label label too long")
+    return length.to_bytes(2, "big") + bytes((len(full_label),)) + full_label
+
+
 def expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
     """Expand-Label (RFC 9807 section 6.4.2), TLS 1.3-style CustomLabel."""
-    full_label = _LABEL_PREFIX + label
-    if len(context) > _MAX_LABEL_CONTEXT or len(full_label) > _MAX_LABEL_CONTEXT:
-        raise ValueError("Expand-Label label or context too long")
-    custom_label = (
-        length.to_bytes(2, "big")
-        + bytes([len(full_label)])
-        + full_label
-        + bytes([len(context)])
-        + context
-    )
-    return hkdf.expand(secret, custom_label, length)
+    if len(context) > _MAX_LABEL_CONTEXT:
+        raise ValueError("Expand-Label context too long")
+    info = _label_header(label, length) + bytes((len(context),)) + context
+    return hkdf.expand(secret, info, length)
 
 
 def derive_secret(secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
     """Derive-Secret(Secret, Label, Transcript-Hash) = Expand-Label(..., Nx)."""
     return expand_label(secret, label, transcript_hash, NX)
+
+
+# The four Derive-Secret calls of DeriveKeys have constant labels; their CustomLabel bytes up
+# to the context are computed once. The context is the 64-byte preamble hash or empty.
+_HANDSHAKE_SECRET_HEADER = _label_header(b"HandshakeSecret", NX)
+_SESSION_KEY_HEADER = _label_header(b"SessionKey", NX)
+_SERVER_MAC_INFO = _label_header(b"ServerMAC", NX) + b"\x00"  # empty context
+_CLIENT_MAC_INFO = _label_header(b"ClientMAC", NX) + b"\x00"
+_HASH_CONTEXT_LENGTH = bytes((hkdf.HASH_SIZE,))
 
 
 @dataclass(frozen=True)
@@ -77,15 +88,20 @@ class AkeKeys:
     session_key: bytes = field(repr=False)
 
 
+def _derive_keys_from_hash(ikm: bytes, preamble_hash: bytes) -> AkeKeys:
+    """DeriveKeys with Hash(preamble) already computed (RFC 9807 section 6.4.2)."""
+    prk = hkdf.extract(b"", ikm)
+    context = _HASH_CONTEXT_LENGTH + preamble_hash
+    handshake_secret = hkdf.expand(prk, _HANDSHAKE_SECRET_HEADER + context, NX)
+    session_key = hkdf.expand(prk, _SESSION_KEY_HEADER + context, NX)
+    server_mac_key = hkdf.expand(handshake_secret, _SERVER_MAC_INFO, NX)
+    client_mac_key = hkdf.expand(handshake_secret, _CLIENT_MAC_INFO, NX)
+    return AkeKeys(handshake_secret, server_mac_key, client_mac_key, session_key)
+
+
 def derive_keys(ikm: bytes, preamble_bytes: bytes) -> AkeKeys:
     """DeriveKeys(ikm, preamble) (RFC 9807 section 6.4.2)."""
-    prk = hkdf.extract(b"", ikm)
-    preamble_hash = hkdf.sha512(preamble_bytes)
-    handshake_secret = derive_secret(prk, b"HandshakeSecret", preamble_hash)
-    session_key = derive_secret(prk, b"SessionKey", preamble_hash)
-    server_mac_key = derive_secret(handshake_secret, b"ServerMAC", b"")
-    client_mac_key = derive_secret(handshake_secret, b"ClientMAC", b"")
-    return AkeKeys(handshake_secret, server_mac_key, client_mac_key, session_key)
+    return _derive_keys_from_hash(ikm, hkdf.sha512(preamble_bytes))
 
 
 def server_mac(keys: AkeKeys, preamble_bytes: bytes) -> bytes:
@@ -96,3 +112,19 @@ def server_mac(keys: AkeKeys, preamble_bytes: bytes) -> bytes:
 def client_mac(keys: AkeKeys, preamble_bytes: bytes, server_mac_bytes: bytes) -> bytes:
     """client_mac = MAC(Km3, Hash(preamble || server_mac)) (sections 6.4.4, 6.4.5)."""
     return hkdf.hmac_sha512(keys.client_mac_key, hkdf.sha512(preamble_bytes + server_mac_bytes))
+
+
+def derive_keys_and_macs(ikm: bytes, preamble_bytes: bytes) -> tuple[AkeKeys, bytes, bytes]:
+    """DeriveKeys, server_mac and the expected client_mac in one pass (section 6.4.4).
+
+    Equal to ``derive_keys``, ``server_mac`` and ``client_mac``, but the preamble is hashed
+    once: Hash(preamble) serves the key schedule and server_mac, and a copy of the same hash
+    state continues over server_mac for client_mac.
+    """
+    transcript = hashlib.sha512(preamble_bytes)
+    preamble_hash = transcript.digest()
+    keys = _derive_keys_from_hash(ikm, preamble_hash)
+    server_mac_bytes = hkdf.hmac_sha512(keys.server_mac_key, preamble_hash)
+    transcript.update(server_mac_bytes)
+    client_mac_bytes = hkdf.hmac_sha512(keys.client_mac_key, transcript.digest())
+    return keys, server_mac_bytes, client_mac_bytes

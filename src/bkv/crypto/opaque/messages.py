@@ -38,23 +38,15 @@ MASKING_KEY_SIZE = 64  # Nh
 
 
 def _check_size(name: str, data: bytes, size: int) -> bytes:
-    """Exact-length check for decoding untrusted bytes."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"{name} must be bytes")
-    if len(data) < size:
-        raise TruncatedError(f"{name}: {len(data)} bytes, expected {size}")
-    if len(data) > size:
-        raise TrailingBytesError(f"{name}: {len(data)} bytes, expected {size}")
-    return data if type(data) is bytes else bytes(data)
-
-
-def _split(data: bytes, *sizes: int) -> list[bytes]:
-    out: list[bytes] = []
-    offset = 0
-    for size in sizes:
-        out.append(data[offset : offset + size])
-        offset += size
-    return out
+    """Exact-length check for decoding untrusted bytes; returns them as ``bytes``."""
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{name} must be bytes")
+        data = bytes(data)
+    if len(data) != size:
+        error = TruncatedError if len(data) < size else TrailingBytesError
+        raise error(f"{name}: {len(data)} bytes, expected {size}")
+    return data
 
 
 def _require_len(name: str, value: bytes, size: int) -> None:
@@ -65,13 +57,19 @@ def _require_len(name: str, value: bytes, size: int) -> None:
         raise ValueError(f"{name} must be {size} bytes, got {len(value)}")
 
 
-def _require_element(name: str, value: bytes) -> None:
-    _require_len(name, value, NPK)
+def _require_fields(message: object, sizes: tuple[tuple[str, int], ...]) -> None:
+    """The constructors' full check, field by field, naming the first bad one.
+
+    Each constructor first tests all its fields in one expression (exact ``bytes`` type and
+    length, the common case) and calls this only when that test fails, so that the hot path
+    pays one comparison per field; a ``bytes`` subclass of the right length passes here.
+    """
+    for name, size in sizes:
+        _require_len(name, getattr(message, name), size)
 
 
-def _element(data: bytes) -> bytes:
-    """Decode an element field of untrusted input (canonical, non-identity)."""
-    return ristretto.decode_element(data)
+_element = ristretto.decode_element
+"""Decode an element field of untrusted input (canonical, non-identity)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,8 @@ class RegistrationRequest:
     blinded_message: bytes
 
     def __post_init__(self) -> None:
-        _require_element("blinded_message", self.blinded_message)
+        if not (type(self.blinded_message) is bytes and len(self.blinded_message) == NOE):
+            _require_fields(self, (("blinded_message", NOE),))
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (32 bytes)."""
@@ -101,8 +100,13 @@ class RegistrationResponse:
     server_public_key: bytes
 
     def __post_init__(self) -> None:
-        _require_element("evaluated_message", self.evaluated_message)
-        _require_element("server_public_key", self.server_public_key)
+        if not (
+            type(self.evaluated_message) is bytes
+            and len(self.evaluated_message) == NOE
+            and type(self.server_public_key) is bytes
+            and len(self.server_public_key) == NPK
+        ):
+            _require_fields(self, (("evaluated_message", NOE), ("server_public_key", NPK)))
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (64 bytes)."""
@@ -112,8 +116,7 @@ class RegistrationResponse:
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
         data = _check_size("RegistrationResponse", data, REGISTRATION_RESPONSE_SIZE)
-        evaluated, server_public_key = _split(data, NOE, NPK)
-        return cls(_element(evaluated), _element(server_public_key))
+        return cls(_element(data[:NOE]), _element(data[NOE:]))
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,13 @@ class Envelope:
     auth_tag: bytes
 
     def __post_init__(self) -> None:
-        _require_len("envelope nonce", self.nonce, NN)
-        _require_len("envelope auth_tag", self.auth_tag, NM)
+        if not (
+            type(self.nonce) is bytes
+            and len(self.nonce) == NN
+            and type(self.auth_tag) is bytes
+            and len(self.auth_tag) == NM
+        ):
+            _require_fields(self, (("nonce", NN), ("auth_tag", NM)))
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (96 bytes)."""
@@ -135,7 +143,7 @@ class Envelope:
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
         data = _check_size("Envelope", data, ENVELOPE_SIZE)
-        return cls(*_split(data, NN, NM))
+        return cls(data[:NN], data[NN:])
 
 
 @dataclass(frozen=True)
@@ -151,21 +159,29 @@ class RegistrationRecord:
     envelope: Envelope
 
     def __post_init__(self) -> None:
-        _require_element("client_public_key", self.client_public_key)
-        _require_len("masking_key", self.masking_key, MASKING_KEY_SIZE)
+        if not (
+            type(self.client_public_key) is bytes
+            and len(self.client_public_key) == NPK
+            and type(self.masking_key) is bytes
+            and len(self.masking_key) == MASKING_KEY_SIZE
+        ):
+            _require_fields(self, (("client_public_key", NPK), ("masking_key", MASKING_KEY_SIZE)))
         if not isinstance(self.envelope, Envelope):
             raise TypeError("envelope must be an Envelope")
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (192 bytes); RFC 9807 calls it registration_upload."""
-        return self.client_public_key + self.masking_key + self.envelope.to_bytes()
+        envelope = self.envelope
+        return self.client_public_key + self.masking_key + envelope.nonce + envelope.auth_tag
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
         data = _check_size("RegistrationRecord", data, REGISTRATION_RECORD_SIZE)
-        public_key, masking_key, envelope = _split(data, NPK, MASKING_KEY_SIZE, ENVELOPE_SIZE)
-        return cls(_element(public_key), masking_key, Envelope.from_bytes(envelope))
+        key_end = NPK + MASKING_KEY_SIZE
+        nonce_end = key_end + NN
+        envelope = Envelope(data[key_end:nonce_end], data[nonce_end:])
+        return cls(_element(data[:NPK]), data[NPK:key_end], envelope)
 
 
 @dataclass(frozen=True)
@@ -175,7 +191,8 @@ class CredentialRequest:
     blinded_message: bytes
 
     def __post_init__(self) -> None:
-        _require_element("blinded_message", self.blinded_message)
+        if not (type(self.blinded_message) is bytes and len(self.blinded_message) == NOE):
+            _require_fields(self, (("blinded_message", NOE),))
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (32 bytes)."""
@@ -196,9 +213,15 @@ class CredentialResponse:
     masked_response: bytes
 
     def __post_init__(self) -> None:
-        _require_element("evaluated_message", self.evaluated_message)
-        _require_len("masking_nonce", self.masking_nonce, NN)
-        _require_len("masked_response", self.masked_response, MASKED_RESPONSE_SIZE)
+        if not (
+            type(self.evaluated_message) is bytes
+            and len(self.evaluated_message) == NOE
+            and type(self.masking_nonce) is bytes
+            and len(self.masking_nonce) == NN
+            and type(self.masked_response) is bytes
+            and len(self.masked_response) == MASKED_RESPONSE_SIZE
+        ):
+            _require_fields(self, _CREDENTIAL_RESPONSE_FIELDS)
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (192 bytes)."""
@@ -208,8 +231,20 @@ class CredentialResponse:
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
         data = _check_size("CredentialResponse", data, CREDENTIAL_RESPONSE_SIZE)
-        evaluated, masking_nonce, masked = _split(data, NOE, NN, MASKED_RESPONSE_SIZE)
-        return cls(_element(evaluated), masking_nonce, masked)
+        return cls(*_credential_response_fields(data))
+
+
+_CREDENTIAL_RESPONSE_FIELDS = (
+    ("evaluated_message", NOE),
+    ("masking_nonce", NN),
+    ("masked_response", MASKED_RESPONSE_SIZE),
+)
+
+
+def _credential_response_fields(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(evaluated_message decoded strictly, masking_nonce, masked_response) of exact-size bytes."""
+    nonce_end = NOE + NN
+    return _element(data[:NOE]), data[NOE:nonce_end], data[nonce_end:]
 
 
 @dataclass(frozen=True)
@@ -220,8 +255,13 @@ class AuthRequest:
     client_public_keyshare: bytes
 
     def __post_init__(self) -> None:
-        _require_len("client_nonce", self.client_nonce, NN)
-        _require_element("client_public_keyshare", self.client_public_keyshare)
+        if not (
+            type(self.client_nonce) is bytes
+            and len(self.client_nonce) == NN
+            and type(self.client_public_keyshare) is bytes
+            and len(self.client_public_keyshare) == NPK
+        ):
+            _require_fields(self, (("client_nonce", NN), ("client_public_keyshare", NPK)))
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (64 bytes)."""
@@ -231,8 +271,7 @@ class AuthRequest:
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
         data = _check_size("AuthRequest", data, AUTH_REQUEST_SIZE)
-        nonce, keyshare = _split(data, NN, NPK)
-        return cls(nonce, _element(keyshare))
+        return cls(data[:NN], _element(data[NN:]))
 
 
 @dataclass(frozen=True)
@@ -244,9 +283,15 @@ class AuthResponse:
     server_mac: bytes
 
     def __post_init__(self) -> None:
-        _require_len("server_nonce", self.server_nonce, NN)
-        _require_element("server_public_keyshare", self.server_public_keyshare)
-        _require_len("server_mac", self.server_mac, NM)
+        if not (
+            type(self.server_nonce) is bytes
+            and len(self.server_nonce) == NN
+            and type(self.server_public_keyshare) is bytes
+            and len(self.server_public_keyshare) == NPK
+            and type(self.server_mac) is bytes
+            and len(self.server_mac) == NM
+        ):
+            _require_fields(self, _AUTH_RESPONSE_FIELDS)
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (128 bytes)."""
@@ -256,8 +301,16 @@ class AuthResponse:
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
         data = _check_size("AuthResponse", data, AUTH_RESPONSE_SIZE)
-        nonce, keyshare, mac = _split(data, NN, NPK, NM)
-        return cls(nonce, _element(keyshare), mac)
+        return cls(*_auth_response_fields(data))
+
+
+_AUTH_RESPONSE_FIELDS = (("server_nonce", NN), ("server_public_keyshare", NPK), ("server_mac", NM))
+
+
+def _auth_response_fields(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(server_nonce, server_public_keyshare decoded strictly, server_mac) of exact-size bytes."""
+    keyshare_end = NN + NPK
+    return data[:NN], _element(data[NN:keyshare_end]), data[keyshare_end:]
 
 
 @dataclass(frozen=True)
@@ -275,14 +328,22 @@ class KE1:
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (96 bytes)."""
-        return self.credential_request.to_bytes() + self.auth_request.to_bytes()
+        auth = self.auth_request
+        return (
+            self.credential_request.blinded_message
+            + auth.client_nonce
+            + auth.client_public_keyshare
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
-        """Strict decoding."""
+        """Strict decoding: one length check, then each field (both elements decoded once)."""
         data = _check_size("KE1", data, KE1_SIZE)
-        request, auth = _split(data, CREDENTIAL_REQUEST_SIZE, AUTH_REQUEST_SIZE)
-        return cls(CredentialRequest.from_bytes(request), AuthRequest.from_bytes(auth))
+        nonce_end = CREDENTIAL_REQUEST_SIZE + NN
+        return cls(
+            CredentialRequest(_element(data[:CREDENTIAL_REQUEST_SIZE])),
+            AuthRequest(data[CREDENTIAL_REQUEST_SIZE:nonce_end], _element(data[nonce_end:])),
+        )
 
 
 @dataclass(frozen=True)
@@ -300,14 +361,27 @@ class KE2:
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (320 bytes)."""
-        return self.credential_response.to_bytes() + self.auth_response.to_bytes()
+        response = self.credential_response
+        auth = self.auth_response
+        return b"".join(
+            (
+                response.evaluated_message,
+                response.masking_nonce,
+                response.masked_response,
+                auth.server_nonce,
+                auth.server_public_keyshare,
+                auth.server_mac,
+            )
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
-        """Strict decoding."""
+        """Strict decoding: one length check, then each field (both elements decoded once)."""
         data = _check_size("KE2", data, KE2_SIZE)
-        response, auth = _split(data, CREDENTIAL_RESPONSE_SIZE, AUTH_RESPONSE_SIZE)
-        return cls(CredentialResponse.from_bytes(response), AuthResponse.from_bytes(auth))
+        return cls(
+            CredentialResponse(*_credential_response_fields(data[:CREDENTIAL_RESPONSE_SIZE])),
+            AuthResponse(*_auth_response_fields(data[CREDENTIAL_RESPONSE_SIZE:])),
+        )
 
 
 @dataclass(frozen=True)
@@ -317,7 +391,8 @@ class KE3:
     client_mac: bytes
 
     def __post_init__(self) -> None:
-        _require_len("client_mac", self.client_mac, NM)
+        if not (type(self.client_mac) is bytes and len(self.client_mac) == NM):
+            _require_fields(self, (("client_mac", NM),))
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (64 bytes)."""
@@ -326,4 +401,10 @@ class KE3:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        return cls(_check_size("KE3", data, KE3_SIZE))
+        if type(data) is not bytes or len(data) != KE3_SIZE:
+            data = _check_size("KE3", data, KE3_SIZE)  # raises, or converts a bytes-like
+        # ``data`` is now exactly what __post_init__ accepts, so the generated __init__ is
+        # skipped: it is most of the cost of the KE3 check (RFC 9807 section 6.4.5).
+        ke3 = object.__new__(cls)
+        ke3.__dict__["client_mac"] = data
+        return ke3

@@ -63,6 +63,7 @@ _FAKE_MASKING_KEY_LABEL = b"bkv-OPAQUE-FakeRecord-MaskingKey"
 _STATE_TAG = b"bkv/opaque/ServerLoginState/v1"
 _STATE_TAG_SIZE = len(_STATE_TAG)
 SERVER_LOGIN_STATE_SIZE = _STATE_TAG_SIZE + 2 * NH
+_MAC_END = _STATE_TAG_SIZE + NH
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,12 @@ class ServerLoginState:
     session_key: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
-        if len(self.expected_client_mac) != NH or len(self.session_key) != NH:
-            raise ValueError("ServerLoginState fields must be 64 bytes")
+        mac, key = self.expected_client_mac, self.session_key
+        if not (type(mac) is bytes and len(mac) == NH and type(key) is bytes and len(key) == NH):
+            if not (isinstance(mac, bytes) and isinstance(key, bytes)):
+                raise TypeError("ServerLoginState fields must be bytes")
+            if len(mac) != NH or len(key) != NH:
+                raise ValueError("ServerLoginState fields must be 64 bytes")
 
     def to_bytes(self) -> bytes:
         """Version tag || expected_client_mac || session_key."""
@@ -88,15 +93,20 @@ class ServerLoginState:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        data = bytes(data)
-        if len(data) < SERVER_LOGIN_STATE_SIZE:
-            raise TruncatedError(f"ServerLoginState: {len(data)} bytes")
-        if len(data) > SERVER_LOGIN_STATE_SIZE:
-            raise TrailingBytesError(f"ServerLoginState: {len(data)} bytes")
+        if type(data) is not bytes:
+            data = bytes(data)
+        if len(data) != SERVER_LOGIN_STATE_SIZE:
+            error = TruncatedError if len(data) < SERVER_LOGIN_STATE_SIZE else TrailingBytesError
+            raise error(f"ServerLoginState: {len(data)} bytes")
         if not data.startswith(_STATE_TAG):
             raise UnknownTagError("ServerLoginState: unknown version tag")
-        mac_end = _STATE_TAG_SIZE + NH
-        return cls(data[_STATE_TAG_SIZE:mac_end], data[mac_end:])
+        # Both slices are 64-byte ``bytes``, exactly what __post_init__ accepts, so the
+        # generated __init__ is skipped: it is most of the cost of the KE3 check.
+        state = object.__new__(cls)
+        fields = state.__dict__
+        fields["expected_client_mac"] = data[_STATE_TAG_SIZE:_MAC_END]
+        fields["session_key"] = data[_MAC_END:]
+        return state
 
 
 def fake_record(secrets: ServerSecrets, credential_identifier: bytes) -> RegistrationRecord:
@@ -126,12 +136,13 @@ def _credential_response(
     # Points in messages were decoded strictly by from_bytes; scalar_mult re-checks them.
     blinded = Element(ke1.credential_request.blinded_message)
     evaluated = oprf.blind_evaluate(oprf_key, blinded)
-    plaintext = secrets.server_public_key + record.envelope.to_bytes()
+    envelope = record.envelope
+    plaintext = secrets.server_public_key + envelope.nonce + envelope.auth_tag
     masked = mask_response(record.masking_key, masking_nonce, plaintext)
     return CredentialResponse(evaluated, masking_nonce, masked)
 
 
-def server_login_start_traced(
+def _generate_ke2(
     secrets: ServerSecrets,
     config: Config,
     record: RegistrationRecord,
@@ -141,16 +152,10 @@ def server_login_start_traced(
     masking_nonce: bytes,
     server_nonce: bytes,
     server_keyshare_seed: bytes,
-    client_identity: bytes | None = None,
-    server_identity: bytes | None = None,
+    client_identity: bytes | None,
+    server_identity: bytes | None,
 ) -> tuple[KE2, ServerLoginState, ake.AkeKeys]:
-    """GenerateKE2 (RFC 9807 section 6.3.2.2 and AuthServerRespond, section 6.4.4).
-
-    Every random value is explicit (vectors); the record must be real or fake already.
-    """
-    check_credential_identifier(credential_identifier)
-    if len(masking_nonce) != NN or len(server_nonce) != NN or len(server_keyshare_seed) != NSEED:
-        raise ValueError("nonces and keyshare seed must be 32 bytes")
+    """GenerateKE2 on checked arguments (RFC 9807 sections 6.3.2.2 and 6.4.4)."""
     credential_response = _credential_response(
         secrets, ke1, record, credential_identifier, masking_nonce
     )
@@ -176,11 +181,44 @@ def server_login_start_traced(
         + diffie_hellman(secrets.private_scalar, client_keyshare)
         + diffie_hellman(server_keyshare_secret, client_public_key)
     )
-    keys = ake.derive_keys(ikm, preamble)
-    server_mac = ake.server_mac(keys, preamble)
-    state = ServerLoginState(ake.client_mac(keys, preamble, server_mac), keys.session_key)
+    keys, server_mac, expected_client_mac = ake.derive_keys_and_macs(ikm, preamble)
+    state = ServerLoginState(expected_client_mac, keys.session_key)
     auth_response = AuthResponse(server_nonce, server_public_keyshare, server_mac)
     return KE2(credential_response, auth_response), state, keys
+
+
+def server_login_start_traced(
+    secrets: ServerSecrets,
+    config: Config,
+    record: RegistrationRecord,
+    credential_identifier: bytes,
+    ke1: KE1,
+    *,
+    masking_nonce: bytes,
+    server_nonce: bytes,
+    server_keyshare_seed: bytes,
+    client_identity: bytes | None = None,
+    server_identity: bytes | None = None,
+) -> tuple[KE2, ServerLoginState, ake.AkeKeys]:
+    """GenerateKE2 (RFC 9807 section 6.3.2.2 and AuthServerRespond, section 6.4.4).
+
+    Every random value is explicit (vectors); the record must be real or fake already.
+    """
+    check_credential_identifier(credential_identifier)
+    if len(masking_nonce) != NN or len(server_nonce) != NN or len(server_keyshare_seed) != NSEED:
+        raise ValueError("nonces and keyshare seed must be 32 bytes")
+    return _generate_ke2(
+        secrets,
+        config,
+        record,
+        credential_identifier,
+        ke1,
+        masking_nonce=masking_nonce,
+        server_nonce=server_nonce,
+        server_keyshare_seed=server_keyshare_seed,
+        client_identity=client_identity,
+        server_identity=server_identity,
+    )
 
 
 def server_login_start(
@@ -198,13 +236,13 @@ def server_login_start(
     check_credential_identifier(credential_identifier)
     if record is None:
         record = fake_record(secrets, credential_identifier)
-    ke2, state, _ = server_login_start_traced(
+    ke2, state, _ = _generate_ke2(
         secrets,
         config,
         record,
         credential_identifier,
         ke1,
-        masking_nonce=draw(rng, NN),
+        masking_nonce=draw(rng, NN),  # draw checks each length
         server_nonce=draw(rng, NN),
         server_keyshare_seed=draw(rng, NSEED),
         client_identity=client_identity,

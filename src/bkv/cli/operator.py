@@ -1,0 +1,332 @@
+"""``bkv operator``: publish the fleet's keys through the witness, make operator keys.
+
+Sub-commands::
+
+    bkv operator keygen --out operator.key
+        # a software Ed25519 operator key (bkv.keystore.files: 0600, never overwritten);
+        # prints the public key to register with the witness and to pin in clients
+
+    bkv operator countersign --witness URL --namespace NS --epoch N \
+        (--operator-key FILE | --pkcs11-config F --label L) [--out epoch-N.bundle]
+        # recovery: post the counter-signature of an epoch the witness already signed
+        # (e.g. publish stopped after the submission), and rebuild its bundle from the
+        # witness's audit record (with the witness's latest checkpoint)
+
+    bkv operator publish --public-keys hsm-state/public-keys.json --fleet-id ID \\
+        --members hsm-1,hsm-2,hsm-3 [--quorum N] --guess-limit 10 [--valid-days 730] \\
+        --witness http://WITNESS --namespace bkv.fleet_keys.v1 \\
+        (--operator-key FILE | --pkcs11-config pkcs11.json --label LABEL) \\
+        --out epoch-N.bundle
+
+``publish``, in order (docs/parts/ota.md):
+
+1. builds the fleet-key artifact (canonical JSON) from the HSMs' public keys and the
+   declared metadata (:func:`bkv.client.operator.artifact_from_public_keys`);
+2. reads ``GET /namespaces/{ns}/last-verified-epoch`` and submits epoch last + 1
+   (``POST /namespaces/{ns}/submissions``, signed by the operator key);
+3. counter-signs the witness's signature and posts the counter-signature
+   (``POST /namespaces/{ns}/audits/{epoch}/countersignature``), which the witness
+   verifies and serves to auditors;
+4. assembles the validation bundle, validates it as a client would (against the
+   witness's published keys and this operator key: a self-check, not a trust
+   decision) and writes it to ``--out`` (refusing to overwrite).
+
+The PKCS#11 user PIN comes from ``BKV_PKCS11_PIN`` (never the command line). A
+refusal by the witness is raised as the witness's own error class
+(``EpochConflictError``, ``SubmissionSignatureError``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from bkv import errors
+from bkv.client.bundle import encode_bundle
+from bkv.client.operator import artifact_from_public_keys, bundle_from_receipt, next_epoch
+from bkv.client.state import ClientState
+from bkv.client.trust import TrustRoots
+from bkv.client.validation import validate_bundle
+from bkv.errors import BkvError, ConfigError, FetchError
+from bkv.keystore import Signer
+from bkv.keystore.files import read_key_file, write_key_file
+from bkv.keystore.software import SoftwareSigner
+from bkv.witness import api, core
+from bkv.witness.plexi import WitnessKey
+
+USER_PIN_ENV: Final = "BKV_PKCS11_PIN"
+DEFAULT_VALID_DAYS: Final = 730
+MAX_VALID_DAYS: Final = 3660
+_DAY_MS: Final = 24 * 3600 * 1000
+#: Largest JSON answer read from the witness (a receipt carries a hex artifact).
+MAX_WITNESS_RESPONSE: Final = 1 << 20
+TIMEOUT_SECONDS: Final = 30.0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bkv operator`` and its sub-commands."""
+    parser = subparsers.add_parser("operator", help="publish fleet keys through the witness")
+    commands = parser.add_subparsers(dest="operator_command", metavar="COMMAND", required=True)
+
+    keygen = commands.add_parser("keygen", help="make a software operator key file")
+    keygen.add_argument("--out", type=Path, required=True, help="key file to create (0600)")
+    keygen.set_defaults(handler=_keygen)
+
+    publish = commands.add_parser("publish", help="witness, counter-sign and bundle fleet keys")
+    publish.add_argument("--public-keys", type=Path, required=True, help="public-keys.json")
+    publish.add_argument("--fleet-id", required=True)
+    publish.add_argument(
+        "--members", required=True, help="HSM ids, comma-separated (e.g. hsm-1,hsm-2,hsm-3)"
+    )
+    publish.add_argument("--quorum", type=int, help="default: the strict majority")
+    publish.add_argument("--guess-limit", type=int, required=True)
+    publish.add_argument(
+        "--valid-days", type=int, default=DEFAULT_VALID_DAYS, help="validity from now"
+    )
+    publish.add_argument("--witness", required=True, help="witness base URL")
+    publish.add_argument("--namespace", default=core.FLEET_KEYS_NAMESPACE)
+    key = publish.add_mutually_exclusive_group(required=True)
+    key.add_argument("--operator-key", type=Path, help="software operator key file")
+    key.add_argument("--pkcs11-config", type=Path, help="pkcs11.json of the operator's token")
+    publish.add_argument("--label", help="operator key label in the token")
+    publish.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    publish.set_defaults(handler=_publish)
+
+    again = commands.add_parser(
+        "countersign", help="(re)post the counter-signature of a signed epoch; rebuild its bundle"
+    )
+    again.add_argument("--witness", required=True, help="witness base URL")
+    again.add_argument("--namespace", default=core.FLEET_KEYS_NAMESPACE)
+    again.add_argument("--epoch", type=int, required=True)
+    key = again.add_mutually_exclusive_group(required=True)
+    key.add_argument("--operator-key", type=Path, help="software operator key file")
+    key.add_argument("--pkcs11-config", type=Path, help="pkcs11.json of the operator's token")
+    again.add_argument("--label", help="operator key label in the token")
+    again.add_argument("--out", type=Path, help="also write the epoch's bundle here")
+    again.set_defaults(handler=_countersign)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    signer = SoftwareSigner.generate()
+    write_key_file(args.out, signer.seed_bytes())
+    print(signer.public_key().hex())
+    return 0
+
+
+def _load_signer(args: argparse.Namespace) -> Signer:
+    if args.operator_key is not None:
+        return SoftwareSigner(read_key_file(args.operator_key))
+    if not args.label:
+        raise ConfigError("--pkcs11-config needs --label")
+    pin = os.environ.get(USER_PIN_ENV)
+    if not pin:
+        raise ConfigError(f"set {USER_PIN_ENV} to the token's user PIN")
+    from bkv.keystore import pkcs11  # noqa: PLC0415 - loads the PKCS#11 library
+
+    return pkcs11.load_signing_key(pkcs11.Pkcs11Config.load(args.pkcs11_config, pin), args.label)
+
+
+def _members(text: str) -> tuple[str, ...]:
+    members = tuple(m for m in text.split(",") if m)
+    if not members:
+        raise ConfigError("--members needs at least one HSM id")
+    return members
+
+
+class WitnessClient:
+    """The few witness calls ``publish`` makes; refusals become the witness's error class."""
+
+    def __init__(self, base_url: str, transport: httpx.BaseTransport | None = None) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError("--witness must be an http(s) URL")
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=TIMEOUT_SECONDS, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{method} {path}: {type(exc).__name__}") from None
+        if len(response.content) > MAX_WITNESS_RESPONSE:
+            raise FetchError(f"{method} {path}: answer over {MAX_WITNESS_RESPONSE} bytes")
+        try:
+            data = json.loads(response.content.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise FetchError(f"{method} {path}: HTTP {response.status_code}, not JSON") from None
+        return response.status_code, data
+
+    def expect(self, method: str, path: str, ok: tuple[int, ...], body: Any = None) -> Any:
+        status, data = self.request(method, path, body)
+        if status not in ok:
+            raise witness_error(method, path, status, data)
+        return data
+
+
+def witness_error(method: str, path: str, status: int, data: Any) -> BkvError:
+    """The witness's refusal as the bkv error class it names (FetchError otherwise)."""
+    name = data.get("error") if isinstance(data, Mapping) else None
+    message = data.get("message") if isinstance(data, Mapping) else None
+    cls = getattr(errors, name, None) if isinstance(name, str) else None
+    text = f"witness refused {method} {path} (HTTP {status}): {message}"
+    if isinstance(cls, type) and issubclass(cls, BkvError):
+        return cls(text)
+    return FetchError(text)
+
+
+def _last_verified(witness: WitnessClient, namespace: str) -> Mapping[str, Any] | None:
+    status, data = witness.request("GET", f"/namespaces/{namespace}/last-verified-epoch")
+    if status == 200 and isinstance(data, Mapping):
+        return data
+    if status == 404 and isinstance(data, Mapping) and data.get("error") == "NotFound":
+        return None  # the namespace is registered but nothing was signed yet
+    raise witness_error("GET", f"/namespaces/{namespace}/last-verified-epoch", status, data)
+
+
+def _roots_from_witness(witness: WitnessClient, namespace: str, operator_key: bytes) -> TrustRoots:
+    info = witness.expect("GET", "/info", (200,))
+    if not isinstance(info, Mapping) or not isinstance(info.get("keys"), list):
+        raise FetchError("the witness's /info is not a Plexi configuration")
+    keys = tuple(
+        WitnessKey(
+            api.parse_hex(k.get("public_key"), "public_key", max_bytes=32, exact=32),
+            api.parse_uint64(k.get("not_before"), "not_before"),
+        )
+        for k in info["keys"]
+        if isinstance(k, Mapping)
+    )
+    return TrustRoots(
+        witness_keys=keys,
+        operator_keys=(operator_key,),
+        namespace=namespace,
+        log_origin=str(info.get("origin")),
+        log_verifier_key=str(info.get("log_public_key")),
+    )
+
+
+def publish(
+    args: argparse.Namespace,
+    signer: Signer,
+    witness: WitnessClient,
+    now_ms: int,
+) -> tuple[int, bytes]:
+    """Steps 1-4 of the module docstring; returns (epoch, bundle bytes)."""
+    if not 1 <= args.valid_days <= MAX_VALID_DAYS:
+        raise ConfigError(f"--valid-days must be 1..{MAX_VALID_DAYS}")
+    try:
+        public_keys = args.public_keys.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.public_keys}: {type(exc).__name__}") from None
+    artifact = artifact_from_public_keys(
+        public_keys,
+        fleet_id=args.fleet_id,
+        members=_members(args.members),
+        guess_limit=args.guess_limit,
+        quorum=args.quorum,
+        not_before_ms=now_ms,
+        not_after_ms=now_ms + args.valid_days * _DAY_MS,
+    ).to_bytes()
+    ns = args.namespace
+    epoch = next_epoch(_last_verified(witness, ns))
+    submission = core.sign_submission(signer, ns, epoch, artifact, submitted_at_ms=now_ms)
+    receipt = witness.expect(
+        "POST", f"/namespaces/{ns}/submissions", (201,), api.submission_to_json(submission)
+    )
+    if not isinstance(receipt, Mapping):
+        raise FetchError("the witness's receipt is not a JSON object")
+    bundle = bundle_from_receipt(artifact, receipt, signer)
+    if bundle.epoch != epoch or bundle.namespace != ns:
+        raise errors.BundleError("the witness's receipt is for another epoch or namespace")
+    witness.expect(
+        "POST",
+        f"/namespaces/{ns}/audits/{epoch}/countersignature",
+        (200, 201),
+        api.countersignature_to_json(bundle.counter_signature),
+    )
+    data = encode_bundle(bundle)
+    roots = _roots_from_witness(witness, ns, signer.public_key())
+    validate_bundle(data, roots, ClientState(), now_ms)
+    return epoch, data
+
+
+def countersign_epoch(
+    namespace: str, epoch: int, signer: Signer, witness: WitnessClient, now_ms: int
+) -> bytes:
+    """Counter-sign a signed epoch from its audit record, post it; return its bundle bytes."""
+    if epoch < 1:
+        raise ConfigError("--epoch must be at least 1")
+    audit = witness.expect("GET", f"/namespaces/{namespace}/audits/{epoch}", (200,))
+    if not isinstance(audit, Mapping):
+        raise FetchError("the witness's audit record is not a JSON object")
+    artifact = api.parse_hex(audit.get("artifact"), "artifact", max_bytes=core.MAX_ARTIFACT_BYTES)
+    bundle = bundle_from_receipt(artifact, audit, signer)
+    if bundle.epoch != epoch or bundle.namespace != namespace:
+        raise errors.BundleError("the witness's audit record is for another epoch or namespace")
+    witness.expect(
+        "POST",
+        f"/namespaces/{namespace}/audits/{epoch}/countersignature",
+        (200, 201),
+        api.countersignature_to_json(bundle.counter_signature),
+    )
+    data = encode_bundle(bundle)
+    roots = _roots_from_witness(witness, namespace, signer.public_key())
+    validate_bundle(data, roots, ClientState(), now_ms)
+    return data
+
+
+def _countersign(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.exists():
+        raise ConfigError(f"{args.out} already exists; bundles are never overwritten")
+    signer = _load_signer(args)
+    witness = WitnessClient(args.witness)
+    try:
+        data = countersign_epoch(
+            args.namespace, args.epoch, signer, witness, time.time_ns() // 1_000_000
+        )
+    finally:
+        witness.close()
+        close = getattr(signer, "close", None)
+        if callable(close):
+            close()
+    if args.out is not None:
+        _write_new(args.out, data)
+    print(f"counter-signed {args.namespace} epoch {args.epoch}")
+    return 0
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; bundles are never overwritten") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _publish(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        raise ConfigError(f"{args.out} already exists; bundles are never overwritten")
+    signer = _load_signer(args)
+    witness = WitnessClient(args.witness)
+    try:
+        epoch, data = publish(args, signer, witness, time.time_ns() // 1_000_000)
+    finally:
+        witness.close()
+        close = getattr(signer, "close", None)
+        if callable(close):
+            close()
+    _write_new(args.out, data)
+    print(f"published {args.namespace} epoch {epoch}: {args.out} ({len(data)} bytes)")
+    return 0
