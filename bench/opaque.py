@@ -22,8 +22,15 @@ a valid opaque-ke password file):
   constant-time compare), so it has no scalar-multiplication floor.
   Each libsodium call also decodes its input point and encodes its output, as the protocol must.
 
-Samples of all implementations are interleaved round-robin so that load from other processes on
-the machine hits them alike; the garbage collector is paused while timing. Medians in µs.
+Noise (2 vCPUs shared with other jobs): every round takes one sample of each implementation,
+in an order rotated each round, so a burst of load hits all of them alike. A sample times a batch
+of back-to-back calls lasting about ``SAMPLE_TARGET_S`` (the ~1 µs login finish runs a few
+hundred calls per sample). Reported: the median per-call time of each implementation, and bkv's
+ratios as the median over rounds of bkv's time divided by the other's time *in the same round*
+(paired ratios cancel slow drifts in machine speed). The garbage collector is paused while
+timing; each step stops after ``ROUNDS`` rounds or ``STEP_BUDGET_S`` seconds, whichever comes
+first (so the whole run stays under about 20 s). "opaque-ke" in the summary is whichever wrapper
+had the lower median in that run; the details line lists both.
 """
 
 from __future__ import annotations

@@ -149,3 +149,15 @@ def test_stored_counter_signatures_are_immutable(
     finally:
         conn.close()
     assert service.store.countersignature(NS, 1) == good
+
+
+@given(st.binary(max_size=300))
+def test_random_bodies_raise_only_codec_errors(body: bytes) -> None:
+    try:
+        signature = api.countersignature_from_json(body)
+    except CodecError:
+        return
+    assert len(signature) == 64
+    assert api.countersignature_from_json(
+        json.dumps(api.countersignature_to_json(signature)).encode()
+    ) == signature

@@ -194,12 +194,15 @@ def add_checkpoint(
         raise CheckpointSizeConflictError(current)
     if checkpoint.size == 0 and checkpoint.root_hash != EMPTY_ROOT:
         raise CheckpointConsistencyError("size-0 checkpoint without the empty-tree root")
-    if latest is not None and checkpoint.size == latest.size != 0:
-        # tlog-witness: "If the old size matches the checkpoint size, the witness
-        # MUST check that the root hashes are also identical. If they don't
-        # match, the witness MUST respond with a 409 Conflict": a same-size fork.
-        if checkpoint.root_hash != latest.root_hash:
-            raise CheckpointSizeConflictError(current)
+    # tlog-witness: "If the old size matches the checkpoint size, the witness
+    # MUST check that the root hashes are also identical. If they don't match,
+    # the witness MUST respond with a 409 Conflict": a same-size fork.
+    if (
+        latest is not None
+        and checkpoint.size == latest.size
+        and (checkpoint.root_hash != latest.root_hash)
+    ):
+        raise CheckpointSizeConflictError(current)
     _check_consistency(request, checkpoint, latest)
     sigs = tuple(signer.cosign(checkpoint, timestamp) for signer in cosigners)
     stored = request.checkpoint + "".join(sig.line() for sig in sigs).encode()
