@@ -314,6 +314,18 @@ class KeystoreError(StorageError):
     """A key store (PKCS#11 token or key file) is missing, locked or refused an operation."""
 
 
+class StateRollbackError(SealingError):
+    """Sealed state is older than (or forked from) the HSM's monotonic NV counter."""
+
+
+class NvCounterError(KeystoreError):
+    """The HSM's monotonic NV counter is missing, malformed or could not be advanced."""
+
+
+class HsmFailedError(StorageError):
+    """The HSM stopped serving after a persistence failure; restart it to re-check its state."""
+
+
 class KeyNotFoundError(KeystoreError):
     """No key with the requested label is in the key store."""
 

@@ -260,6 +260,8 @@ def test_fast_decoded_finish_inputs_behave_like_constructed_ones() -> None:
     assert mac.hex() not in repr(state) and key.hex() not in repr(state)
     assert str(list(mac)) not in repr(state) and repr(mac) not in repr(state)
     assert ServerLoginState.from_bytes(memoryview(state.to_bytes())) == state
+    with pytest.raises(TypeError):
+        ServerLoginState.from_bytes(SERVER_LOGIN_STATE_SIZE)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("mac", "key"), [(bytes(63), bytes(64)), (bytes(64), bytes(65))])

@@ -47,9 +47,12 @@ def test_hmac_sha512_at_the_key_padding_boundaries(key_size: int) -> None:
     assert hkdf.extract(b"", key) == hmac.digest(bytes(64), key, "sha512")
 
 
-def test_hmac_sha512_rejects_a_key_that_is_not_bytes() -> None:
+def test_hmac_sha512_takes_bytes_like_keys_and_rejects_others() -> None:
+    expected = hmac.digest(b"key", b"msg", "sha512")
+    assert hkdf.hmac_sha512(bytearray(b"key"), b"msg") == expected  # type: ignore[arg-type]
+    assert hkdf.hmac_sha512(memoryview(b"key"), b"msg") == expected  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="key must be bytes"):
-        hkdf.hmac_sha512(memoryview(b"key"), b"msg")  # type: ignore[arg-type]
+        hkdf.hmac_sha512("key", b"msg")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("length", [0, -1, 255 * 64 + 1])

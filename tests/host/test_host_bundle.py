@@ -8,6 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 from host_world import ACCOUNTS, bkv, running
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bkv.errors import CodecError, ConfigError
 from bkv.host.bundle import MAX_TREE_SIZE, parse_since
@@ -90,3 +92,12 @@ def test_host_without_bundle_answers_404(tmp_path: Path) -> None:
     with running(bkv("host", "serve", "--config", str(_config(tmp_path, "")))) as url:
         response = httpx.get(f"{url}/v1/bundle", timeout=10)
         assert response.status_code == 404 and response.json()["error"] == "NotConfigured"
+
+
+@given(st.text(max_size=25))
+def test_since_is_canonical_or_refused(text: str) -> None:
+    try:
+        value = parse_since(text)
+    except CodecError:
+        return
+    assert str(value) == text

@@ -1,8 +1,18 @@
-"""Test world for the HSM: an in-process host around HsmApp, and a minimal vault client.
+"""Test world for the HSM: an in-process host around HsmApp, driven by the shipped SDK.
 
-The client here is a test double of the SDK built from the published message
-API (bkv.hsm.messages) and the real crypto (OPAQUE client, channel): it speaks
-the same bytes the real SDK must. The "host" records every byte it relays.
+- :class:`InProcessHost` relays bytes to an :class:`HsmApp`, persists its blobs
+  in memory (acknowledging each persist) and records every byte it relayed.
+- :class:`RelayTransport` is an ``httpx`` transport that serves the host's
+  ``POST /v1/request`` by calling such a relay, so the real
+  :class:`bkv.client.sdk.VaultClient` (request sealing, server-key check,
+  backup-key wrapping, Argon2id KSF, error mapping, the register/expose and
+  recover/abort flows) is what these tests exercise.
+- :class:`VaultClient` here is one account: its ``register``/``recover``/
+  ``delete``/``status``/``change_password`` *are* the SDK's. Next to them it has
+  the raw tools an adversarial test needs and the SDK does not offer: build a
+  request (with the SDK's sans-IO :func:`bkv.client.vault.build_request`) to
+  replay or tamper with, read the exact refusal code, and stop a login half-way
+  (KE1 sent, KE3 not yet) to finish it later.
 """
 
 from __future__ import annotations
@@ -10,54 +20,78 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
-from bkv.crypto import channel
-from bkv.crypto.opaque import (
-    KE2,
-    Config,
-    RegistrationResponse,
-    client_login_finish,
-    client_login_start,
-    client_registration_finish,
-    client_registration_start,
+import httpx
+
+from bkv.client import sdk
+from bkv.client import vault as client_vault
+from bkv.client.artifact import (
+    ROLE_CHANNEL,
+    ROLE_OPAQUE_AKE,
+    FleetKeyArtifact,
+    FleetPolicy,
+    PublicKey,
 )
+from bkv.client.trust import FleetKeys, PinnedFleetKeys
+from bkv.client.vault import VaultStatus
+from bkv.crypto import channel
+from bkv.crypto.ksf import Argon2id
+from bkv.crypto.opaque import KE2, ClientLoginState, client_login_finish, client_login_start
 from bkv.crypto.rng import Rng, default_rng
-from bkv.errors import EnvelopeRecoveryError, VaultError
+from bkv.errors import EnvelopeRecoveryError, RecordDestroyedError, VaultError, WrongPasswordError
 from bkv.hsm import release
 from bkv.hsm.app import HsmApp
 from bkv.hsm.messages import (
     INNER_RESPONSES,
-    KIND_OF_REQUEST,
-    OPAQUE_CONTEXT,
     OUTER_RESPONSES,
     AbortOk,
     ErrorCode,
     FinishAction,
     HsmRejected,
-    HsmRequest,
     HsmResponse,
     InnerRequest,
     InnerResponse,
     KeyReleased,
-    RecordDeleted,
     RecoverAbort,
     RecoverFinish,
     RecoverStart,
     RecoverStartOk,
-    RegisterFinish,
-    RegisterFinishOk,
-    RegisterStart,
-    RegisterStartOk,
-    StatusOk,
-    StatusRequest,
     VaultFailure,
-    request_aad,
 )
 from bkv.keystore import SoftwareSealer
-from bkv.wire import decode_any, encode
+from bkv.wire import decode_any
 
-CONFIG = Config(context=OPAQUE_CONTEXT)
+TEST_KSF = Argon2id(memory_kib=256, iterations=1, lanes=1)
+"""A real but small Argon2id (as tests/host): the production default costs ~0.2 s per login."""
+
+CONFIG = client_vault.opaque_config(TEST_KSF)
+"""The OPAQUE configuration the SDK clients of this world use (for half-way logins)."""
+
 FLEET = "test-fleet"
+BASE_URL = "http://in-process.test"
+TOKEN = "in-process-test-token"
+
+WRONG_PASSWORD_ERRORS = (WrongPasswordError, RecordDestroyedError)
+"""What the SDK raises for a password that does not open the record (or no record)."""
+
+__all__ = [
+    "CONFIG",
+    "FLEET",
+    "TEST_KSF",
+    "WRONG_PASSWORD_ERRORS",
+    "EnvelopeRecoveryError",
+    "HalfLogin",
+    "InProcessHost",
+    "RefusedError",
+    "RejectedError",
+    "RelayTransport",
+    "VaultClient",
+    "channel_key_of",
+    "client_for",
+    "fleet_keys_of",
+    "new_app",
+]
 
 
 class RejectedError(VaultError):
@@ -113,117 +147,164 @@ class InProcessHost:
         raise AssertionError("housekeeping did not settle")
 
 
+class RelayTransport(httpx.BaseTransport):
+    """The host's ``POST /v1/request`` in process: the body goes to ``relay``, its answer back.
+
+    Like :mod:`bkv.host.app`, every HSM answer (``HsmResponse`` or ``HsmRejected``)
+    comes back as 200 octet-stream; anything else is 404.
+    """
+
+    def __init__(self, relay: Callable[[bytes], bytes]) -> None:
+        self._relay = relay
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "POST" or request.url.path != sdk.REQUEST_PATH:
+            return httpx.Response(404, json={"error": "NotFound", "message": "no such route"})
+        answer = self._relay(request.read())
+        return httpx.Response(200, content=answer, headers={"content-type": sdk.OCTET_STREAM})
+
+
 def new_app(rng: Rng = default_rng, max_guess_limit: int = 10) -> tuple[HsmApp, SoftwareSealer]:
     sealer = SoftwareSealer.generate()
     return HsmApp.initialize(FLEET, sealer, max_guess_limit=max_guess_limit, rng=rng), sealer
 
 
-def channel_key_of(app_or_json: HsmApp | bytes) -> bytes:
+def _public_keys(app_or_json: HsmApp | bytes) -> dict[str, object]:
     raw = app_or_json.public_keys_json() if isinstance(app_or_json, HsmApp) else app_or_json
-    keys = json.loads(raw)["keys"]
-    return bytes.fromhex(next(k["public_key"] for k in keys if k["role"] == "channel"))
+    parsed = json.loads(raw)
+    assert isinstance(parsed, dict)
+    return parsed
 
 
-@dataclass
-class Sent:
-    """One exchange as the client saw it."""
-
-    request: bytes
-    response: InnerResponse
+def _key(public_keys: dict[str, object], role: str) -> bytes:
+    keys = public_keys["keys"]
+    assert isinstance(keys, list)
+    return bytes.fromhex(next(k["public_key"] for k in keys if k["role"] == role))
 
 
-@dataclass
+def channel_key_of(app_or_json: HsmApp | bytes) -> bytes:
+    """The channel public key of an app, or of its ``public-keys.json`` bytes."""
+    return _key(_public_keys(app_or_json), ROLE_CHANNEL)
+
+
+def fleet_keys_of(app_or_json: HsmApp | bytes) -> FleetKeys:
+    """Pinned-mode :class:`FleetKeys` for a one-HSM fleet, from its public keys."""
+    public_keys = _public_keys(app_or_json)
+    fleet_id = public_keys["fleet_id"]
+    assert isinstance(fleet_id, str)
+    artifact = FleetKeyArtifact(
+        fleet_id=fleet_id,
+        keys=(
+            PublicKey(ROLE_CHANNEL, "x25519", _key(public_keys, ROLE_CHANNEL)),
+            PublicKey(ROLE_OPAQUE_AKE, "ristretto255", _key(public_keys, ROLE_OPAQUE_AKE)),
+        ),
+        members=("hsm-1",),
+        policy=FleetPolicy(guess_limit=10, quorum=1),
+        not_before_ms=0,
+        not_after_ms=2**53 - 1,
+    )
+    return PinnedFleetKeys.of(artifact).fleet_keys(now_ms=1)
+
+
+@dataclass(frozen=True)
+class HalfLogin:
+    """A login stopped after KE2: the client state and the HSM's answer."""
+
+    login_state: ClientLoginState
+    started: RecoverStartOk
+
+    @property
+    def session_id(self) -> bytes:
+        return self.started.session_id
+
+
 class VaultClient:
-    """Speaks the HSM message API for one account."""
+    """One account of the vault: the SDK's flows plus raw requests for adversarial tests."""
 
-    transport: Callable[[bytes], bytes]
-    channel_public_key: bytes
-    account_id: bytes
-    fleet_id: str = FLEET
+    def __init__(
+        self, relay: Callable[[bytes], bytes], fleet: FleetKeys | bytes, account_id: bytes
+    ) -> None:
+        """``fleet``: pinned keys, or the fleet's ``public-keys.json`` bytes."""
+        self.relay = relay
+        self.fleet = fleet if isinstance(fleet, FleetKeys) else fleet_keys_of(fleet)
+        self.account_id = account_id
+        self.sdk = sdk.VaultClient(
+            BASE_URL,
+            TOKEN,
+            account_id,
+            self.fleet,
+            ksf=TEST_KSF,
+            transport=RelayTransport(relay),
+        )
+
+    # --- the shipped client's flows ------------------------------------------------
+
+    def register(self, password: bytes, backup_key: bytes, guess_limit: int = 10) -> VaultStatus:
+        return self.sdk.register(password, backup_key, guess_limit)
+
+    def recover(self, password: bytes) -> bytes:
+        return self.sdk.recover(password)
+
+    def delete(self, password: bytes) -> None:
+        self.sdk.delete(password)
+
+    def change_password(self, old_password: bytes, new_password: bytes) -> VaultStatus:
+        return self.sdk.change_password(old_password, new_password)
+
+    def status(self) -> VaultStatus:
+        return self.sdk.status()
+
+    # --- raw requests ------------------------------------------------------------
 
     def request_bytes(self, inner: InnerRequest) -> tuple[bytes, channel.ClientChannelState]:
-        kind = KIND_OF_REQUEST[type(inner)]
-        aad = request_aad(self.fleet_id, kind, self.account_id)
-        state, sealed = channel.seal_request(
-            self.channel_public_key, self.fleet_id.encode(), encode(inner), aad
-        )
-        return encode(HsmRequest(self.fleet_id, kind, self.account_id, sealed)), state
+        """The exact request bytes the SDK would send for ``inner``, and the state to open them."""
+        pending = client_vault.build_request(self.fleet, self.account_id, inner)
+        return pending.request, pending.channel_state
 
-    def open(self, state: channel.ClientChannelState, response: bytes) -> InnerResponse:
+    def open(self, state: channel.ClientChannelState | None, response: bytes) -> InnerResponse:
+        """The inner answer; the HSM's refusal as :class:`RejectedError`/:class:`RefusedError`."""
         outer = decode_any(response, OUTER_RESPONSES)
         if isinstance(outer, HsmRejected):
             raise RejectedError(outer.code)
-        assert isinstance(outer, HsmResponse)
+        assert isinstance(outer, HsmResponse) and state is not None
         inner = decode_any(channel.open_response(state, outer.sealed), INNER_RESPONSES)
         if isinstance(inner, VaultFailure):
             raise RefusedError(inner.code)
-        return inner  # type: ignore[no-any-return]
+        return cast(InnerResponse, inner)  # INNER_RESPONSES holds only inner responses
 
-    def call(self, inner: InnerRequest) -> Sent:
+    def call(self, inner: InnerRequest) -> InnerResponse:
         request, state = self.request_bytes(inner)
-        return Sent(request, self.open(state, self.transport(request)))
+        return self.open(state, self.relay(request))
 
-    # --- flows -----------------------------------------------------------------
-
-    def register(self, password: bytes, secret: bytes, guess_limit: int = 10) -> RegisterFinishOk:
-        reg_state, reg_request = client_registration_start(password)
-        started = self.call(RegisterStart(reg_request.to_bytes())).response
-        assert isinstance(started, RegisterStartOk)
-        record, _export_key = client_registration_finish(
-            reg_state, CONFIG, RegistrationResponse.from_bytes(started.registration_response)
-        )
-        finish = RegisterFinish(started.registration_id, record.to_bytes(), secret, guess_limit)
-        done = self.call(finish)
-        assert isinstance(done.response, RegisterFinishOk)
-        return done.response
-
-    def start_login(self, password: bytes) -> tuple[object, RecoverStartOk]:
+    def start_login(self, password: bytes) -> HalfLogin:
+        """Send KE1 and stop: the attempt is counted, the session stays open."""
         login_state, ke1 = client_login_start(password)
-        started = self.call(RecoverStart(ke1.to_bytes())).response
+        started = self.call(RecoverStart(ke1.to_bytes()))
         assert isinstance(started, RecoverStartOk)
-        return login_state, started
+        return HalfLogin(login_state, started)
 
-    def recover(self, password: bytes) -> bytes:
-        """The secret; raises EnvelopeRecoveryError (after aborting) on a wrong password."""
-        login_state, started = self.start_login(password)
-        try:
-            ke3, session_key, _export = client_login_finish(
-                login_state,  # type: ignore[arg-type]
-                CONFIG,
-                KE2.from_bytes(started.ke2),
-            )
-        except EnvelopeRecoveryError:
-            self.call(RecoverAbort(started.session_id))
-            raise
-        request, state = self.request_bytes(
-            RecoverFinish(started.session_id, ke3.to_bytes(), FinishAction.RELEASE)
+    def finish_login(self, half: HalfLogin) -> bytes:
+        """Finish a half-way login (KE3, RELEASE) and return the backup key.
+
+        Raises :class:`EnvelopeRecoveryError` when the password was wrong (the
+        session stays open), or the HSM's refusal.
+        """
+        ke3, session_key, export_key = client_login_finish(
+            half.login_state, CONFIG, KE2.from_bytes(half.started.ke2)
         )
-        released = self.open(state, self.transport(request))
+        finish = RecoverFinish(half.session_id, ke3.to_bytes(), FinishAction.RELEASE)
+        request, state = self.request_bytes(finish)
+        released = self.open(state, self.relay(request))
         assert isinstance(released, KeyReleased)
-        return release.open_release(session_key, request, released.sealed_secret)
-
-    def delete(self, password: bytes) -> RecordDeleted:
-        login_state, started = self.start_login(password)
-        ke3, _session_key, _export = client_login_finish(
-            login_state,  # type: ignore[arg-type]
-            CONFIG,
-            KE2.from_bytes(started.ke2),
-        )
-        done = self.call(RecoverFinish(started.session_id, ke3.to_bytes(), FinishAction.DELETE))
-        assert isinstance(done.response, RecordDeleted)
-        return done.response
-
-    def status(self) -> StatusOk:
-        done = self.call(StatusRequest())
-        assert isinstance(done.response, StatusOk)
-        return done.response
+        secret = release.open_release(session_key, request, released.sealed_secret)
+        return client_vault.unwrap_backup_key(export_key, self.account_id, secret)
 
     def abort(self, session_id: bytes) -> AbortOk:
         done = self.call(RecoverAbort(session_id))
-        assert isinstance(done.response, AbortOk)
-        return done.response
+        assert isinstance(done, AbortOk)
+        return done
 
 
 def client_for(app: HsmApp, account: bytes, host: InProcessHost | None = None) -> VaultClient:
     """A client of ``app`` (through ``host``, or a fresh in-process host)."""
-    return VaultClient(host or InProcessHost(app), channel_key_of(app), account, app.fleet_id)
+    return VaultClient(host or InProcessHost(app), fleet_keys_of(app), account)

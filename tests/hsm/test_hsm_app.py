@@ -1,4 +1,5 @@
-"""The HSM application in process: guess limit, destruction, re-registration, bad input."""
+"""The HSM application in process, driven by the shipped SDK: guess limit, destruction,
+re-registration (two-phase register/expose), bad input."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import pytest
 from hsm_world import (
     CONFIG,
     FLEET,
+    WRONG_PASSWORD_ERRORS,
     InProcessHost,
     RefusedError,
     RejectedError,
     VaultClient,
-    channel_key_of,
+    client_for,
     new_app,
 )
 
@@ -24,26 +26,35 @@ from bkv.crypto.opaque import (
     client_registration_finish,
     client_registration_start,
 )
-from bkv.errors import EnvelopeRecoveryError, SealingError, StorageError
-from bkv.hsm import release
-from bkv.hsm.app import SESSION_TTL_MS, HsmApp
+from bkv.errors import (
+    EnvelopeRecoveryError,
+    RecordDestroyedError,
+    RecordExistsError,
+    SealingError,
+    StorageError,
+    WrongPasswordError,
+)
+from bkv.hsm.app import REGISTRATION_TTL_MS, SESSION_TTL_MS, HsmApp
 from bkv.hsm.messages import (
     MAX_REQUEST_SIZE,
     ErrorCode,
     FinishAction,
     HsmRequest,
-    KeyReleased,
+    RecoverAbort,
     RecoverFinish,
     RecoverStart,
     RecoverStartOk,
+    RegisterExpose,
+    RegisterExposeOk,
     RegisterFinish,
+    RegisterFinishOk,
     RegisterStart,
     RegisterStartOk,
     RequestKind,
     StatusRequest,
     request_aad,
 )
-from bkv.hsm.state import CommandEnvelope, CountAttempt, apply
+from bkv.hsm.state import PENDING_RECORD_TTL_MS, CommandEnvelope, CountAttempt, apply
 from bkv.wire import decode, encode
 
 PASSWORD = b"correct horse battery staple"
@@ -57,12 +68,42 @@ World = tuple[HsmApp, InProcessHost, VaultClient]
 def world() -> World:
     app, _sealer = new_app()
     host = InProcessHost(app)
-    return app, host, VaultClient(host, channel_key_of(app), b"alice")
+    return app, host, client_for(app, b"alice", host)
 
 
 def wrong_guess(client: VaultClient, n: int) -> None:
-    with pytest.raises(EnvelopeRecoveryError):
+    with pytest.raises(WRONG_PASSWORD_ERRORS):
         client.recover(b"wrong guess %d" % n)
+
+
+def finish_registration(
+    client: VaultClient, password: bytes, secret: bytes = SECRET, guess_limit: int = 10
+) -> tuple[bytes, RegisterFinishOk]:
+    """RegisterStart + RegisterFinish (raw, no expose): the registration id and the answer."""
+    state, request = client_registration_start(password)
+    started = client.call(RegisterStart(request.to_bytes()))
+    assert isinstance(started, RegisterStartOk)
+    record, _export = client_registration_finish(
+        state, CONFIG, RegistrationResponse.from_bytes(started.registration_response)
+    )
+    finish = RegisterFinish(started.registration_id, record.to_bytes(), secret, guess_limit)
+    done = client.call(finish)
+    assert isinstance(done, RegisterFinishOk)
+    return started.registration_id, done
+
+
+def ke2_opens(client: VaultClient, password: bytes) -> bool:
+    """Send one KE1 and leave the session open; whether its KE2 is a real record's for ``password``.
+
+    A KE2 opens under the right password only if it came from the real record
+    (a fake-record KE2 opens under no password): this counts real password checks.
+    """
+    half = client.start_login(password)
+    try:
+        client_login_finish(half.login_state, CONFIG, KE2.from_bytes(half.started.ke2))
+    except EnvelopeRecoveryError:
+        return False
+    return True
 
 
 # --- the guess limit ------------------------------------------------------------
@@ -71,16 +112,17 @@ def wrong_guess(client: VaultClient, n: int) -> None:
 @pytest.mark.parametrize("limit", [1, 3, 10])
 def test_exactly_limit_wrong_guesses_destroy_the_record(limit: int) -> None:
     app, _ = new_app()
-    client = VaultClient(InProcessHost(app), channel_key_of(app), b"alice")
+    client = client_for(app, b"alice")
     client.register(PASSWORD, SECRET, guess_limit=limit)
     for n in range(limit - 1):
         wrong_guess(client, n)
         assert client.status().attempts_left == limit - 1 - n
     assert client.status().exists
-    wrong_guess(client, limit)
+    with pytest.raises(RecordDestroyedError):
+        client.recover(b"the last wrong guess")
     assert not client.status().exists
     # The record is gone for good: the right password no longer opens anything.
-    with pytest.raises(EnvelopeRecoveryError):
+    with pytest.raises(RecordDestroyedError):
         client.recover(PASSWORD)
     assert app.vault.record(b"alice") is None
 
@@ -89,7 +131,9 @@ def test_correct_password_after_limit_minus_one_wrong_succeeds_and_resets(world:
     _app, _host, client = world
     client.register(PASSWORD, SECRET)
     for n in range(9):
-        wrong_guess(client, n)
+        with pytest.raises(WrongPasswordError) as wrong:
+            client.recover(b"wrong guess %d" % n)
+        assert wrong.value.attempts_left == 9 - n
     assert client.status().attempts_left == 1
     assert client.recover(PASSWORD) == SECRET
     assert client.status().attempts_left == 10
@@ -106,7 +150,7 @@ def test_abandoned_attempts_count_and_the_next_ke1_destroys_at_the_limit(world: 
     client.start_login(b"never finished 2")
     assert client.status().attempts_left == 0
     # The limit is reached: the next KE1 destroys and is answered with a fake KE2.
-    with pytest.raises(EnvelopeRecoveryError):
+    with pytest.raises(RecordDestroyedError):
         client.recover(PASSWORD)
     assert app.vault.record(b"alice") is None
 
@@ -122,9 +166,9 @@ def test_last_chance_session_can_still_succeed(world: World) -> None:
 def test_invalid_ke3_on_last_chance_destroys_and_releases_nothing(world: World) -> None:
     app, _host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
-    _state, started = client.start_login(PASSWORD)
+    half = client.start_login(PASSWORD)
     with pytest.raises(RefusedError) as refused:
-        client.call(RecoverFinish(started.session_id, bytes(64), FinishAction.RELEASE))
+        client.call(RecoverFinish(half.session_id, bytes(64), FinishAction.RELEASE))
     assert refused.value.code is ErrorCode.LOGIN_FAILED
     assert app.vault.record(b"alice") is None
 
@@ -132,10 +176,10 @@ def test_invalid_ke3_on_last_chance_destroys_and_releases_nothing(world: World) 
 def test_invalid_ke3_before_the_limit_releases_nothing_and_keeps_the_count(world: World) -> None:
     app, _host, client = world
     client.register(PASSWORD, SECRET)
-    _state, started = client.start_login(PASSWORD)
+    half = client.start_login(PASSWORD)
     before = app.sealed_state()
     with pytest.raises(RefusedError) as refused:
-        client.call(RecoverFinish(started.session_id, bytes(64), FinishAction.RELEASE))
+        client.call(RecoverFinish(half.session_id, bytes(64), FinishAction.RELEASE))
     assert refused.value.code is ErrorCode.LOGIN_FAILED
     assert app.sealed_state() == before
     assert client.status().attempts_left == 9
@@ -148,12 +192,16 @@ def test_destroyed_record_ke2_is_indistinguishable_from_never_registered(world: 
     app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
     wrong_guess(client, 0)
-    stranger = VaultClient(host, channel_key_of(app), b"bobby")  # never registered
+    stranger = client_for(app, b"bobby", host)  # never registered
     answers = []
     for who in (client, stranger):
         request, _ = who.request_bytes(RecoverStart(client_login_start(PASSWORD)[1].to_bytes()))
+        stored = len(host.stored)
         response = host(request)
-        _state, started = who.start_login(PASSWORD)
+        assert len(host.stored) == stored + 1  # the probe was persisted, exactly once
+        stored = len(host.stored)
+        started = who.start_login(PASSWORD).started
+        assert len(host.stored) == stored + 1
         answers.append((len(request), len(response), started))
     (req_a, resp_a, ok_a), (req_b, resp_b, ok_b) = answers
     assert (req_a, resp_a) == (req_b, resp_b)
@@ -161,15 +209,13 @@ def test_destroyed_record_ke2_is_indistinguishable_from_never_registered(world: 
     assert len(ok_a.ke2) == len(ok_b.ke2) == KE2_SIZE
     KE2.from_bytes(ok_a.ke2)  # both parse as valid RFC 9807 KE2 (valid points)
     KE2.from_bytes(ok_b.ke2)
-    # Both paths persist, so the host sees the same behaviour, too.
-    assert len(host.stored) >= 4
 
 
 def test_fake_session_cannot_be_completed_or_used_to_delete(world: World) -> None:
     _app, _host, client = world
-    _state, started = client.start_login(PASSWORD)  # no record for alice
+    half = client.start_login(PASSWORD)  # no record for alice
     with pytest.raises(RefusedError) as refused:
-        client.call(RecoverFinish(started.session_id, bytes(64), FinishAction.DELETE))
+        client.call(RecoverFinish(half.session_id, bytes(64), FinishAction.DELETE))
     assert refused.value.code is ErrorCode.LOGIN_FAILED
 
 
@@ -178,17 +224,18 @@ def test_fake_session_cannot_be_completed_or_used_to_delete(world: World) -> Non
 
 def test_owner_deletes_with_the_password_and_the_account_can_start_over(world: World) -> None:
     _app, _host, client = world
-    client.register(PASSWORD, SECRET)
-    assert client.delete(PASSWORD).generation == 1
+    assert client.register(PASSWORD, SECRET).generation == 1
+    client.delete(PASSWORD)
     assert not client.status().exists
-    assert client.register(b"new password", b"new secret").generation == 2
-    assert client.recover(b"new password") == b"new secret"
+    new_secret = bytes(range(32, 64))
+    assert client.register(b"new password", new_secret).generation == 2
+    assert client.recover(b"new password") == new_secret
 
 
 def test_delete_with_a_wrong_password_is_impossible(world: World) -> None:
     _app, _host, client = world
     client.register(PASSWORD, SECRET)
-    with pytest.raises(EnvelopeRecoveryError):
+    with pytest.raises(WrongPasswordError):
         client.delete(b"not it")
     assert client.status().exists
 
@@ -213,9 +260,8 @@ def test_reregistration_that_would_leave_no_attempts_is_refused(world: World) ->
     for n in range(5):
         wrong_guess(client, n)
     before = app.sealed_state()
-    with pytest.raises(RefusedError) as refused:
-        client.register(b"other", b"other secret", guess_limit=5)
-    assert refused.value.code is ErrorCode.RECORD_EXISTS
+    with pytest.raises(RecordExistsError):
+        client.register(b"other", bytes(32), guess_limit=5)
     assert app.sealed_state() == before
 
 
@@ -225,7 +271,20 @@ def test_password_change_after_a_successful_login_starts_from_zero(world: World)
     wrong_guess(client, 0)
     assert client.recover(PASSWORD) == SECRET  # resets the counter
     assert client.register(b"new password", SECRET).attempts_left == 10
-    with pytest.raises(EnvelopeRecoveryError):
+    with pytest.raises(WrongPasswordError):
+        client.recover(PASSWORD)
+    assert client.recover(b"new password") == SECRET
+
+
+def test_change_password_keeps_the_backup_key_and_retires_the_old_password(
+    world: World,
+) -> None:
+    _app, _host, client = world
+    client.register(PASSWORD, SECRET)
+    wrong_guess(client, 0)
+    status = client.change_password(PASSWORD, b"new password")
+    assert status.generation == 2 and status.attempts_left == 10  # the recover reset it
+    with pytest.raises(WrongPasswordError):
         client.recover(PASSWORD)
     assert client.recover(b"new password") == SECRET
 
@@ -233,7 +292,8 @@ def test_password_change_after_a_successful_login_starts_from_zero(world: World)
 def test_replayed_registration_cannot_reinstate_a_destroyed_record(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=2)
-    finish_request = host.transcript[-3]  # the RegisterFinish request the host relayed
+    finish_request = host.transcript[-6]  # the RegisterFinish request (then expose) relayed
+    assert decode(HsmRequest, finish_request).kind is RequestKind.REGISTER_FINISH
     wrong_guess(client, 0)
     wrong_guess(client, 1)
     assert not client.status().exists
@@ -248,25 +308,24 @@ def test_replayed_registration_cannot_reinstate_a_destroyed_record(world: World)
 def test_old_session_cannot_release_the_secret_of_a_newer_record(world: World) -> None:
     _app, _host, client = world
     client.register(PASSWORD, SECRET)
-    login_state, started = client.start_login(PASSWORD)
-    client.register(PASSWORD, b"the newer secret")  # generation 2 replaces generation 1
-    ke3, _key, _export = client_login_finish(login_state, CONFIG, KE2.from_bytes(started.ke2))  # type: ignore[arg-type]
+    half = client.start_login(PASSWORD)
+    client.register(PASSWORD, bytes(range(1, 33)))  # generation 2 replaces generation 1
     with pytest.raises(RefusedError) as refused:
-        client.call(RecoverFinish(started.session_id, ke3.to_bytes(), FinishAction.RELEASE))
+        client.finish_login(half)
     assert refused.value.code is ErrorCode.PROTOCOL_STATE
 
 
 def test_registration_over_the_fleet_limit_is_refused(world: World) -> None:
     _app, _host, client = world
     with pytest.raises(RefusedError) as refused:
-        client.register(PASSWORD, SECRET, guess_limit=11)
+        finish_registration(client, PASSWORD, guess_limit=11)
     assert refused.value.code is ErrorCode.INVALID_POLICY
 
 
 def test_register_finish_needs_the_issued_registration_id(world: World) -> None:
     app, _host, client = world
     state, request = client_registration_start(PASSWORD)
-    started = client.call(RegisterStart(request.to_bytes())).response
+    started = client.call(RegisterStart(request.to_bytes()))
     assert isinstance(started, RegisterStartOk)
     record, _ = client_registration_finish(
         state, CONFIG, RegistrationResponse.from_bytes(started.registration_response)
@@ -307,7 +366,7 @@ def test_bad_outer_bytes_are_rejected_in_the_clear_without_state_change(world: W
     }
     for name, request in cases.items():
         with pytest.raises(RejectedError) as rejected:
-            client.open(None, _unchanged(app, host, request))  # type: ignore[arg-type]
+            client.open(None, _unchanged(app, host, request))
         assert rejected.value.code is ErrorCode.MALFORMED, name
     assert client.status().attempts_left == 10
 
@@ -326,7 +385,7 @@ def test_tampered_or_rerouted_seal_is_rejected(world: World) -> None:
     }
     for name, (request, code) in cases.items():
         with pytest.raises(RejectedError) as rejected:
-            client.open(None, _unchanged(app, host, encode(request)))  # type: ignore[arg-type]
+            client.open(None, _unchanged(app, host, encode(request)))
         assert rejected.value.code == code, name
     assert client.status().attempts_left == 10
 
@@ -336,7 +395,7 @@ def test_kind_that_does_not_match_the_sealed_message_is_refused(world: World) ->
     client.register(PASSWORD, SECRET)
     inner = encode(RecoverStart(client_login_start(PASSWORD)[1].to_bytes()))
     aad = request_aad(FLEET, RequestKind.STATUS, b"alice")
-    state, sealed = channel.seal_request(channel_key_of(app), FLEET.encode(), inner, aad)
+    state, sealed = channel.seal_request(app.channel_public_key, FLEET.encode(), inner, aad)
     request = encode(HsmRequest(FLEET, RequestKind.STATUS, b"alice", sealed))
     with pytest.raises(RefusedError) as refused:
         client.open(state, _unchanged(app, host, request))
@@ -352,7 +411,7 @@ def test_malformed_inner_messages_cost_nothing(world: World) -> None:
     bad_point = encode(RecoverStart(b"\xff" * 32 + ke1[32:]))  # not a ristretto255 element
     for inner in (good[:-1], good + b"\x00", b"\x02\x03\x09" + good[3:], bad_point):
         aad = request_aad(FLEET, RequestKind.RECOVER_START, b"alice")
-        state, sealed = channel.seal_request(channel_key_of(app), FLEET.encode(), inner, aad)
+        state, sealed = channel.seal_request(app.channel_public_key, FLEET.encode(), inner, aad)
         request = encode(HsmRequest(FLEET, RequestKind.RECOVER_START, b"alice", sealed))
         with pytest.raises(RefusedError) as refused:
             client.open(state, _unchanged(app, host, request))
@@ -368,9 +427,11 @@ def test_ke3_without_session_and_replayed_ke3_are_protocol_errors(world: World) 
         client.open(state, _unchanged(app, host, request))
     assert refused.value.code is ErrorCode.PROTOCOL_STATE
 
-    login_state, started = client.start_login(PASSWORD)
-    ke3, _key, _export = client_login_finish(login_state, CONFIG, KE2.from_bytes(started.ke2))  # type: ignore[arg-type]
-    request, state = client.request_bytes(RecoverFinish(started.session_id, ke3.to_bytes()))
+    half = client.start_login(PASSWORD)
+    ke3, _key, _export = client_login_finish(
+        half.login_state, CONFIG, KE2.from_bytes(half.started.ke2)
+    )
+    request, state = client.request_bytes(RecoverFinish(half.session_id, ke3.to_bytes()))
     client.open(state, host(request))  # the real one: releases, resets
     with pytest.raises(RefusedError) as refused:
         client.open(state, _unchanged(app, host, request))  # the replay
@@ -380,20 +441,23 @@ def test_ke3_without_session_and_replayed_ke3_are_protocol_errors(world: World) 
 def test_session_of_another_account_is_not_found(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET)
-    _state, started = client.start_login(PASSWORD)
-    mallory = VaultClient(host, channel_key_of(app), b"mallory")
-    with pytest.raises(RefusedError) as refused:
-        mallory.call(RecoverFinish(started.session_id, bytes(64)))
-    assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    half = client.start_login(PASSWORD)
+    mallory = client_for(app, b"mallory", host)
+    for probe in (RecoverFinish(half.session_id, bytes(64)), RecoverAbort(half.session_id)):
+        with pytest.raises(RefusedError) as refused:
+            mallory.call(probe)
+        assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    # Naming alice's session from another account did not close it: alice can still finish.
+    assert client.finish_login(half) == SECRET
 
 
 def test_expired_session_is_not_found(world: World) -> None:
     _app, host, client = world
     client.register(PASSWORD, SECRET)
-    _state, started = client.start_login(PASSWORD)
+    half = client.start_login(PASSWORD)
     host.now_ms += SESSION_TTL_MS
     with pytest.raises(RefusedError) as refused:
-        client.call(RecoverFinish(started.session_id, bytes(64)))
+        client.finish_login(half)
     assert refused.value.code is ErrorCode.PROTOCOL_STATE
 
 
@@ -428,6 +492,7 @@ def test_ke2_is_withheld_until_the_persist_is_acknowledged(world: World) -> None
     with pytest.raises(ValueError, match="outstanding"):
         app.handle(request, host.now_ms)
     response = app.persisted(effects.persist.version)
+    assert response is not None
     assert isinstance(client.open(state, response), RecoverStartOk)
 
 
@@ -450,7 +515,7 @@ def test_restart_from_the_sealed_state_keeps_everything(world: World) -> None:
     client.register(PASSWORD, SECRET)
     wrong_guess(client, 0)
     restarted = HsmApp.load(host.stored[-1], app._sealer, fleet_id=FLEET)
-    client2 = VaultClient(InProcessHost(restarted), channel_key_of(restarted), b"alice")
+    client2 = client_for(restarted, b"alice")
     assert client2.status().attempts_left == 9
     assert client2.recover(PASSWORD) == SECRET
 
@@ -471,11 +536,24 @@ def test_tampered_state_does_not_load(world: World) -> None:
 
 
 def test_repr_shows_no_secrets(world: World) -> None:
-    app, _host, client = world
+    app, host, client = world
     client.register(PASSWORD, SECRET)
-    text = repr(app.vault) + repr(app) + repr(app.vault.record(b"alice"))
-    assert repr(SECRET)[2:-1] not in text
-    assert "secret=" not in text
+    registration_id, _done = finish_registration(client, b"pending password")  # a pending record
+    half = client.start_login(PASSWORD)
+    record = app.vault.record(b"alice")
+    slot = app.vault.slot(b"alice")
+    assert record is not None and slot is not None and slot.pending is not None
+    text = repr(app.vault) + repr(app) + repr(record) + repr(slot) + repr(half.started)
+    for secret in (record.secret, record.opaque_record, slot.pending.opaque_record):
+        assert repr(secret)[2:-1] not in text and secret.hex() not in text
+    # The masking key is bytes 32..64 of the OPAQUE record (RFC 9807 section 5.1.1).
+    masking_key = record.opaque_record[32:64]
+    assert repr(masking_key)[2:-1] not in text and masking_key.hex() not in text
+    for capability in (half.session_id, registration_id, record.registration_id):
+        assert repr(capability)[2:-1] not in text and capability.hex() not in text
+    assert "secret=" not in text and "opaque_record=" not in text
+    assert "session_id=" not in text and "registration_id=" not in text
+    assert host.stored  # (the world persisted what it did)
 
 
 def test_every_durable_change_is_one_logged_command(world: World) -> None:
@@ -507,18 +585,10 @@ def test_tick_with_nothing_to_do_changes_nothing(world: World) -> None:
 def test_tick_keeps_a_last_chance_record_while_its_session_is_open(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
-    login_state, started = client.start_login(PASSWORD)
+    half = client.start_login(PASSWORD)
     assert host.tick() == 0
     assert app.vault.record(b"alice") is not None
-    ke3, session_key, _export = client_login_finish(
-        login_state,  # type: ignore[arg-type]
-        CONFIG,
-        KE2.from_bytes(started.ke2),
-    )
-    request, state = client.request_bytes(RecoverFinish(started.session_id, ke3.to_bytes()))
-    released = client.open(state, host(request))
-    assert isinstance(released, KeyReleased)
-    assert release.open_release(session_key, request, released.sealed_secret) == SECRET
+    assert client.finish_login(half) == SECRET
 
 
 def test_tick_destroys_a_record_whose_last_session_expired(world: World) -> None:
@@ -534,7 +604,7 @@ def test_tick_destroys_a_record_whose_last_session_expired(world: World) -> None
 def test_after_a_restart_records_at_their_limit_are_destroyed_first(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
-    other = VaultClient(host, channel_key_of(app), b"bob")
+    other = client_for(app, b"bob", host)
     other.register(PASSWORD, SECRET, guess_limit=2)
     client.start_login(PASSWORD)  # alice: last chance, then the HSM dies
     other.start_login(PASSWORD)  # bob: 1 of 2 used
@@ -548,32 +618,178 @@ def test_after_a_restart_records_at_their_limit_are_destroyed_first(world: World
 def test_a_failed_attempt_does_not_destroy_while_an_earlier_session_can_still_succeed(
     world: World,
 ) -> None:
-    app, host, client = world
+    app, _host, client = world
     client.register(PASSWORD, SECRET, guess_limit=2)
-    login_state, first = client.start_login(PASSWORD)  # attempt 1 (right password), pending
-    _bad_state, second = client.start_login(b"wrong")  # attempt 2: the limit
+    first = client.start_login(PASSWORD)  # attempt 1 (right password), pending
+    second = client.start_login(b"wrong")  # attempt 2: the limit
     client.abort(second.session_id)  # attempt 2 failed, but attempt 1 is still open
     assert app.vault.record(b"alice") is not None
-    ke3, session_key, _export = client_login_finish(
-        login_state,  # type: ignore[arg-type]
-        CONFIG,
-        KE2.from_bytes(first.ke2),
-    )
-    request, state = client.request_bytes(RecoverFinish(first.session_id, ke3.to_bytes()))
-    released = client.open(state, host(request))
-    assert isinstance(released, KeyReleased)
-    assert release.open_release(session_key, request, released.sealed_secret) == SECRET
+    assert client.finish_login(first) == SECRET
     assert client.status().attempts_left == 2
 
 
 def test_the_last_open_attempt_failing_destroys(world: World) -> None:
     app, _host, client = world
     client.register(PASSWORD, SECRET, guess_limit=2)
-    _s1, first = client.start_login(b"wrong 1")
-    _s2, second = client.start_login(b"wrong 2")
+    first = client.start_login(b"wrong 1")
+    second = client.start_login(b"wrong 2")
     client.abort(second.session_id)
     assert app.vault.record(b"alice") is not None
     with pytest.raises(RefusedError) as refused:
         client.call(RecoverFinish(first.session_id, bytes(64)))  # invalid KE3
     assert refused.value.code is ErrorCode.LOGIN_FAILED
     assert app.vault.record(b"alice") is None
+
+
+# --- two-phase registration: RegisterFinish stores a pending record, RegisterExpose --------
+
+
+def test_a_pending_record_answers_no_check_and_costs_nothing(world: World) -> None:
+    app, _host, client = world
+    registration_id, done = finish_registration(client, PASSWORD, guess_limit=3)
+    assert (done.generation, done.guess_limit, done.attempts_left) == (1, 3, 3)
+    assert not client.status().exists  # not live yet
+    for _ in range(5):  # more than the limit: none is a real check, none is counted
+        assert not ke2_opens(client, PASSWORD)
+    slot = app.vault.slot(b"alice")
+    assert slot is not None and slot.record is None and slot.pending is not None
+    assert slot.pending.attempts_used == 0
+    exposed = client.call(RegisterExpose(registration_id))
+    assert isinstance(exposed, RegisterExposeOk)
+    assert (exposed.generation, exposed.attempts_left) == (1, 3)
+    assert ke2_opens(client, PASSWORD)  # now it is live
+
+
+def test_the_live_record_stays_live_under_its_own_counter_until_expose(world: World) -> None:
+    _app, _host, client = world
+    client.register(PASSWORD, SECRET)
+    registration_id, done = finish_registration(client, b"new password", bytes(32))
+    assert done.generation == 2 and done.attempts_left == 10
+    # Until expose, the old password works and guesses count against the old record.
+    assert not ke2_opens(client, b"new password")
+    assert ke2_opens(client, PASSWORD)
+    assert client.status().generation == 1 and client.status().attempts_left == 8
+    exposed = client.call(RegisterExpose(registration_id))
+    assert isinstance(exposed, RegisterExposeOk)
+    assert (exposed.generation, exposed.attempts_left) == (2, 8)  # carried over
+    assert not ke2_opens(client, PASSWORD)  # the old record is gone
+
+
+def test_dropped_register_finish_ok_then_spent_attempts_yield_at_most_limit_checks(
+    world: World,
+) -> None:
+    """The review's attack, now harmless: 2x the limit before, at most the limit now.
+
+    The host drops RegisterFinishOk, spends `limit` KE1s with sessions left open
+    (so housekeeping destroys nothing), then lets the client's retry through.
+    """
+    _app, host, client = world
+    limit = 3
+    real_checks = 0
+    finish_registration(client, PASSWORD, guess_limit=limit)  # the host drops the answer
+    for _ in range(limit):
+        real_checks += ke2_opens(client, PASSWORD)  # the attacker's "guesses" (the right one!)
+    assert real_checks == 0  # the pending record answered none
+    client.register(PASSWORD, SECRET, guess_limit=limit)  # the client's retry, exposed
+    for _ in range(limit):
+        real_checks += ke2_opens(client, PASSWORD)  # sessions left open
+    assert host.tick() == 0  # open sessions could still succeed: nothing destroyed yet
+    with pytest.raises(RecordExistsError):  # another retry cannot reset the spent counter
+        client.register(PASSWORD, SECRET, guess_limit=limit)
+    for _ in range(2):  # the first of these destroys the locked record; both get fake KE2s
+        real_checks += ke2_opens(client, PASSWORD)
+    assert real_checks == limit
+    assert not client.status().exists
+
+
+def test_a_locked_live_record_cannot_be_replaced_by_a_retried_registration(
+    world: World,
+) -> None:
+    app, host, client = world
+    limit = 2
+    client.register(PASSWORD, SECRET, guess_limit=limit)
+    registration_id, _done = finish_registration(client, PASSWORD, guess_limit=limit)  # Ok dropped
+    real_checks = sum(ke2_opens(client, PASSWORD) for _ in range(limit))  # sessions kept open
+    assert real_checks == limit
+    before = app.sealed_state()
+    with pytest.raises(RefusedError) as refused:  # the pending record cannot go live
+        client.call(RegisterExpose(registration_id))
+    assert refused.value.code is ErrorCode.RECORD_EXISTS
+    assert app.sealed_state() == before
+    with pytest.raises(RecordExistsError):  # nor can a new registration
+        client.register(PASSWORD, SECRET, guess_limit=limit)
+    assert not any(ke2_opens(client, PASSWORD) for _ in range(3))
+    # The locked record was destroyed by the normal path (the next KE1), pending and all.
+    slot = app.vault.slot(b"alice")
+    assert slot is not None and slot.record is None and slot.pending is None
+    assert host.tick() == 0
+
+
+def test_a_retried_register_finish_replaces_the_pending_record(world: World) -> None:
+    app, _host, client = world
+    first_id, first = finish_registration(client, b"first try")
+    second_id, second = finish_registration(client, b"second try")
+    assert second.generation == first.generation + 1
+    with pytest.raises(RefusedError) as refused:
+        client.call(RegisterExpose(first_id))  # replaced: refused, changes nothing
+    assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    exposed = client.call(RegisterExpose(second_id))
+    assert isinstance(exposed, RegisterExposeOk) and exposed.generation == second.generation
+    assert ke2_opens(client, b"second try") and not ke2_opens(client, b"first try")
+    assert app.vault.record(b"alice") is not None
+
+
+def test_expose_is_single_use_and_needs_a_known_fresh_registration_id(world: World) -> None:
+    app, host, client = world
+    for unknown in (bytes(32), b"\x01" * 32):
+        with pytest.raises(RefusedError) as refused:
+            client.call(RegisterExpose(unknown))
+        assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    registration_id, _done = finish_registration(client, PASSWORD)
+    with pytest.raises(RefusedError) as refused:
+        client.call(RegisterExpose(bytes(32)))  # wrong id while one is pending
+    assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    request, state = client.request_bytes(RegisterExpose(registration_id))
+    assert isinstance(client.open(state, host(request)), RegisterExposeOk)
+    after = app.sealed_state()
+    with pytest.raises(RefusedError) as refused:
+        client.open(state, host(request))  # the host replays the expose
+    assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    assert app.sealed_state() == after
+    # An expose that comes too late is refused, and the pending record stays unguessable.
+    stale_id, _done = finish_registration(client, b"another password")
+    host.now_ms += PENDING_RECORD_TTL_MS
+    with pytest.raises(RefusedError) as refused:
+        client.call(RegisterExpose(stale_id))
+    assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    assert ke2_opens(client, PASSWORD) and not ke2_opens(client, b"another password")
+
+
+def test_destroying_the_live_record_also_drops_a_pending_one(world: World) -> None:
+    """A withheld RegisterExpose cannot revive fresh guesses after the live record's end."""
+    app, host, client = world
+    client.register(PASSWORD, SECRET, guess_limit=2)
+    registration_id, _done = finish_registration(client, PASSWORD, guess_limit=2)
+    request, state = client.request_bytes(RegisterExpose(registration_id))  # withheld
+    for n in range(2):
+        wrong_guess(client, n)
+    assert not client.status().exists
+    with pytest.raises(RefusedError) as refused:
+        client.open(state, host(request))
+    assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    slot = app.vault.slot(b"alice")
+    assert slot is not None and slot.record is None and slot.pending is None
+
+
+def test_register_start_without_finish_expires(world: World) -> None:
+    _app, host, client = world
+    state, request = client_registration_start(PASSWORD)
+    started = client.call(RegisterStart(request.to_bytes()))
+    assert isinstance(started, RegisterStartOk)
+    record, _ = client_registration_finish(
+        state, CONFIG, RegistrationResponse.from_bytes(started.registration_response)
+    )
+    host.now_ms += REGISTRATION_TTL_MS
+    with pytest.raises(RefusedError) as refused:
+        client.call(RegisterFinish(started.registration_id, record.to_bytes(), SECRET))
+    assert refused.value.code is ErrorCode.PROTOCOL_STATE

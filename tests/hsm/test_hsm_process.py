@@ -14,11 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hsm_world import EnvelopeRecoveryError, VaultClient, channel_key_of
+from hsm_world import VaultClient
 
 from bkv.crypto.opaque import client_login_start
+from bkv.errors import WrongPasswordError
 from bkv.hsm.messages import RecoverStart
+from bkv.hsm.sealing import peek_version
 from bkv.hsm.store import PUBLIC_KEYS_FILE, STATE_FILE
+from bkv.keystore.counter import COUNTER_FILE_NAME, FileCounter
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +100,7 @@ def _client(http: httpx.Client, public_keys: bytes) -> VaultClient:
         )
         return response.content
 
-    return VaultClient(send, channel_key_of(public_keys), b"alice", FLEET)
+    return VaultClient(send, public_keys, b"alice")
 
 
 @pytest.fixture
@@ -113,6 +116,10 @@ def initialized(tmp_path: Path) -> Path:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "state" / STATE_FILE).is_file()
     assert (tmp_path / "state" / PUBLIC_KEYS_FILE).is_file()
+    assert sorted(p.name for p in (tmp_path / "hsm-private").iterdir()) == [
+        COUNTER_FILE_NAME,
+        "sealing.key",
+    ]
     return tmp_path
 
 
@@ -123,10 +130,10 @@ def test_serve_full_flow_and_restart(initialized: Path) -> None:
         assert http.get("/v1/public-keys").content == keys_file
         client = _client(http, keys_file)
         client.register(PASSWORD, SECRET)
-        with pytest.raises(EnvelopeRecoveryError):
+        with pytest.raises(WrongPasswordError):
             client.recover(b"wrong")
         assert client.recover(PASSWORD) == SECRET
-        with pytest.raises(EnvelopeRecoveryError):
+        with pytest.raises(WrongPasswordError):
             client.recover(b"wrong again")
         too_big = http.post("/v1/message", content=b"\x00" * 5000)
         assert too_big.status_code == 400
@@ -176,16 +183,57 @@ def _ke1_while_killed(initialized: Path, pause_at: str) -> tuple[list[object], b
     return outcome, keys_file
 
 
-def test_sigkill_after_persist_before_ke2_keeps_the_attempt_counted(initialized: Path) -> None:
+def _counter_version(initialized: Path) -> int:
+    return FileCounter(initialized / "hsm-private" / COUNTER_FILE_NAME).read().version
+
+
+def _state_version(initialized: Path) -> int:
+    return peek_version((initialized / "state" / STATE_FILE).read_bytes())
+
+
+@pytest.mark.parametrize("pause_at", ["persisted", "committed"])
+def test_sigkill_after_persist_before_ke2_keeps_the_attempt_counted(
+    initialized: Path, pause_at: str
+) -> None:
+    # "persisted": the blob is on disk, the NV counter not yet advanced (the
+    # restart accepts the state one step ahead and commits it). "committed":
+    # the counter covers it too. Either way no KE2 left and the attempt stays.
     config = _write_config(initialized)
     keys_file = (initialized / "state" / PUBLIC_KEYS_FILE).read_bytes()
     _register(config, keys_file)
-    outcome, _ = _ke1_while_killed(initialized, "persisted")
+    outcome, _ = _ke1_while_killed(initialized, pause_at)
     assert len(outcome) == 1 and isinstance(outcome[0], httpx.HTTPError)  # no KE2 left
+    lag = 1 if pause_at == "persisted" else 0
+    assert _counter_version(initialized) == _state_version(initialized) - lag
     with running_hsm(config) as (_process, url), _transport(url) as http:
         client = _client(http, keys_file)
         assert client.status().attempts_left == 9  # the attempt was not given back
+        assert _counter_version(initialized) >= _state_version(initialized) - 1
         assert client.recover(PASSWORD) == SECRET
+
+
+def test_serve_refuses_a_rolled_back_state(initialized: Path) -> None:
+    config = _write_config(initialized)
+    keys_file = (initialized / "state" / PUBLIC_KEYS_FILE).read_bytes()
+    _register(config, keys_file)
+    state = initialized / "state" / STATE_FILE
+    older = state.read_bytes()
+    with (
+        running_hsm(config) as (_process, url),
+        _transport(url) as http,
+        pytest.raises(WrongPasswordError),
+    ):
+        _client(http, keys_file).recover(b"wrong")
+    state.write_bytes(older)  # the host restores its backup: the attempt would come back
+    result = subprocess.run(
+        _bkv("hsm", "serve", "--config", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "StateRollbackError" in result.stderr
 
 
 def test_sigkill_right_after_ke1_received_counts_nothing_and_releases_nothing(

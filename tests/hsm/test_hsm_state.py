@@ -2,36 +2,53 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bkv.errors import ProtocolStateError, RecordExistsError
+from bkv.errors import ProtocolStateError, RecordExistsError, VaultError
 from bkv.hsm.state import (
+    PENDING_RECORD_TTL_MS,
+    Applied,
+    Command,
     CountAttempt,
     Counted,
     DeleteRecord,
     DestroyRecord,
+    ExposeRecord,
     InstallRecord,
     NoRecord,
     ResetAttempts,
     VaultState,
     apply,
 )
-from bkv.wire import decode, encode
+from bkv.wire import encode
 
 EMPTY = VaultState("fleet", 10)
+NOW = 5
+
+
+def registration_id(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+def install_pending(
+    state: VaultState, account: bytes, limit: int = 3, expected: int | None = None, rid: int = 1
+) -> VaultState:
+    slot = state.slot(account)
+    generation = expected if expected is not None else (0 if slot is None else slot.generation)
+    command = InstallRecord(
+        account, generation, registration_id(rid), bytes(192), b"secret", limit, NOW
+    )
+    return apply(state, command)[0]
 
 
 def install(
     state: VaultState, account: bytes, limit: int = 3, expected: int | None = None
 ) -> VaultState:
-    slot = state.slot(account)
-    generation = expected if expected is not None else (0 if slot is None else slot.generation)
-    command = InstallRecord(account, generation, bytes(32), bytes(192), b"secret", limit, 5)
-    return apply(state, command)[0]
+    """Install and expose (the two phases of a registration the client saw through)."""
+    state = install_pending(state, account, limit, expected)
+    return apply(state, ExposeRecord(account, registration_id(1), NOW))[0]
 
 
 def test_count_until_limit_then_destroy_and_tombstone() -> None:
@@ -69,7 +86,7 @@ def test_destroy_only_at_the_limit() -> None:
     assert apply(state, DestroyRecord(b"a", 1))[0].record(b"a") is None
 
 
-def test_install_carries_the_counter_and_checks_the_generation() -> None:
+def test_expose_carries_the_counter_and_install_checks_the_generation() -> None:
     state = install(EMPTY, b"a", limit=5)
     state, _ = apply(state, CountAttempt(b"a"))
     state, _ = apply(state, CountAttempt(b"a"))
@@ -80,6 +97,54 @@ def test_install_carries_the_counter_and_checks_the_generation() -> None:
     state = install(state, b"a", limit=5)
     record = state.record(b"a")
     assert record is not None and record.attempts_used == 2 and record.generation == 2
+
+
+def test_a_pending_record_is_not_counted_and_the_live_one_stays_live() -> None:
+    state = install(EMPTY, b"a", limit=3)
+    state = install_pending(state, b"a", limit=3, rid=2)
+    state, outcome = apply(state, CountAttempt(b"a"))
+    assert isinstance(outcome, Counted) and outcome.record.generation == 1  # the live one
+    slot = state.slot(b"a")
+    assert slot is not None and slot.pending is not None and slot.pending.attempts_used == 0
+    only_pending = install_pending(EMPTY, b"b")
+    assert apply(only_pending, CountAttempt(b"b")) == (only_pending, NoRecord(False))
+    state, _ = apply(state, ExposeRecord(b"a", registration_id(2), NOW))
+    record = state.record(b"a")
+    assert record is not None and record.generation == 2 and record.attempts_used == 1
+
+
+def test_expose_over_a_locked_record_is_refused_and_destruction_drops_the_pending() -> None:
+    state = install(EMPTY, b"a", limit=2)
+    state, _ = apply(state, CountAttempt(b"a"))
+    state, _ = apply(state, CountAttempt(b"a"))  # locked: 0 attempts left, not yet destroyed
+    with pytest.raises(RecordExistsError):  # refused already at install
+        install_pending(state, b"a", limit=2, rid=2)
+    # A pending record installed before the lock cannot go live over the locked record.
+    earlier = install_pending(install(EMPTY, b"a", limit=2), b"a", limit=2, rid=2)
+    earlier, _ = apply(earlier, CountAttempt(b"a"))
+    earlier, _ = apply(earlier, CountAttempt(b"a"))
+    with pytest.raises(RecordExistsError):
+        apply(earlier, ExposeRecord(b"a", registration_id(2), NOW))
+    for end in (DestroyRecord(b"a", 1), CountAttempt(b"a")):
+        after, _ = apply(earlier, end)
+        slot = after.slot(b"a")
+        assert slot is not None and slot.record is None and slot.pending is None
+        with pytest.raises(ProtocolStateError):
+            apply(after, ExposeRecord(b"a", registration_id(2), NOW))
+
+
+def test_expose_is_single_use_needs_the_id_and_expires() -> None:
+    state = install_pending(EMPTY, b"a", rid=7)
+    for wrong in (
+        ExposeRecord(b"a", registration_id(8), NOW),
+        ExposeRecord(b"b", registration_id(7), NOW),
+        ExposeRecord(b"a", registration_id(7), NOW + PENDING_RECORD_TTL_MS),
+    ):
+        with pytest.raises(ProtocolStateError):
+            apply(state, wrong)
+    state, _ = apply(state, ExposeRecord(b"a", registration_id(7), NOW + PENDING_RECORD_TTL_MS - 1))
+    with pytest.raises(ProtocolStateError):
+        apply(state, ExposeRecord(b"a", registration_id(7), NOW))
 
 
 def test_install_after_destruction_starts_fresh_with_a_new_generation() -> None:
@@ -96,56 +161,114 @@ def test_refused_install_outside_the_policy_is_caller_misuse() -> None:
         install(EMPTY, b"a", limit=11)
 
 
-COMMANDS = st.lists(
+# --- property: random command sequences against a reference counter ------------------
+
+ACCOUNTS = (b"a", b"b")
+
+STEPS = st.lists(
     st.tuples(
-        st.sampled_from(["count", "reset", "destroy", "delete", "install"]),
-        st.sampled_from([b"a", b"b", b"c"]),
-        st.integers(0, 3),
+        st.sampled_from(["count", "reset", "destroy", "delete", "install", "expose"]),
+        st.sampled_from(ACCOUNTS),
+        st.booleans(),  # name the current generation / registration id (else a stale one)
+        st.integers(1, 4),  # a guess limit
     ),
     max_size=40,
 )
 
 
-def _run(steps: list[tuple[str, bytes, int]]) -> list[bytes]:
+def _command(state: VaultState, step: tuple[str, bytes, bool, int]) -> Command:
+    """Commands that *can* succeed (current generation, pending id) or are stale on purpose."""
+    kind, account, current, limit = step
+    slot = state.slot(account)
+    live = 0 if slot is None or slot.record is None else slot.record.generation
+    generation = live if current else live + 7
+    if kind == "count":
+        return CountAttempt(account)
+    if kind == "reset":
+        return ResetAttempts(account, generation)
+    if kind == "destroy":
+        return DestroyRecord(account, generation)
+    if kind == "delete":
+        return DeleteRecord(account, generation)
+    slot_generation = 0 if slot is None else slot.generation
+    if kind == "install":
+        expected = slot_generation if current else slot_generation + 1
+        return InstallRecord(
+            account, expected, registration_id(slot_generation + 1), bytes(192), b"s", limit, NOW
+        )
+    pending = None if slot is None else slot.pending
+    rid = pending.registration_id if pending is not None and current else registration_id(0)
+    return ExposeRecord(account, rid, NOW)
+
+
+def _run(steps: list[tuple[str, bytes, bool, int]]) -> tuple[list[bytes], int]:
+    """Apply ``steps``; check the counting rules after each; return the states and successes."""
     state = EMPTY
-    trail = []
-    for kind, account, number in steps:
-        command = {
-            "count": CountAttempt(account),
-            "reset": ResetAttempts(account, number),
-            "destroy": DestroyRecord(account, number),
-            "delete": DeleteRecord(account, number),
-            "install": InstallRecord(
-                account, number, bytes(32), bytes(192), b"s", number + 1, number
-            ),
-        }[kind]
-        with contextlib.suppress(ProtocolStateError, RecordExistsError):
-            state, _ = apply(state, command)
+    trail: list[bytes] = []
+    succeeded = 0
+    # Reference: checks each account's secrets answered since the last successful login,
+    # summed over every record that replaced another (carry-over), per live generation.
+    answered: dict[bytes, int] = dict.fromkeys(ACCOUNTS, 0)
+    for step in steps:
+        account = step[1]
+        command = _command(state, step)
+        before = state.slot(account)
+        try:
+            state, outcome = apply(state, command)
+        except VaultError:  # refused: ``state`` (frozen) is still the one before
+            trail.append(encode(state))
+            continue
+        succeeded += 1
+        after = state.slot(account)
+        if after is None:  # a check on an account that never registered creates nothing
+            assert before is None and outcome == NoRecord(destroyed_now=False)
+            trail.append(encode(state))
+            continue
+        assert before is None or after.generation >= before.generation
+        if isinstance(outcome, Counted):
+            answered[account] += 1
+            assert outcome.record.generation == after.generation or after.pending is not None
+            # Never more checks than the limit of the record that answered them.
+            assert answered[account] <= outcome.record.guess_limit
+        if isinstance(command, ResetAttempts):
+            answered[account] = 0
+        if isinstance(outcome, Applied) and isinstance(command, ExposeRecord):
+            assert after.record is not None and after.record.attempts_used == answered[account]
+        if after.record is None:
+            answered[account] = 0  # destroyed or deleted: the secret is gone
+            if before is not None and before.record is not None:
+                assert after.pending is None  # ... and any pending record with it
+        if after.record is not None:
+            assert after.record.attempts_used == answered[account]
+        if after.pending is not None:
+            assert after.pending.attempts_used == 0
         trail.append(encode(state))
-    return trail
+    return trail, succeeded
 
 
-@given(COMMANDS)
-def test_apply_is_deterministic_and_never_exceeds_the_limit(
-    steps: list[tuple[str, bytes, int]],
+@given(STEPS)
+def test_apply_is_deterministic_and_counts_every_check_across_records(
+    steps: list[tuple[str, bytes, bool, int]],
 ) -> None:
-    first = _run(steps)
-    assert first == _run(steps)  # replicas applying the same commands agree byte for byte
-    for raw in first:
-        for slot in decode(VaultState, raw).accounts:
-            if slot.record is not None:
-                assert 0 <= slot.record.attempts_used <= slot.record.guess_limit
+    first, _ = _run(steps)
+    assert first == _run(steps)[0]  # replicas applying the same commands agree byte for byte
 
 
-def test_install_over_a_locked_record_starts_fresh() -> None:
-    state = install(EMPTY, b"a", limit=2)
-    state, _ = apply(state, CountAttempt(b"a"))
-    state, _ = apply(state, CountAttempt(b"a"))  # locked: 0 attempts left, not yet destroyed
-    state = install(state, b"a", limit=2)
-    record = state.record(b"a")
-    assert record is not None and record.attempts_used == 0 and record.generation == 2
-    with pytest.raises(ProtocolStateError):
-        apply(state, ResetAttempts(b"a", 1))  # the locked record's sessions are dead
+def test_the_property_steps_mostly_succeed() -> None:
+    """The generator names real generations and ids, so most commands do something."""
+    steps = [
+        ("install", b"a", True, 3),
+        ("expose", b"a", True, 3),
+        ("count", b"a", True, 3),
+        ("count", b"a", True, 3),
+        ("install", b"a", True, 4),
+        ("count", b"a", True, 3),
+        ("expose", b"a", True, 4),
+        ("reset", b"a", True, 3),
+        ("delete", b"a", True, 3),
+    ]
+    _trail, succeeded = _run(steps)
+    assert succeeded == len(steps)
 
 
 def test_lookups_on_a_large_state() -> None:

@@ -6,7 +6,15 @@ import dataclasses
 import os
 
 import pytest
-from hsm_world import CONFIG, InProcessHost, RefusedError, VaultClient, channel_key_of, new_app
+from hsm_world import (
+    CONFIG,
+    WRONG_PASSWORD_ERRORS,
+    InProcessHost,
+    RefusedError,
+    VaultClient,
+    client_for,
+    new_app,
+)
 
 from bkv.crypto import channel, oprf, ristretto
 from bkv.crypto.opaque import KE2, RegistrationResponse, client_login_start
@@ -26,6 +34,7 @@ from bkv.hsm.messages import (
     RecoverFinish,
     RecoverStart,
     RecoverStartOk,
+    RegisterExpose,
     RegisterFinish,
     RegisterStart,
     RegisterStartOk,
@@ -44,7 +53,7 @@ def _secrets_of_a_full_run(client: VaultClient) -> tuple[list[bytes], list[tuple
     def call(inner: object) -> object:
         request, state = client.request_bytes(inner)  # type: ignore[arg-type]
         exchanges.append((request, state))
-        return client.open(state, client.transport(request))
+        return client.open(state, client.relay(request))
 
     reg_state, reg_request = client_registration_start(PASSWORD)
     started = call(RegisterStart(reg_request.to_bytes()))
@@ -58,6 +67,7 @@ def _secrets_of_a_full_run(client: VaultClient) -> tuple[list[bytes], list[tuple
     )
     secrets += [oprf_output, trace.randomized_password, export_key, trace.stored.masking_key]
     call(RegisterFinish(started.registration_id, record.to_bytes(), BACKUP_KEY))
+    call(RegisterExpose(started.registration_id))
 
     login_state, ke1 = client_login_start(PASSWORD)
     opened = call(RecoverStart(ke1.to_bytes()))
@@ -71,7 +81,7 @@ def _secrets_of_a_full_run(client: VaultClient) -> tuple[list[bytes], list[tuple
     finish = RecoverFinish(opened.session_id, ke3.to_bytes())
     request, state = client.request_bytes(finish)
     exchanges.append((request, state))
-    released = client.open(state, client.transport(request))
+    released = client.open(state, client.relay(request))
     assert isinstance(released, KeyReleased)
     assert release.open_release(session_key, request, released.sealed_secret) == BACKUP_KEY
 
@@ -94,7 +104,7 @@ def _fragments(secret: bytes) -> list[bytes]:
 def test_transcript_holds_no_secret_and_no_guessing_aid() -> None:
     app, _sealer = new_app()
     host = InProcessHost(app)
-    client = VaultClient(host, channel_key_of(app), b"alice")
+    client = client_for(app, b"alice", host)
     secrets, exchanges = _secrets_of_a_full_run(client)
     transcript = b"".join(host.transcript)
     assert len(host.transcript) > 10 and any(host.stored)
@@ -109,7 +119,12 @@ def test_transcript_holds_no_secret_and_no_guessing_aid() -> None:
     for request, state in exchanges:
         outer = decode(HsmRequest, request)
         response = host(request)
-        if outer.kind.name in {"RECOVER_FINISH", "RECOVER_ABORT", "REGISTER_FINISH"}:
+        if outer.kind.name in {
+            "RECOVER_FINISH",
+            "RECOVER_ABORT",
+            "REGISTER_FINISH",
+            "REGISTER_EXPOSE",
+        }:
             with pytest.raises(RefusedError) as refused:
                 client.open(state, response)  # type: ignore[arg-type]
             assert refused.value.code is ErrorCode.PROTOCOL_STATE
@@ -119,3 +134,23 @@ def test_transcript_holds_no_secret_and_no_guessing_aid() -> None:
             channel.open_response(forged, decode(HsmResponse, response).sealed)
     # Replays of the two KE1s counted two attempts; nothing was released or reset.
     assert app.vault.record(b"alice").attempts_used == attempts_before + 2  # type: ignore[union-attr]
+
+
+def test_sdk_transcript_holds_neither_password_nor_backup_key() -> None:
+    app, _sealer = new_app()
+    host = InProcessHost(app)
+    client = client_for(app, b"alice", host)
+    client.register(PASSWORD, BACKUP_KEY)
+    with pytest.raises(WRONG_PASSWORD_ERRORS):
+        client.recover(b"a wrong guess")
+    assert client.recover(PASSWORD) == BACKUP_KEY
+    new_password = b"the new password, also long"
+    client.change_password(PASSWORD, new_password)
+    assert client.recover(new_password) == BACKUP_KEY
+    client.delete(new_password)
+    transcript = b"".join(host.transcript)
+    assert len(host.transcript) > 20
+    for secret in (PASSWORD, new_password, BACKUP_KEY):
+        for fragment in _fragments(secret):
+            assert fragment not in transcript
+            assert fragment.hex().encode() not in transcript

@@ -99,13 +99,27 @@ def vector_section_text(number: str) -> str:
     raise KeyError(f"no vector {number} in {VECTOR_FILE.name}")
 
 
-def load_vector() -> dict[str, bytes]:
-    """The hex fields of RFC 9807 Appendix C.1.1 (values wrap over indented lines)."""
-    section = vector_section_text(VECTOR_SECTION)
+def load_vector(number: str = VECTOR_SECTION) -> dict[str, bytes]:
+    """The hex fields of one ristretto255 vector, by default C.1.1 (values wrap over indented
+    lines)."""
+    section = vector_section_text(number)
     if not re.search(r"^   Group: ristretto255$", section, re.MULTILINE):
-        raise ValueError(f"{VECTOR_SECTION} is not a ristretto255 vector")
+        raise ValueError(f"{number} is not a ristretto255 vector")
     fields = re.finditer(r"^   (\w+): ([0-9a-f]+(?:\n   [0-9a-f]+$)*)$", section, re.MULTILINE)
     return {m.group(1): bytes.fromhex(re.sub(r"\s", "", m.group(2))) for m in fields}
+
+
+def test_vector_loader_reads_exactly_one_section_of_the_appendix() -> None:
+    v = load_vector()
+    assert v["oprf_seed"].hex().endswith("c5d5c1989ef")  # wrapped over three lines
+    assert len(v["registration_response"]) == 64 and len(v["KE2"]) == 320
+    other = load_vector("C.1.2.")  # same oprf_seed, other identities: other KE2
+    assert other["oprf_seed"] == v["oprf_seed"] and other["KE2"] != v["KE2"]
+    assert "client_identity" in other and "client_identity" not in v
+    with pytest.raises(ValueError, match="not a ristretto255 vector"):
+        load_vector("C.1.3.")  # curve25519 AKE group
+    with pytest.raises(KeyError):
+        load_vector("C.9.9.")
 
 
 def their_setup(secrets: ServerSecrets) -> bytes:

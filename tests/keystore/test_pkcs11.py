@@ -213,6 +213,7 @@ def test_sealing_key_is_sensitive_unextractable_and_cannot_be_exported(
             with pytest.raises(AttributeReadOnly):
                 key[Attribute.EXTRACTABLE] = True
             wrapping = session.generate_key(KeyType.AES, 256, template={Attribute.WRAP: True})
+            assert isinstance(wrapping, pkcs11.WrapMixin)  # an AES key can wrap
             with pytest.raises(KeyUnextractable):
                 wrapping.wrap_key(key)
         finally:

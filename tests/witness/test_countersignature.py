@@ -9,9 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from witness_helpers import NS, Clock, db_dump, fixed_signer, running_server, submission
 
 from bkv.errors import (
+    CodecError,
     CounterSignatureError,
     CountersignatureExistsError,
     UnknownEpochError,
@@ -158,6 +161,7 @@ def test_random_bodies_raise_only_codec_errors(body: bytes) -> None:
     except CodecError:
         return
     assert len(signature) == 64
-    assert api.countersignature_from_json(
-        json.dumps(api.countersignature_to_json(signature)).encode()
-    ) == signature
+    assert (
+        api.countersignature_from_json(json.dumps(api.countersignature_to_json(signature)).encode())
+        == signature
+    )

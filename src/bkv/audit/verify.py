@@ -75,7 +75,8 @@ from bkv.errors import (
 )
 from bkv.tlog import tiles
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
-from bkv.tlog.merkle import leaf_hash, verify_consistency
+from bkv.tlog.log import MAX_APPEND_BATCH, MemoryHashStore, MerkleLog
+from bkv.tlog.merkle import verify_consistency
 from bkv.tlog.note import MAX_NOTE_SIZE, parse_verifier_key
 from bkv.witness import plexi
 from bkv.witness.api import parse_hex, parse_uint64
@@ -200,7 +201,16 @@ def _open_checkpoint(source: WitnessSource, pins: AuditPins) -> Checkpoint:
 
 
 class _AuthenticatedLog:
-    """The witness log's tiles and entries, authenticated against a verified checkpoint."""
+    """The witness log's entries, authenticated against a verified checkpoint.
+
+    Only the entry bundles are read from the witness. Every leaf hash is
+    recomputed here from its entry, and the tree of those leaves must have the
+    signed checkpoint's root (RFC 9162 §2.1.1); every prefix root and
+    consistency proof below is then computed from this local tree. Hash tiles
+    served by the witness are never trusted: a tile the root does not commit to
+    (e.g. a forged level-0 tile agreeing with a forged entry bundle) cannot
+    change what the auditor sees.
+    """
 
     def __init__(self, source: WitnessSource, checkpoint: Checkpoint) -> None:
         if checkpoint.size > MAX_AUDIT_LOG_SIZE:
@@ -208,50 +218,33 @@ class _AuthenticatedLog:
         self.size = checkpoint.size
         self.root = checkpoint.root_hash
         self._source = source
-        self._tiles: dict[tiles.Tile, bytes] = {}
-        self.entries: list[bytes] = []
-        if self.size:
-            computed = tiles.root_from_tiles(self.size, self.read_tile)
-            if not hmac.compare_digest(computed, self.root):
-                raise InclusionProofError("the hash tiles do not match the checkpoint root")
-            self.entries = self._read_entries()
-
-    def read_tile(self, tile: tiles.Tile) -> bytes:
-        data = self._tiles.get(tile)
-        if data is None:
-            limit = (
-                tiles.MAX_ENTRY_BUNDLE_SIZE
-                if tile.level == tiles.ENTRIES_LEVEL
-                else (tiles.TILE_WIDTH * 32)
+        self._local = MerkleLog(MemoryHashStore())
+        self.entries: list[bytes] = self._read_entries() if self.size else []
+        for start in range(0, len(self.entries), MAX_APPEND_BATCH):
+            self._local.append_many(self.entries[start : start + MAX_APPEND_BATCH])
+        computed = self._local.root()
+        if not hmac.compare_digest(computed, self.root):
+            raise InclusionProofError(
+                "the entries the witness serves do not hash to the checkpoint root"
             )
-            data = self._source.get_bytes("/" + tile.path(), limit)
-            self._tiles[tile] = data
-        return data
 
     def _read_entries(self) -> list[bytes]:
         entries: list[bytes] = []
-        leaves = self.read_level0()
         for start in range(0, self.size, tiles.TILE_WIDTH):
             tile = tiles.entry_tile_for_index(start, self.size)
-            entries += tiles.decode_entry_bundle(self.read_tile(tile), tile.width)
-        for index, entry in enumerate(entries):
-            # Level-0 tile hashes are authenticated by the root; entries by their hash.
-            if not hmac.compare_digest(leaf_hash(entry), leaves[index]):
-                raise InclusionProofError(f"log entry {index} does not hash to its tile leaf")
+            data = self._source.get_bytes("/" + tile.path(), tiles.MAX_ENTRY_BUNDLE_SIZE)
+            entries += tiles.decode_entry_bundle(data, tile.width)
+        if len(entries) != self.size:
+            raise CodecError(f"entry bundles hold {len(entries)} entries, not {self.size}")
         return entries
 
-    def read_level0(self) -> list[bytes]:
-        leaves: list[bytes] = []
-        for start in range(0, self.size, tiles.TILE_WIDTH):
-            width = min(tiles.TILE_WIDTH, self.size - start)
-            data = self.read_tile(tiles.Tile(0, start // tiles.TILE_WIDTH, width))
-            if len(data) != width * 32:
-                raise CodecError(f"hash tile at {start} is not {width} hashes")
-            leaves += [data[i : i + 32] for i in range(0, len(data), 32)]
-        return leaves
-
     def root_at(self, size: int) -> bytes:
-        return tiles.root_from_tiles(size, self.read_tile)
+        """MTH of the first ``size`` authenticated entries (computed locally)."""
+        return self._local.root(size)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 9162 §2.1.4 proof between two prefixes of the authenticated entries."""
+        return self._local.consistency_proof(old_size, new_size)
 
     def check_consistent(self, old_size: int, old_root: bytes) -> None:
         """``(old_size, old_root)`` is a prefix of the current tree (RFC 9162 §2.1.4)."""
@@ -263,7 +256,7 @@ class _AuthenticatedLog:
             if not hmac.compare_digest(old_root, self.root):
                 raise ConsistencyProofError("same tree size, different root: the log forked")
             return
-        proof = tiles.consistency_proof_from_tiles(old_size, self.size, self.read_tile)
+        proof = self.consistency_proof(old_size, self.size)
         verify_consistency(old_size, self.size, proof, old_root, self.root)
 
     def check_extends(self, previous: ClientState) -> None:
@@ -443,8 +436,7 @@ def _check_consistency_chain(log: _AuthenticatedLog, audited: Sequence[AuditedEp
     for (old, old_root), (new, new_root) in zip(
         zip(sizes, roots, strict=True), zip(sizes[1:], roots[1:], strict=True), strict=False
     ):
-        proof = tiles.consistency_proof_from_tiles(old, new, log.read_tile)
-        verify_consistency(old, new, proof, old_root, new_root)
+        verify_consistency(old, new, log.consistency_proof(old, new), old_root, new_root)
     if sizes:
         log.check_consistent(sizes[-1], roots[-1])
 

@@ -7,18 +7,26 @@ import sys
 from pathlib import Path
 
 from bkv.errors import BkvError
-from bkv.hsm.server import init_hsm, load_config, serve
+from bkv.hsm.server import HsmConfig, init_hsm, load_config, serve
 from bkv.hsm.store import PUBLIC_KEYS_FILE
 
 
 def _init(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
-    app = init_hsm(config)
+    with init_hsm(config) as node:
+        fleet_id = node.app.fleet_id
     print(
-        f"bkv hsm: initialized fleet {app.fleet_id}: sealed state in {config.state_dir}, "
-        f"public keys in {config.state_dir / PUBLIC_KEYS_FILE}"
+        f"bkv hsm: initialized fleet {fleet_id}: sealed state in {config.state_dir}, "
+        f"public keys in {config.state_dir / PUBLIC_KEYS_FILE}, "
+        f"sealing key and NV counter in {_device_location(config)}"
     )
     return 0
+
+
+def _device_location(config: HsmConfig) -> str:
+    if config.sealer.backend == "software":
+        return f"{config.key_dir} (mode 0700)"
+    return f"the PKCS#11 token ({config.sealer.key_label}, {config.sealer.counter_label})"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -31,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     hsm = subparsers.add_parser("hsm", help="run an emulated HSM of the vault fleet")
     commands = hsm.add_subparsers(dest="hsm_command", metavar="HSM_COMMAND", required=True)
     init = commands.add_parser(
-        "init", help="generate fleet secrets; write the sealed state and public-keys.json"
+        "init",
+        help="generate fleet secrets, sealing key and NV counter; write the sealed state",
     )
     init.add_argument("--config", required=True, help="TOML config file")
     init.set_defaults(handler=_init)

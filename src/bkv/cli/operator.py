@@ -7,7 +7,8 @@ Sub-commands::
         # prints the public key to register with the witness and to pin in clients
 
     bkv operator countersign --witness URL --namespace NS --epoch N \
-        (--operator-key FILE | --pkcs11-config F --label L) [--out epoch-N.bundle]
+        (--operator-key FILE | --pkcs11-config F --label L) [--out epoch-N.bundle] \
+        --witness-key HEX[@NOT_BEFORE_MS] --log-key VKEY --origin ORIGIN
         # recovery: post the counter-signature of an epoch the witness already signed
         # (e.g. publish stopped after the submission), and rebuild its bundle from the
         # witness's audit record (with the witness's latest checkpoint)
@@ -16,7 +17,11 @@ Sub-commands::
         --members hsm-1,hsm-2,hsm-3 [--quorum N] --guess-limit 10 [--valid-days 730] \\
         --witness http://WITNESS --namespace bkv.fleet_keys.v1 \\
         (--operator-key FILE | --pkcs11-config pkcs11.json --label LABEL) \\
+        --witness-key HEX[@NOT_BEFORE_MS] --log-key VKEY --origin ORIGIN \\
         --out epoch-N.bundle
+
+The witness pins (statement key(s), log verifier key, log origin) are obtained out
+of band, like a client's; the witness's own ``/info`` is never trusted for them.
 
 ``publish``, in order (docs/parts/ota.md):
 
@@ -24,12 +29,15 @@ Sub-commands::
    declared metadata (:func:`bkv.client.operator.artifact_from_public_keys`);
 2. reads ``GET /namespaces/{ns}/last-verified-epoch`` and submits epoch last + 1
    (``POST /namespaces/{ns}/submissions``, signed by the operator key);
-3. counter-signs the witness's signature and posts the counter-signature
+3. checks the receipt against the pins (:func:`bkv.client.operator.verify_receipt`:
+   the statement is of this artifact, namespace and epoch, signed by a pinned witness
+   key, logged with this submission's operator signature, included under a checkpoint
+   of the pinned log key) and only then counter-signs the witness's signature and
+   posts the counter-signature
    (``POST /namespaces/{ns}/audits/{epoch}/countersignature``), which the witness
    verifies and serves to auditors;
 4. assembles the validation bundle, validates it as a client would (against the
-   witness's published keys and this operator key: a self-check, not a trust
-   decision) and writes it to ``--out`` (refusing to overwrite).
+   pins and this operator key) and writes it to ``--out`` (refusing to overwrite).
 
 The PKCS#11 user PIN comes from ``BKV_PKCS11_PIN`` (never the command line). A
 refusal by the witness is raised as the witness's own error class
@@ -97,6 +105,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     key.add_argument("--pkcs11-config", type=Path, help="pkcs11.json of the operator's token")
     publish.add_argument("--label", help="operator key label in the token")
     publish.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    _add_pins(publish)
     publish.set_defaults(handler=_publish)
 
     again = commands.add_parser(
@@ -110,7 +119,48 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     key.add_argument("--pkcs11-config", type=Path, help="pkcs11.json of the operator's token")
     again.add_argument("--label", help="operator key label in the token")
     again.add_argument("--out", type=Path, help="also write the epoch's bundle here")
+    _add_pins(again)
     again.set_defaults(handler=_countersign)
+
+
+def _add_pins(parser: argparse.ArgumentParser) -> None:
+    """The witness roots the operator pins (out of band, never from the witness's /info)."""
+    parser.add_argument(
+        "--witness-key",
+        action="append",
+        required=True,
+        metavar="HEX[@NOT_BEFORE_MS]",
+        help="the witness's statement key (64 hex), repeatable (rotation)",
+    )
+    parser.add_argument("--log-key", required=True, help="the witness log's C2SP verifier key")
+    parser.add_argument("--origin", required=True, help="the witness log's checkpoint origin")
+
+
+def parse_witness_key(text: str) -> WitnessKey:
+    """``HEX[@NOT_BEFORE_MS]`` -> :class:`WitnessKey` (ConfigError if malformed)."""
+    key_hex, _, not_before = text.partition("@")
+    try:
+        key = api.parse_hex(key_hex, "--witness-key", max_bytes=32, exact=32)
+        since = api.parse_uint64(int(not_before), "not_before") if not_before else 0
+        if not_before and str(since) != not_before:
+            raise ValueError("non-canonical not_before")
+        return WitnessKey(key, since)
+    except (errors.CodecError, ValueError) as exc:
+        raise ConfigError(f"--witness-key must be HEX[@NOT_BEFORE_MS]: {exc}") from None
+
+
+def pinned_roots(args: argparse.Namespace, operator_key: bytes) -> TrustRoots:
+    """The roots ``publish``/``countersign`` check the witness's answers against."""
+    try:
+        return TrustRoots(
+            witness_keys=tuple(parse_witness_key(k) for k in args.witness_key),
+            operator_keys=(operator_key,),
+            namespace=args.namespace,
+            log_origin=args.origin,
+            log_verifier_key=args.log_key,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"bad witness pins: {exc}") from None
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -193,27 +243,6 @@ def _last_verified(witness: WitnessClient, namespace: str) -> Mapping[str, Any] 
     raise witness_error("GET", f"/namespaces/{namespace}/last-verified-epoch", status, data)
 
 
-def _roots_from_witness(witness: WitnessClient, namespace: str, operator_key: bytes) -> TrustRoots:
-    info = witness.expect("GET", "/info", (200,))
-    if not isinstance(info, Mapping) or not isinstance(info.get("keys"), list):
-        raise FetchError("the witness's /info is not a Plexi configuration")
-    keys = tuple(
-        WitnessKey(
-            api.parse_hex(k.get("public_key"), "public_key", max_bytes=32, exact=32),
-            api.parse_uint64(k.get("not_before"), "not_before"),
-        )
-        for k in info["keys"]
-        if isinstance(k, Mapping)
-    )
-    return TrustRoots(
-        witness_keys=keys,
-        operator_keys=(operator_key,),
-        namespace=namespace,
-        log_origin=str(info.get("origin")),
-        log_verifier_key=str(info.get("log_public_key")),
-    )
-
-
 def publish(
     args: argparse.Namespace,
     signer: Signer,
@@ -244,9 +273,11 @@ def publish(
     )
     if not isinstance(receipt, Mapping):
         raise FetchError("the witness's receipt is not a JSON object")
-    bundle = bundle_from_receipt(artifact, receipt, signer)
-    if bundle.epoch != epoch or bundle.namespace != ns:
-        raise errors.BundleError("the witness's receipt is for another epoch or namespace")
+    roots = pinned_roots(args, signer.public_key())
+    # Counter-sign only what was submitted, as signed and logged under the pinned keys.
+    bundle = bundle_from_receipt(
+        artifact, receipt, signer, roots=roots, epoch=epoch, submission=submission
+    )
     witness.expect(
         "POST",
         f"/namespaces/{ns}/audits/{epoch}/countersignature",
@@ -254,24 +285,24 @@ def publish(
         api.countersignature_to_json(bundle.counter_signature),
     )
     data = encode_bundle(bundle)
-    roots = _roots_from_witness(witness, ns, signer.public_key())
     validate_bundle(data, roots, ClientState(), now_ms)
     return epoch, data
 
 
 def countersign_epoch(
-    namespace: str, epoch: int, signer: Signer, witness: WitnessClient, now_ms: int
+    roots: TrustRoots, epoch: int, signer: Signer, witness: WitnessClient, now_ms: int
 ) -> bytes:
     """Counter-sign a signed epoch from its audit record, post it; return its bundle bytes."""
     if epoch < 1:
         raise ConfigError("--epoch must be at least 1")
+    namespace = roots.namespace
     audit = witness.expect("GET", f"/namespaces/{namespace}/audits/{epoch}", (200,))
     if not isinstance(audit, Mapping):
         raise FetchError("the witness's audit record is not a JSON object")
     artifact = api.parse_hex(audit.get("artifact"), "artifact", max_bytes=core.MAX_ARTIFACT_BYTES)
-    bundle = bundle_from_receipt(artifact, audit, signer)
-    if bundle.epoch != epoch or bundle.namespace != namespace:
-        raise errors.BundleError("the witness's audit record is for another epoch or namespace")
+    # The logged entry must carry this operator's own submission signature: the
+    # operator counter-signs only an epoch it asked for.
+    bundle = bundle_from_receipt(artifact, audit, signer, roots=roots, epoch=epoch)
     witness.expect(
         "POST",
         f"/namespaces/{namespace}/audits/{epoch}/countersignature",
@@ -279,7 +310,6 @@ def countersign_epoch(
         api.countersignature_to_json(bundle.counter_signature),
     )
     data = encode_bundle(bundle)
-    roots = _roots_from_witness(witness, namespace, signer.public_key())
     validate_bundle(data, roots, ClientState(), now_ms)
     return data
 
@@ -291,7 +321,11 @@ def _countersign(args: argparse.Namespace) -> int:
     witness = WitnessClient(args.witness)
     try:
         data = countersign_epoch(
-            args.namespace, args.epoch, signer, witness, time.time_ns() // 1_000_000
+            pinned_roots(args, signer.public_key()),
+            args.epoch,
+            signer,
+            witness,
+            time.time_ns() // 1_000_000,
         )
     finally:
         witness.close()

@@ -32,8 +32,9 @@ client requires them to equal the signed values (:class:`BundleError`).
 
 Consistency (RFC 9162 §2.1.4): the proof links the bundle's checkpoint with
 the last checkpoint *this client* saw, whose size the client sends with its
-request. The host fetches the proof from the witness's public tiles and
-attaches it with :func:`with_consistency_proof` (``consistency_size`` is the
+request (``GET /v1/bundle?since=<size>``). The host fetches the proof from the
+witness (``/log/consistency``; :mod:`bkv.host.bundle`) and attaches it with
+:func:`with_consistency_proof` (``consistency_size`` is the
 client's size; the proof goes from the smaller of the two tree sizes to the
 larger). Keeping it in the bundle keeps the client sans-IO and lets it
 verify offline; a host that omits or forges it only makes validation fail.

@@ -11,13 +11,20 @@ The operator submits an artifact to the witness (:func:`bkv.witness.core.sign_su
 ``SignatureResponse`` JSON plus ``log_index``, ``log_entry``, ``inclusion_proof``
 and ``checkpoint``), counter-signs the witness signature with its operator key
 (software or PKCS#11 :class:`bkv.keystore.Signer`) and builds the bundle the
-host attaches to vault responses. Nothing here is trusted by clients: a wrong
-receipt only yields a bundle that fails validation.
+host attaches to vault responses. The operator's counter-signature is half of
+what a client trusts, so :func:`bundle_from_receipt` first checks the receipt
+against roots the operator pinned (:func:`verify_receipt`): it counter-signs only
+a statement, signed by the pinned witness key and logged under the pinned log
+key, of the exact artifact, namespace and epoch it submitted, whose log entry
+carries the operator's own submission signature.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from bkv.client.artifact import (
@@ -25,6 +32,7 @@ from bkv.client.artifact import (
     FleetKeyArtifact,
     FleetPolicy,
     PublicKey,
+    parse_artifact,
 )
 from bkv.client.bundle import (
     MAX_CHECKPOINT_SIZE,
@@ -33,11 +41,24 @@ from bkv.client.bundle import (
     build_bundle,
 )
 from bkv.client.countersign import Ed25519Signer, countersign
-from bkv.errors import ArtifactError, CodecError, SizeLimitError
-from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES
+from bkv.client.trust import TrustRoots
+from bkv.errors import (
+    ArtifactError,
+    BundleError,
+    CodecError,
+    DigestMismatchError,
+    InclusionProofError,
+    NamespaceMismatchError,
+    SizeLimitError,
+    SubmissionSignatureError,
+)
+from bkv.tlog.checkpoint import open_checkpoint
+from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES, leaf_hash, verify_inclusion
+from bkv.tlog.note import parse_verifier_key
 from bkv.wire import canonical_json
 from bkv.witness import plexi
 from bkv.witness.api import parse_hex, parse_uint64
+from bkv.witness.core import AuditEntry, Submission
 
 #: Fields of the witness receipt this module reads (others are ignored, as serde does).
 RECEIPT_FIELDS: Final = frozenset(
@@ -90,23 +111,132 @@ def proof_from_json(data: Mapping[str, Any]) -> tuple[bytes, int, tuple[bytes, .
     return entry, index, proof, checkpoint
 
 
-def bundle_from_receipt(
-    artifact: bytes, receipt: Mapping[str, Any], operator: Ed25519Signer
-) -> ValidationBundle:
-    """Counter-sign the witness signature in ``receipt`` and assemble the bundle."""
+def verify_receipt(
+    artifact: bytes,
+    receipt: Mapping[str, Any],
+    roots: TrustRoots,
+    *,
+    operator_public_key: bytes,
+    epoch: int,
+    submission: Submission | None = None,
+) -> VerifiedReceipt:
+    """Check a witness receipt (or audit record) before the operator counter-signs it.
+
+    The operator's counter-signature is one of the two signatures a client needs, so
+    the operator must never counter-sign what it did not submit (a lying witness
+    could otherwise get a rogue artifact accepted). Against roots the *operator*
+    pinned (witness statement keys, log origin and log key; never keys fetched from
+    the witness), in order, first failure named:
+
+    1. the Plexi statement decodes (``CodecError``), names ``roots.namespace``
+       (``NamespaceMismatchError``) and ``epoch`` (``BundleError``);
+    2. its digest is SHA-256 of ``artifact``, the bytes the operator submitted
+       (``DigestMismatchError``);
+    3. the witness signature verifies under a pinned witness key
+       (``UnknownKeyError`` / ``WitnessSignatureError``);
+    4. the log entry records exactly this statement (``InclusionProofError``) and
+       carries the operator's own submission signature
+       (``SubmissionSignatureError``): with ``submission`` (``publish``) the very
+       signature, time and evidence digest just submitted; the evidence digest is
+       the artifact's (``BundleError``);
+    5. the checkpoint is signed by the pinned log key for the pinned origin (and
+       the cosigner policy, if any) and the entry is included in it
+       (``NoteError`` / ``CheckpointError`` / ``InclusionProofError``).
+    """
     statement = statement_from_json(receipt)
-    entry, index, proof, checkpoint = proof_from_json(receipt)
+    entry_bytes, index, proof, note = proof_from_json(receipt)
     message = plexi.decode_signature_message(statement.message_bytes)
+    if message.namespace != roots.namespace:
+        raise NamespaceMismatchError(
+            f"the witness signed namespace {message.namespace!r}, not {roots.namespace!r}"
+        )
+    if message.epoch != epoch:
+        raise BundleError(f"the witness signed epoch {message.epoch}, not epoch {epoch}")
+    if not hmac.compare_digest(hashlib.sha256(artifact).digest(), message.digest):
+        raise DigestMismatchError("the witness signed another digest than the submitted artifact")
+    plexi.verify_statement(
+        statement.message_bytes, statement.signature, statement.key_id, roots.witness_keys
+    )
+    entry = _logged_entry(entry_bytes, statement)
+    _check_own_submission(entry, artifact, operator_public_key, submission)
+    checkpoint = open_checkpoint(
+        note, roots.log_origin, [parse_verifier_key(roots.log_verifier_key)]
+    )
+    if roots.cosigner_policy is not None:
+        roots.cosigner_policy.verify_checkpoint(checkpoint)
+    verify_inclusion(leaf_hash(entry_bytes), index, checkpoint.size, proof, checkpoint.root_hash)
+    return VerifiedReceipt(statement, entry_bytes, index, proof, note)
+
+
+def _logged_entry(entry_bytes: bytes, statement: plexi.SignedStatement) -> AuditEntry:
+    try:
+        entry = AuditEntry.from_bytes(entry_bytes)
+    except CodecError as exc:
+        raise InclusionProofError(f"the log entry is malformed: {exc}") from None
+    try:
+        entry.check_statement(statement)
+    except BundleError:
+        raise InclusionProofError("the log entry does not record this statement") from None
+    return entry
+
+
+def _check_own_submission(
+    entry: AuditEntry,
+    artifact: bytes,
+    operator_public_key: bytes,
+    submission: Submission | None,
+) -> None:
+    entry.check_operator_signature(operator_public_key)
+    if submission is not None and not (
+        hmac.compare_digest(entry.operator_signature, submission.operator_signature)
+        and entry.submitted_at_ms == submission.submitted_at_ms
+        and hmac.compare_digest(entry.evidence_digest, submission.evidence_digest)
+    ):
+        raise SubmissionSignatureError("the log entry does not carry the submission just made")
+    expected_evidence = parse_artifact(artifact).evidence_digest or b""
+    if not hmac.compare_digest(entry.evidence_digest, expected_evidence):
+        raise BundleError("the log entry names other deployment evidence than the artifact")
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    """A witness receipt that passed :func:`verify_receipt`."""
+
+    statement: plexi.SignedStatement
+    log_entry: bytes
+    log_index: int
+    inclusion_proof: tuple[bytes, ...]
+    checkpoint: bytes
+
+
+def bundle_from_receipt(
+    artifact: bytes,
+    receipt: Mapping[str, Any],
+    operator: Ed25519Signer,
+    *,
+    roots: TrustRoots,
+    epoch: int,
+    submission: Submission | None = None,
+) -> ValidationBundle:
+    """Verify ``receipt`` (:func:`verify_receipt`), then counter-sign and assemble the bundle."""
+    verified = verify_receipt(
+        artifact,
+        receipt,
+        roots,
+        operator_public_key=operator.public_key(),
+        epoch=epoch,
+        submission=submission,
+    )
     return build_bundle(
         artifact=artifact,
-        namespace=message.namespace,
-        epoch=message.epoch,
-        statement=statement,
-        counter_signature=countersign(operator, statement.signature),
-        log_entry=entry,
-        log_index=index,
-        inclusion_proof=proof,
-        checkpoint=checkpoint,
+        namespace=roots.namespace,
+        epoch=epoch,
+        statement=verified.statement,
+        counter_signature=countersign(operator, verified.statement.signature),
+        log_entry=verified.log_entry,
+        log_index=verified.log_index,
+        inclusion_proof=verified.inclusion_proof,
+        checkpoint=verified.checkpoint,
     )
 
 

@@ -96,6 +96,8 @@ from bkv.hsm.messages import (
     RecoverFinish,
     RecoverStart,
     RecoverStartOk,
+    RegisterExpose,
+    RegisterExposeOk,
     RegisterFinish,
     RegisterFinishOk,
     RegisterStart,
@@ -182,11 +184,14 @@ class VaultClient:
     ) -> None:
         if not isinstance(fleet, FleetKeys):
             raise TypeError("fleet must be FleetKeys (pinned or from a validated bundle)")
-        self._http = _http_client(base_url, token, timeout_seconds, transport)
-        self.account_id = account_id
-        self.fleet = fleet
+        self._setup(_http_client(base_url, token, timeout_seconds, transport), account_id, fleet)
         self._config = vault.opaque_config(ksf)
         self._rng = rng
+
+    def _setup(self, http: httpx.Client, account_id: bytes, fleet: FleetKeys) -> None:
+        self._http = http
+        self.account_id = account_id
+        self.fleet = fleet
         self._ota: _OverTheAir | None = None
         self._newer_epoch_seen = False
 
@@ -215,18 +220,14 @@ class VaultClient:
         http = _http_client(base_url, token, timeout_seconds, transport)
         try:
             fleet = ota.update(http)
-        finally:
+        except BaseException:
             http.close()
-        client = cls(
-            base_url,
-            token,
-            account_id,
-            fleet,
-            timeout_seconds=timeout_seconds,
-            ksf=ksf,
-            rng=rng,
-            transport=transport,
-        )
+            raise
+        # The same connection pool (and caller's transport) serves the vault requests.
+        client = cls.__new__(cls)
+        client._setup(http, account_id, fleet)
+        client._config = vault.opaque_config(ksf)
+        client._rng = rng
         client._ota = ota
         return client
 
@@ -319,7 +320,14 @@ class VaultClient:
     def register(
         self, password: bytes, backup_key: bytes, guess_limit: int = DEFAULT_GUESS_LIMIT
     ) -> VaultStatus:
-        """Store ``backup_key`` under ``password``. A live record's counter carries over."""
+        """Store ``backup_key`` under ``password``. A live record's counter carries over.
+
+        Two phases (docs, "Re-registration rule"): RegisterFinish stores the new
+        record as *pending* (not guessable); only after RegisterFinishOk came back
+        does the client send RegisterExpose, which makes it live and carries over
+        the attempts the replaced record spent. If the answer to either step is
+        lost, call ``register`` again: a new registration replaces the pending one.
+        """
         if len(backup_key) != vault.BACKUP_KEY_SIZE:
             raise ValueError(f"a backup key is {vault.BACKUP_KEY_SIZE} bytes")
         self._refresh_if_announced()
@@ -334,8 +342,11 @@ class VaultClient:
         )
         secret = vault.wrap_backup_key(export_key, self.account_id, backup_key, self._rng)
         finish = RegisterFinish(started.registration_id, record.to_bytes(), secret, guess_limit)
-        done = vault.expect(self._call(finish), RegisterFinishOk)
-        return VaultStatus(True, done.generation, done.guess_limit, done.attempts_left)
+        vault.expect(self._call(finish), RegisterFinishOk)
+        exposed = vault.expect(
+            self._call(RegisterExpose(started.registration_id)), RegisterExposeOk
+        )
+        return VaultStatus(True, exposed.generation, exposed.guess_limit, exposed.attempts_left)
 
     def recover(self, password: bytes) -> bytes:
         """The backup key; costs one attempt, refunded by the vault if the password is right."""

@@ -32,9 +32,13 @@ typed error from :mod:`bkv.errors`, and nothing is returned unless all pass):
 10. the checkpoint is a C2SP signed note by the pinned log key for the pinned
     origin (``NoteError`` / ``CheckpointError``), with at least k of the n
     pinned cosigners when a policy is set (``CosignerPolicyError``);
-11. the log entry records exactly this statement and names the same evidence
-    digest as the artifact; ``leaf_hash(entry)`` is leaf ``log_index`` of the
-    checkpoint's tree (RFC 9162 §2.1.3.2) (``InclusionProofError``);
+11. the log entry records exactly this statement (``InclusionProofError``) and
+    names the same evidence digest as the artifact (``BundleError``); the
+    operator's submission signature it records verifies under a pinned operator
+    key (``SubmissionSignatureError``: a rogue statement needs *two* operator
+    signatures, the submission and the counter-signature);
+    ``leaf_hash(entry)`` is leaf ``log_index`` of the checkpoint's tree
+    (RFC 9162 §2.1.3.2) (``InclusionProofError``);
 12. the checkpoint is consistent with the last checkpoint this client saw
     (RFC 9162 §2.1.4.2): equal sizes need equal roots, otherwise the bundle's
     consistency proof must start from the client's size
@@ -64,6 +68,7 @@ from bkv.errors import (
     EpochRollbackError,
     InclusionProofError,
     NamespaceMismatchError,
+    SubmissionSignatureError,
     TimestampError,
 )
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
@@ -98,7 +103,7 @@ def validate_bundle(
     _check_epoch(statement, state)  # step 8
     _check_time(statement, artifact, roots, now_ms)  # step 9
     checkpoint = _open_checkpoint(bundle.checkpoint, roots)  # step 10
-    _check_inclusion(bundle, artifact, checkpoint)  # step 11
+    _check_inclusion(bundle, artifact, checkpoint, roots)  # step 11
     _check_consistency(bundle, checkpoint, state)  # step 12
     keys = FleetKeys(
         artifact=artifact, digest=statement.digest, epoch=statement.epoch, source="over_the_air"
@@ -189,7 +194,10 @@ def _open_checkpoint(data: bytes, roots: TrustRoots) -> Checkpoint:
 
 
 def _check_inclusion(
-    bundle: ValidationBundle, artifact: FleetKeyArtifact, checkpoint: Checkpoint
+    bundle: ValidationBundle,
+    artifact: FleetKeyArtifact,
+    checkpoint: Checkpoint,
+    roots: TrustRoots,
 ) -> None:
     try:
         entry = AuditEntry.from_bytes(bundle.log_entry)
@@ -203,6 +211,7 @@ def _check_inclusion(
     expected_evidence = artifact.evidence_digest or b""
     if not hmac.compare_digest(entry.evidence_digest, expected_evidence):
         raise BundleError("log entry and artifact name different deployment evidence")
+    _check_logged_submission(entry, roots)
     verify_inclusion(
         leaf_hash(bundle.log_entry),
         bundle.log_index,
@@ -210,6 +219,20 @@ def _check_inclusion(
         bundle.inclusion_proof,
         checkpoint.root_hash,
     )
+
+
+def _check_logged_submission(entry: AuditEntry, roots: TrustRoots) -> None:
+    # Second operator signature: the operator's submission signature, recorded by the
+    # witness in the log entry. A rogue statement then needs a pinned operator key to
+    # have signed both the submission and the counter-signature, so a witness that
+    # tricked the operator's tool into one counter-signature still gets nothing accepted.
+    for operator_key in roots.operator_keys:
+        try:
+            entry.check_operator_signature(operator_key)
+        except SubmissionSignatureError:
+            continue
+        return
+    raise SubmissionSignatureError("no pinned operator key signed the logged submission")
 
 
 def _check_consistency(

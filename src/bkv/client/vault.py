@@ -61,6 +61,7 @@ from bkv.hsm.messages import (
     KeyReleased,
     RecordDeleted,
     RecoverStartOk,
+    RegisterExposeOk,
     RegisterFinishOk,
     RegisterStartOk,
     StatusOk,
@@ -135,6 +136,7 @@ def build_request(
 _INNER_RESPONSE_TYPES = (
     RegisterStartOk,
     RegisterFinishOk,
+    RegisterExposeOk,
     RecoverStartOk,
     KeyReleased,
     RecordDeleted,

@@ -198,14 +198,10 @@ class Host:
         except CodecError as exc:
             return _error(400, exc)
         try:
-            data = await self.bundles.for_client(since)
+            data, epoch = await self.bundles.for_client(since)
         except StorageError as exc:
             return _error(503, exc)
-        return Response(
-            data,
-            media_type=OCTET_STREAM,
-            headers={BUNDLE_EPOCH_HEADER: str(self.bundles.current().epoch)},
-        )
+        return Response(data, media_type=OCTET_STREAM, headers={BUNDLE_EPOCH_HEADER: str(epoch)})
 
     async def _relay(self, request: Request) -> Response:
         body = await _read_capped(request, MAX_REQUEST_SIZE)

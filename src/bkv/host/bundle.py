@@ -120,9 +120,12 @@ class BundleSource:
         self._loaded = LoadedBundle(stamp, bundle, _tree_size(bundle))
         return self._loaded
 
-    async def for_client(self, since: int) -> bytes:
-        """The bundle bytes for a client whose last seen tree size is ``since``."""
+    async def for_client(self, since: int) -> tuple[bytes, int]:
+        """(bundle bytes, epoch) for a client whose last seen tree size is ``since``."""
         loaded = self.current()
+        return await self._with_proof(loaded, since), loaded.epoch
+
+    async def _with_proof(self, loaded: LoadedBundle, since: int) -> bytes:
         if since in (0, loaded.tree_size):
             # Nothing seen yet, or the same tree: the client compares roots, no proof.
             return encode_bundle(loaded.bundle)

@@ -35,11 +35,23 @@ request, so every request is safe to replay by construction:
 - RecoverFinish / RecoverAbort: the session id is single-use; a replay finds no
   session -> ``PROTOCOL_STATE``, no state change.
 - RegisterFinish: the registration id is single-use; a replay (even after the
-  record was destroyed) finds no pending registration -> ``PROTOCOL_STATE``.
+  record was destroyed) finds no started registration -> ``PROTOCOL_STATE``.
   The OPRF key of a record is derived from its registration id, which the HSM
-  drew at random, so an old registration can never be re-installed.
+  drew at random, so an old registration can never be re-installed. What it
+  installs is a *pending* record that answers no password check.
+- RegisterExpose: single-use too; the pending record it named is live (or was
+  replaced, expired or destroyed) -> a replay gets ``PROTOCOL_STATE``.
 - RegisterStart: draws a new registration id; the newest one of an account wins.
 - Status: reads only.
+
+Status and enumeration. ``STATUS`` answers whether the account has a live
+record and its attempts left, to whoever can build a request for the account,
+and the host can (sealing needs only the public channel key). The host already
+sees every registration and recovery request of every account it relays, so
+this tells it nothing new. Enumeration protection (RFC 9807 section 10.9) is
+against parties without the account's bearer token, whom the host refuses;
+within the protocol, a KE1 for a destroyed, deleted, pending-only or
+never-registered account gets a fake-record KE2 of the same size and format.
 """
 
 from __future__ import annotations
@@ -95,6 +107,8 @@ from bkv.hsm.messages import (
     RecoverFinish,
     RecoverStart,
     RecoverStartOk,
+    RegisterExpose,
+    RegisterExposeOk,
     RegisterFinish,
     RegisterFinishOk,
     RegisterStart,
@@ -112,12 +126,14 @@ from bkv.hsm.state import (
     Counted,
     DeleteRecord,
     DestroyRecord,
+    ExposeRecord,
     HsmSecrets,
     InstallRecord,
     Outcome,
     ResetAttempts,
     Snapshot,
     VaultState,
+    applied_slot,
     apply,
     live_record_of,
 )
@@ -494,6 +510,8 @@ class HsmApp:
             return self._register_start(account, inner, now_ms)
         if isinstance(inner, RegisterFinish):
             return self._register_finish(account, inner, now_ms)
+        if isinstance(inner, RegisterExpose):
+            return self._register_expose(account, inner, now_ms)
         if isinstance(inner, RecoverStart):
             return self._recover_start(account, inner, now_ms)
         if isinstance(inner, RecoverFinish):
@@ -542,12 +560,25 @@ class HsmApp:
         )
 
         def answer(outcome: Outcome) -> InnerResponse:
-            installed = live_record_of(outcome)
-            return RegisterFinishOk(
-                installed.generation, installed.guess_limit, installed.attempts_left
-            )
+            slot = applied_slot(outcome)
+            if slot.pending is None:
+                raise ValueError("InstallRecord left no pending record")  # apply guarantees it
+            # What the record would have left if exposed now (the counter carries over).
+            carried = 0 if slot.record is None else slot.record.attempts_used
+            left = max(0, slot.pending.guess_limit - carried)
+            return RegisterFinishOk(slot.pending.generation, slot.pending.guess_limit, left)
 
         return _Change(command, answer)
+
+    def _register_expose(self, account: bytes, inner: RegisterExpose, now_ms: int) -> _Change:
+        # Everything is checked inside apply (the pending record is durable state,
+        # replicated like the rest): unknown, replaced, expired or replayed ids
+        # are ProtocolStateError; a carried-over counter at the limit RecordExistsError.
+        def answer(outcome: Outcome) -> InnerResponse:
+            live = live_record_of(outcome)
+            return RegisterExposeOk(live.generation, live.guess_limit, live.attempts_left)
+
+        return _Change(ExposeRecord(account, inner.registration_id, now_ms), answer)
 
     def _recover_start(self, account: bytes, inner: RecoverStart, now_ms: int) -> _Change:
         ke1 = KE1.from_bytes(inner.ke1)  # a malformed KE1 is refused before it costs anything
@@ -604,9 +635,12 @@ class HsmApp:
         return _Change(CountAttempt(account), answer, on_commit)
 
     def _take_session(self, account: bytes, session_id: bytes, now_ms: int) -> _Session:
-        session = self._sessions.pop(session_id, None)  # single-use: gone from here on
+        # Look up and check first: a request naming another account's session id
+        # must not close (destroy) that account's session.
+        session = self._sessions.get(session_id)
         if session is None or session.account_id != account or session.expires_ms <= now_ms:
             raise ProtocolStateError("no open session with this id for this account")
+        del self._sessions[session_id]  # single-use: gone from here on, whatever the outcome
         return session
 
     def _recover_finish(

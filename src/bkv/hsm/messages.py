@@ -23,11 +23,13 @@ end-to-end between the client and the fleet::
   rate-limits by them) but cannot change them: the HSM opens the seal with the
   AAD it recomputes from the clear fields, and checks that the inner message's
   type matches ``kind``.
-- ``HsmResponse.sealed`` is the inner response sealed with the channel's
-  response key for that very request (``bkv.crypto.channel`` response binding:
-  a key exported from the request's HPKE context), so only the client that
-  made the request can open it, and a response cannot be replayed to another
-  request.
+- ``HsmResponse.sealed`` is the inner response sealed under a key derived
+  from that very request (``bkv.crypto.channel`` response binding: HKDF over a
+  32-byte ``response_secret`` the client draws fresh and sends *inside* the
+  HPKE-sealed request, salted with the request's encapsulated key and a fresh
+  response nonce, bound to the SHA-256 of the sealed request), so only the
+  client that made the request can open it, and a response cannot be replayed
+  to another request.
 - ``HsmRejected(code)`` is sent in the clear when the HSM could not open the
   request at all (malformed outer bytes, wrong fleet, seal does not open,
   oversized). It carries no secret and no per-account information.
@@ -44,9 +46,20 @@ Inner requests (client -> HSM, sealed) and their responses (HSM -> client, seale
   the latest RegisterStart of an account replaces an older pending one.
 - ``REGISTER_FINISH`` :class:`RegisterFinish` (registration_id,
   RegistrationRecord, the client's secret = backup key data, guess_limit)
-  -> :class:`RegisterFinishOk` (record generation, guess limit, attempts left).
-  Durable before the response leaves. Carries over the attempt counter of a
-  live record it replaces (see docs: "Re-registration rule").
+  -> :class:`RegisterFinishOk` (generation of the new record, guess limit, the
+  attempts it would have left if exposed now). Durable before the response
+  leaves, as the account's *pending* record: it answers no password check (a
+  KE1 gets the fake-record KE2 and counts nothing) and a live record it will
+  replace stays live under its own counter. A retried registration replaces
+  the pending record (no attempt was possible on it).
+- ``REGISTER_EXPOSE`` :class:`RegisterExpose` (registration_id), sent by the
+  client only after it saw RegisterFinishOk -> :class:`RegisterExposeOk`
+  (generation, guess limit, attempts left). The pending record becomes the
+  live record, replacing the old one and carrying over *all* of its spent
+  attempts (refused with ``RECORD_EXISTS`` when they reach the new limit).
+  Single-use; refused with ``PROTOCOL_STATE`` for an unknown, replaced or
+  expired (:data:`bkv.hsm.state.PENDING_RECORD_TTL_MS`) registration id. See
+  docs: "Re-registration rule".
 - ``RECOVER_START``   :class:`RecoverStart` (KE1)
   -> :class:`RecoverStartOk` (session_id, KE2). The attempt is counted and
   made durable **before** KE2 leaves the HSM. For an account without a live
@@ -63,7 +76,14 @@ Inner requests (client -> HSM, sealed) and their responses (HSM -> client, seale
   used all its attempts and no other session for it is open, it is destroyed
   now rather than at the next KE1 or housekeeping tick.
 - ``STATUS``          :class:`StatusRequest` -> :class:`StatusOk` (exists,
-  generation, guess limit, attempts left; never the secret).
+  generation, guess limit, attempts left of the *live* record; never the
+  secret). STATUS does reveal whether the account has a live record, to
+  whoever can build a request for the account — and the host can (sealing
+  needs only the public channel key). That is no loss: the host relays every
+  registration and recovery of the account anyway. Enumeration protection
+  (RFC 9807 section 10.9) is against parties *without* the account's bearer
+  token, which the host checks before relaying; for them a destroyed,
+  deleted and never-registered account answer KE1 alike (fake-record KE2).
 
 Any inner failure -> :class:`VaultFailure` (an :class:`ErrorCode`), sealed like
 any response, so the host learns nothing from it but its size.
@@ -131,6 +151,7 @@ class RequestKind(enum.IntEnum):
     RECOVER_FINISH = 4
     RECOVER_ABORT = 5
     STATUS = 6
+    REGISTER_EXPOSE = 7
 
 
 class FinishAction(enum.IntEnum):
@@ -147,7 +168,7 @@ class ErrorCode(enum.IntEnum):
     WRONG_FLEET = 2  # the request names another fleet
     UNDECRYPTABLE = 3  # DecryptionError: the seal did not open
     KIND_MISMATCH = 4  # the clear kind does not match the sealed message
-    PROTOCOL_STATE = 5  # ProtocolStateError: no such open session / registration, replay
+    PROTOCOL_STATE = 5  # ProtocolStateError: no such session / registration / pending record
     LOGIN_FAILED = 6  # ClientAuthenticationError: KE3 did not verify
     RECORD_EXISTS = 7  # RecordExistsError: registration would reset a spent counter
     INVALID_POLICY = 8  # guess limit outside 1..the fleet's maximum
@@ -164,14 +185,14 @@ class HsmRequest:
     fleet_id: Annotated[str, Text(max_len=MAX_FLEET_ID, min_len=1)]
     kind: RequestKind
     account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
-    sealed: Annotated[bytes, Bytes(max_len=MAX_SEALED_REQUEST, min_len=1)]
+    sealed: Annotated[bytes, Bytes(max_len=MAX_SEALED_REQUEST, min_len=1)] = field(repr=False)
 
 
 @message(tag=0x0102, version=1)
 class HsmResponse:
     """HSM -> host -> client: the inner response sealed to the requesting client."""
 
-    sealed: Annotated[bytes, Bytes(max_len=MAX_SEALED_RESPONSE, min_len=1)]
+    sealed: Annotated[bytes, Bytes(max_len=MAX_SEALED_RESPONSE, min_len=1)] = field(repr=False)
 
 
 @message(tag=0x0103, version=1)
@@ -209,10 +230,13 @@ class RegisterStart:
 
 @message(tag=0x0202, version=1)
 class RegisterFinish:
-    """RegistrationRecord + the secret to keep, under the registration_id from RegisterStartOk."""
+    """RegistrationRecord + the secret to keep, under the registration_id from RegisterStartOk.
 
-    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)]
-    registration_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)]
+    The record (with its masking key), the secret and the id stay out of reprs.
+    """
+
+    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)] = field(repr=False)
+    registration_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)] = field(repr=False)
     secret: Annotated[bytes, Bytes(max_len=MAX_SECRET, min_len=1)] = field(repr=False)
     guess_limit: U8 = DEFAULT_GUESS_LIMIT
 
@@ -228,7 +252,7 @@ class RecoverStart:
 class RecoverFinish:
     """RFC 9807 KE3 for an open session, and what it authorizes."""
 
-    session_id: Annotated[bytes, Fixed(SESSION_ID_SIZE)]
+    session_id: Annotated[bytes, Fixed(SESSION_ID_SIZE)] = field(repr=False)
     ke3: Annotated[bytes, Fixed(KE3_SIZE)] = field(repr=False)
     action: FinishAction = FinishAction.RELEASE
 
@@ -237,12 +261,19 @@ class RecoverFinish:
 class RecoverAbort:
     """The client could not open KE2 (wrong password): close the session."""
 
-    session_id: Annotated[bytes, Fixed(SESSION_ID_SIZE)]
+    session_id: Annotated[bytes, Fixed(SESSION_ID_SIZE)] = field(repr=False)
 
 
 @message(tag=0x0206, version=1)
 class StatusRequest:
-    """Attempts left on the account's record."""
+    """Attempts left on the account's live record."""
+
+
+@message(tag=0x0207, version=1)
+class RegisterExpose:
+    """Make the pending record of ``registration_id`` live (after RegisterFinishOk). Single-use."""
+
+    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)] = field(repr=False)
 
 
 # --- inner responses (sealed HSM -> client) ---------------------------------------
@@ -253,12 +284,15 @@ class RegisterStartOk:
     """RFC 9807 RegistrationResponse and the id to quote in RegisterFinish."""
 
     registration_response: Annotated[bytes, Fixed(REGISTRATION_RESPONSE_SIZE)]
-    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)]
+    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)] = field(repr=False)
 
 
 @message(tag=0x0282, version=1)
 class RegisterFinishOk:
-    """The record is durable. ``attempts_left`` reflects a carried-over counter."""
+    """The record is durable but *pending*: send RegisterExpose to make it live.
+
+    ``attempts_left`` is what the record would have if exposed now (carry-over).
+    """
 
     generation: U32
     guess_limit: U8
@@ -269,8 +303,8 @@ class RegisterFinishOk:
 class RecoverStartOk:
     """KE2 (real or fake record: indistinguishable) and the single-use session id."""
 
-    session_id: Annotated[bytes, Fixed(SESSION_ID_SIZE)]
-    ke2: Annotated[bytes, Fixed(KE2_SIZE)]
+    session_id: Annotated[bytes, Fixed(SESSION_ID_SIZE)] = field(repr=False)
+    ke2: Annotated[bytes, Fixed(KE2_SIZE)] = field(repr=False)
 
 
 @message(tag=0x0284, version=1)
@@ -278,7 +312,7 @@ class KeyReleased:
     """The secret, sealed under the OPAQUE session key (see :mod:`bkv.hsm.release`)."""
 
     generation: U32
-    sealed_secret: Annotated[bytes, Bytes(max_len=MAX_SEALED_SECRET, min_len=1)]
+    sealed_secret: Annotated[bytes, Bytes(max_len=MAX_SEALED_SECRET, min_len=1)] = field(repr=False)
 
 
 @message(tag=0x0285, version=1)
@@ -303,6 +337,15 @@ class StatusOk:
     attempts_left: U8
 
 
+@message(tag=0x0289, version=1)
+class RegisterExposeOk:
+    """The record is live (durably); ``attempts_left`` includes the carried-over counter."""
+
+    generation: U32
+    guess_limit: U8
+    attempts_left: U8
+
+
 @message(tag=0x0288, version=1)
 class VaultFailure:
     """The HSM refused the request (after opening it)."""
@@ -311,11 +354,18 @@ class VaultFailure:
 
 
 InnerRequest = (
-    RegisterStart | RegisterFinish | RecoverStart | RecoverFinish | RecoverAbort | StatusRequest
+    RegisterStart
+    | RegisterFinish
+    | RegisterExpose
+    | RecoverStart
+    | RecoverFinish
+    | RecoverAbort
+    | StatusRequest
 )
 InnerResponse = (
     RegisterStartOk
     | RegisterFinishOk
+    | RegisterExposeOk
     | RecoverStartOk
     | KeyReleased
     | RecordDeleted
@@ -325,12 +375,21 @@ InnerResponse = (
 )
 
 INNER_REQUESTS = Registry(
-    [RegisterStart, RegisterFinish, RecoverStart, RecoverFinish, RecoverAbort, StatusRequest]
+    [
+        RegisterStart,
+        RegisterFinish,
+        RegisterExpose,
+        RecoverStart,
+        RecoverFinish,
+        RecoverAbort,
+        StatusRequest,
+    ]
 )
 INNER_RESPONSES = Registry(
     [
         RegisterStartOk,
         RegisterFinishOk,
+        RegisterExposeOk,
         RecoverStartOk,
         KeyReleased,
         RecordDeleted,
@@ -344,6 +403,7 @@ OUTER_RESPONSES = Registry([HsmResponse, HsmRejected])
 KIND_OF_REQUEST: dict[type, RequestKind] = {
     RegisterStart: RequestKind.REGISTER_START,
     RegisterFinish: RequestKind.REGISTER_FINISH,
+    RegisterExpose: RequestKind.REGISTER_EXPOSE,
     RecoverStart: RequestKind.RECOVER_START,
     RecoverFinish: RequestKind.RECOVER_FINISH,
     RecoverAbort: RequestKind.RECOVER_ABORT,

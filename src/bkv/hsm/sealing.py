@@ -1,4 +1,4 @@
-"""The sealed form of the HSM state at rest (pure: the Sealer is injected).
+"""The sealed form of the HSM state at rest, and the rollback rule (pure: the Sealer is injected).
 
 Layout: a :class:`SealedState` wire message::
 
@@ -8,17 +8,23 @@ Layout: a :class:`SealedState` wire message::
 The clear ``version`` lets the host keep the newest blob without opening it;
 it is bound by the AAD and repeated inside the snapshot, so a blob whose
 header was edited, or whose bytes were changed in any way, fails to open
-(:class:`bkv.errors.SealingError`). What sealing cannot show on one HSM is a
-*rollback*: an older blob, untouched, opens fine. Detecting that needs state
-the host cannot rewind (a monotonic counter in the HSM, or a majority of the
-fleet, which is what the replication issue adds).
+(:class:`bkv.errors.SealingError`).
+
+Sealing alone cannot show a *rollback*: an older blob, untouched, opens fine.
+The HSM therefore keeps a monotonic NV counter inside its own boundary
+(:mod:`bkv.keystore.counter`): the version and SHA-256 of the newest state
+whose dependent response may have left the HSM. :func:`check_freshness` is the
+rule applied when a state is loaded.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
+import hmac
 from typing import Annotated
 
-from bkv.errors import CodecError, SealingError, StorageError
+from bkv.errors import CodecError, SealingError, StateRollbackError, StorageError
 from bkv.hsm.messages import MAX_FLEET_ID
 from bkv.hsm.state import MAX_STATE_SIZE, Snapshot
 from bkv.keystore import Sealer
@@ -31,8 +37,11 @@ SEAL_OVERHEAD = 64
 
 MAX_SEALED_STATE = MAX_STATE_SIZE + 1024 + SEAL_OVERHEAD
 
+MAX_SEALED_STATE_MESSAGE = MAX_SEALED_STATE + 128
+"""Largest encoded :class:`SealedState` (the state file); readers stop before reading more."""
 
-@message(tag=0x0706, version=1, max_size=MAX_SEALED_STATE + 128)
+
+@message(tag=0x0706, version=1, max_size=MAX_SEALED_STATE_MESSAGE)
 class SealedState:
     """A sealed :class:`Snapshot` with its fleet and version in the clear."""
 
@@ -77,3 +86,61 @@ def open_snapshot(sealer: Sealer, blob: bytes) -> Snapshot:
     if snapshot.version != header.version or snapshot.vault.fleet_id != header.fleet_id:
         raise SealingError("sealed state header does not match its contents")
     return snapshot
+
+
+def blob_digest(blob: bytes) -> bytes:
+    """SHA-256 of a sealed state's exact bytes: what the NV counter commits to."""
+    return hashlib.sha256(blob).digest()
+
+
+class Freshness(enum.Enum):
+    """Outcome of :func:`check_freshness` for a state that may be used."""
+
+    CURRENT = "current"
+    """The state is the one the NV counter committed: use it as is."""
+
+    NEXT = "next"
+    """Written but never committed (crash before the counter advanced): commit, then use it."""
+
+
+def check_freshness(
+    version: int, digest: bytes, trusted_version: int, trusted_digest: bytes
+) -> Freshness:
+    """Decide whether a loaded state (authenticated ``version``, blob ``digest``) may be used.
+
+    ``trusted_*`` is the NV counter. The persist protocol is: seal version
+    ``v``, the host writes the blob, the HSM advances the counter to
+    ``(v, digest)``, and only then does the response that depends on ``v``
+    (KE2, RegisterFinishOk, KeyReleased, ...) leave the HSM. Hence:
+
+    - ``version == trusted_version`` and the digest matches: the committed state.
+    - ``version == trusted_version + 1``: the host wrote it but the HSM
+      stopped before advancing the counter, so no response that depends on it
+      ever left. Using it is safe and conservative: its change (e.g. a counted
+      attempt) stays counted although nobody got the answer. The caller must
+      advance the counter before serving (:attr:`Freshness.NEXT`). If several
+      such blobs exist (the host crashed the HSM repeatedly at that point),
+      none released anything; committing any one makes the others stale.
+    - older, or same version with another digest (a sibling that was never
+      committed), or further ahead (the counter cannot lag by more than one
+      step: that would be a forged or foreign counter) ->
+      :class:`StateRollbackError`. The HSM refuses to start: availability
+      loss, never a guess given back.
+    """
+    if version == trusted_version:
+        if hmac.compare_digest(digest, trusted_digest):
+            return Freshness.CURRENT
+        raise StateRollbackError(
+            f"sealed state version {version} is not the one the NV counter committed"
+        )
+    if version == trusted_version + 1:
+        return Freshness.NEXT
+    if version < trusted_version:
+        raise StateRollbackError(
+            f"sealed state version {version} is older than the NV counter ({trusted_version}):"
+            " rollback refused"
+        )
+    raise StateRollbackError(
+        f"sealed state version {version} is ahead of the NV counter ({trusted_version}) by more"
+        " than one step"
+    )

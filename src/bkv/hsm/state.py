@@ -19,16 +19,25 @@ Commands carry secrets (``InstallRecord.secret``): they exist only inside an
 HSM, or sealed between HSMs of one fleet; they never cross the host in the
 clear.
 
-What is *not* here, on purpose: open login sessions and pending registrations.
-They are volatile, local to the HSM that holds them, and lost on restart. Losing
-them is always safe: a lost session is a counted attempt that released nothing;
-a lost pending registration makes the client start again.
+Registration is two-phase (SVR2's backup/expose, see docs "Re-registration
+rule"): :class:`InstallRecord` (RegisterFinish) stores the new record as the
+slot's *pending* record, which answers no password check; only
+:class:`ExposeRecord` (RegisterExpose, sent by the client after it saw
+RegisterFinishOk) makes it the live record, carrying over every attempt the
+live record it replaces has spent.
+
+What is *not* here, on purpose: open login sessions and started registrations
+(RegisterStart answered, RegisterFinish not yet). They are volatile, local to
+the HSM that holds them, and lost on restart. Losing them is always safe: a lost
+session is a counted attempt that released nothing; a lost started registration
+makes the client start again.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import hmac
 import itertools
 from dataclasses import field
 from typing import Annotated
@@ -47,20 +56,27 @@ from bkv.wire import U8, U32, U64, Bytes, Fixed, ListOf, Text, message
 MAX_ACCOUNTS = 50_000
 """Accounts one HSM state holds (the internet-scale design moves records to host storage)."""
 
-MAX_STATE_SIZE = 32 * 1024 * 1024
-"""Ceiling on an encoded snapshot (50 000 accounts of at most ~450 bytes fit)."""
+MAX_STATE_SIZE = 48 * 1024 * 1024
+"""Ceiling on an encoded snapshot (50 000 accounts of at most ~815 bytes, live + pending, fit)."""
 
 CHANNEL_KEY_SIZE = 32
 FAKE_KEY_SIZE = 32
 
+PENDING_RECORD_TTL_MS = 10 * 60 * 1000
+"""How long after RegisterFinish a pending record may still be exposed (then it is refused)."""
+
 
 @message(tag=0x0703, version=1)
 class Record:
-    """One live registration: OPAQUE record, the client's secret, the policy and the counter."""
+    """One registration: OPAQUE record, the client's secret, the policy and the counter.
+
+    The OPAQUE record (with the masking key), the secret and the registration id
+    (the capability to expose a pending record) never appear in a repr.
+    """
 
     generation: U32
-    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)]
-    opaque_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)]
+    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)] = field(repr=False)
+    opaque_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)] = field(repr=False)
     secret: Annotated[bytes, Bytes(max_len=MAX_SECRET, min_len=1)] = field(repr=False)
     guess_limit: U8 = 10
     attempts_used: U8 = 0
@@ -78,18 +94,25 @@ class Record:
         return self.guess_limit - self.attempts_used
 
 
-@message(tag=0x0702, version=1)
+@message(tag=0x0702, version=2)
 class AccountSlot:
-    """An account: its live record (if any) and how many records it ever had.
+    """An account: its live record, its pending record, and how many records it ever had.
 
     ``generation`` never decreases, also when the record is destroyed or
     deleted (the slot stays as a tombstone), so every record an account ever
-    had has a distinct generation.
+    had has a distinct generation. ``pending`` is a finished registration not
+    yet exposed: it answers no password check (KE1 gets the fake-record KE2)
+    and always has ``attempts_used == 0``.
     """
 
     account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
     generation: U32
     record: Record | None = None
+    pending: Record | None = None
+
+    def __post_init__(self) -> None:
+        if self.pending is not None and self.pending.attempts_used != 0:
+            raise ValueError("a pending record has answered no check")
 
 
 def _account_id_of(slot: AccountSlot) -> bytes:
@@ -193,18 +216,30 @@ class DeleteRecord:
 
 @message(tag=0x0405, version=1)
 class InstallRecord:
-    """A finished registration. ``expected_generation`` is the slot's when it was started."""
+    """A finished registration, stored as the slot's *pending* record (not guessable yet).
+
+    ``expected_generation`` is the slot's generation when the registration was started.
+    """
 
     account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
     expected_generation: U32
-    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)]
-    opaque_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)]
+    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)] = field(repr=False)
+    opaque_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)] = field(repr=False)
     secret: Annotated[bytes, Bytes(max_len=MAX_SECRET, min_len=1)] = field(repr=False)
     guess_limit: U8 = 10
     now_ms: U64 = 0
 
 
-Command = CountAttempt | ResetAttempts | DestroyRecord | DeleteRecord | InstallRecord
+@message(tag=0x0407, version=1)
+class ExposeRecord:
+    """The client saw RegisterFinishOk: the pending record of ``registration_id`` goes live."""
+
+    account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
+    registration_id: Annotated[bytes, Fixed(REGISTRATION_ID_SIZE)] = field(repr=False)
+    now_ms: U64 = 0
+
+
+Command = CountAttempt | ResetAttempts | DestroyRecord | DeleteRecord | InstallRecord | ExposeRecord
 
 
 @message(tag=0x0406, version=1)
@@ -253,6 +288,13 @@ def live_record_of(outcome: Outcome) -> Record:
     return outcome.live_record()
 
 
+def applied_slot(outcome: Outcome) -> AccountSlot:
+    """The slot an ``Applied`` outcome left (caller misuse otherwise: ``ValueError``)."""
+    if not isinstance(outcome, Applied):
+        raise ValueError(f"expected an Applied outcome, got {type(outcome).__name__}")
+    return outcome.slot
+
+
 Outcome = Counted | NoRecord | Applied
 
 
@@ -268,6 +310,8 @@ def apply(state: VaultState, command: Command) -> tuple[VaultState, Outcome]:
         return _delete_record(state, command)
     if isinstance(command, InstallRecord):
         return _install_record(state, command)
+    if isinstance(command, ExposeRecord):
+        return _expose_record(state, command)
     raise TypeError(f"not a command: {type(command).__name__}")
 
 
@@ -279,7 +323,7 @@ def _count_attempt(state: VaultState, command: CountAttempt) -> tuple[VaultState
     if record.attempts_used >= record.guess_limit:
         # The limit was reached and that last attempt never proved the password
         # (a valid KE3 would have reset the counter): destroy, answer as if unknown.
-        tombstone = dataclasses.replace(slot, record=None)
+        tombstone = _without_records(slot)
         return state.with_slot(tombstone), NoRecord(destroyed_now=True)
     counted = dataclasses.replace(record, attempts_used=record.attempts_used + 1)
     return state.with_slot(dataclasses.replace(slot, record=counted)), Counted(counted)
@@ -307,14 +351,30 @@ def _destroy_record(state: VaultState, command: DestroyRecord) -> tuple[VaultSta
         # Only a record at its limit is destroyed by a failed attempt: a stale
         # or replayed DestroyRecord cannot wipe a record that a login has reset.
         raise ProtocolStateError("record is not at its guess limit")
-    new_slot = dataclasses.replace(slot, record=None)
+    new_slot = _without_records(slot)
     return state.with_slot(new_slot), Applied(new_slot)
 
 
 def _delete_record(state: VaultState, command: DeleteRecord) -> tuple[VaultState, Outcome]:
     slot, _record = _live_record(state, command.account_id, command.generation)
-    new_slot = dataclasses.replace(slot, record=None)
+    new_slot = _without_records(slot)
     return state.with_slot(new_slot), Applied(new_slot)
+
+
+def _without_records(slot: AccountSlot) -> AccountSlot:
+    """The slot as a tombstone: the live record and any pending record are zeroized.
+
+    The pending record goes too: it was registered while the destroyed record
+    held the account's spent attempts, and exposing it afterwards would start
+    it at zero (a host could withhold the client's RegisterExpose, spend the
+    live record's attempts, then deliver it).
+    """
+    return dataclasses.replace(slot, record=None, pending=None)
+
+
+def _carried_attempts(slot: AccountSlot) -> int:
+    """Attempts the live record has spent: a record that replaces it inherits all of them."""
+    return 0 if slot.record is None else slot.record.attempts_used
 
 
 def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultState, Outcome]:
@@ -323,28 +383,48 @@ def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultSta
     slot = state.slot(command.account_id) or AccountSlot(command.account_id, 0, None)
     if slot.generation != command.expected_generation:
         raise ProtocolStateError("another registration finished first; start again")
-    # Re-registration rule (docs/parts/hsm.md, "Re-registration rule"): a new
-    # record inherits the attempts already spent on the live record it replaces,
-    # so registering again never hands out fresh guesses against a secret. A
-    # record at its limit can answer no new check, and once it is replaced its
-    # open sessions fail the generation check too, so replacing it starts
-    # afresh, exactly as destroying it first would.
-    old = slot.record
-    carried = 0 if old is None or old.attempts_left == 0 else old.attempts_used
-    if carried >= command.guess_limit:
+    # Re-registration rule (docs/parts/hsm.md): the new record is stored as
+    # *pending*. It answers no password check until the client exposes it, so
+    # an install whose RegisterFinishOk the host dropped is worth nothing to
+    # the host, and a retried RegisterFinish just replaces it. Refuse early
+    # what the expose would refuse anyway (ExposeRecord checks again).
+    if _carried_attempts(slot) >= command.guess_limit:
         raise RecordExistsError("the live record's spent attempts reach the new guess limit")
     if slot.generation >= 0xFFFFFFFF:
         raise RecordExistsError("the account has used up its record generations")
-    record = Record(
+    pending = Record(
         generation=slot.generation + 1,
         registration_id=command.registration_id,
         opaque_record=command.opaque_record,
         secret=command.secret,
         guess_limit=command.guess_limit,
-        attempts_used=carried,
+        attempts_used=0,
         created_ms=command.now_ms,
     )
-    new_slot = AccountSlot(command.account_id, record.generation, record)
+    new_slot = AccountSlot(command.account_id, pending.generation, slot.record, pending)
     if state.slot(command.account_id) is None and len(state.accounts) >= MAX_ACCOUNTS:
         raise VaultFullError("this HSM holds its maximum number of accounts")
+    return state.with_slot(new_slot), Applied(new_slot)
+
+
+def _expose_record(state: VaultState, command: ExposeRecord) -> tuple[VaultState, Outcome]:
+    slot = state.slot(command.account_id)
+    pending = None if slot is None else slot.pending
+    if (
+        slot is None
+        or pending is None
+        or not hmac.compare_digest(pending.registration_id, command.registration_id)
+    ):
+        raise ProtocolStateError("no pending record with this registration id")
+    if command.now_ms >= pending.created_ms + PENDING_RECORD_TTL_MS:
+        raise ProtocolStateError("the pending record expired; register again")
+    # Re-registration rule: the new live record carries over *every* attempt the
+    # record it replaces has spent, also when that record is at its limit (then
+    # the expose is refused: the locked record is destroyed by the normal path,
+    # and only after that may the account start afresh).
+    carried = _carried_attempts(slot)
+    if carried >= pending.guess_limit:
+        raise RecordExistsError("the live record's spent attempts reach the new guess limit")
+    live = dataclasses.replace(pending, attempts_used=carried)
+    new_slot = dataclasses.replace(slot, record=live, pending=None)
     return state.with_slot(new_slot), Applied(new_slot)

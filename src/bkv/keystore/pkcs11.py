@@ -50,9 +50,11 @@ from bkv.errors import (
     KeyExistsError,
     KeyNotFoundError,
     KeystoreError,
+    NvCounterError,
     SealingError,
 )
 from bkv.keystore import sealed
+from bkv.keystore.counter import INITIAL_VALUE, CounterValue, check_advance
 from bkv.keystore.sealed import SealAlgorithm
 
 DEFAULT_MODULE_PATH: Final = "/usr/lib/softhsm/libsofthsm2.so"
@@ -260,6 +262,16 @@ class _Runtime:
             raise KeystoreError(f"cannot load PKCS#11 module: {type(exc).__name__}") from None
         cls._active = wanted
         return library
+
+
+def open_token_sessions() -> int:
+    """How many logged-in token sessions this process holds open (0 once every key is closed).
+
+    Lets an owner (and tests) check that every backend was closed: an open one
+    blocks switching to another configuration (see the module docstring).
+    """
+    with _Runtime.lock:
+        return len(_Runtime._sessions)
 
 
 class _TokenKey:
@@ -494,3 +506,118 @@ def generate_sealing_key(config: Pkcs11Config, label: str, rng: Rng = default_rn
 def load_sealing_key(config: Pkcs11Config, label: str, rng: Rng = default_rng) -> Pkcs11Sealer:
     """Open an existing AES-256 sealing key by label (raises KeyNotFoundError)."""
     return Pkcs11Sealer(config, label, rng)
+
+
+# --- the NV counter (token data objects) ----------------------------------------
+
+COUNTER_APPLICATION: Final = "bkv.hsm.nv-counter"
+"""CKA_APPLICATION of the counter's data objects."""
+
+MAX_COUNTER_OBJECTS: Final = 2
+"""At most the old and the new value exist at once (between create and destroy)."""
+
+
+class Pkcs11Counter(_TokenKey):
+    """The HSM's NV counter as private token data objects (CKO_DATA) labelled ``label``.
+
+    SoftHSM2 refuses ``C_SetAttributeValue`` on a data object's ``CKA_VALUE``
+    (``AttributeReadOnly``), so an advance *creates* an object holding the new
+    value and then destroys the old one. A crash in between leaves both; the
+    read takes the higher version, so the counter never goes back. The objects
+    are ``CKA_PRIVATE`` (readable only after login) and ``CKA_TOKEN`` (kept in
+    the token's non-volatile store, like the sealing key).
+    """
+
+    def __init__(self, config: Pkcs11Config, label: str) -> None:
+        _check_label(label, MAX_KEY_LABEL_SIZE, "counter label")
+        super().__init__(config, label)
+        try:
+            self.read()  # must exist and be well formed
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self) -> CounterValue:
+        """The current value: the highest version among the counter's objects."""
+        self._check_open()
+        with _Runtime.lock:
+            return _newest(self._objects())[0]
+
+    def advance(self, value: CounterValue) -> None:
+        """Durably move forward to ``value``: create its object, then destroy the older ones."""
+        self._check_open()
+        with _Runtime.lock:
+            found = self._objects()
+            check_advance(_newest(found)[0], value)
+            _create_counter_object(self._session, self._label, value)
+            try:
+                for _value, old in found:
+                    old.destroy()
+            except PKCS11Error as exc:
+                # The new value is in place and reads take the newest, so a stale
+                # object left over is harmless; the next advance removes it.
+                raise NvCounterError(
+                    f"cannot remove the old counter value: {type(exc).__name__}"
+                ) from None
+
+    def _objects(self) -> list[tuple[CounterValue, Any]]:
+        try:
+            found = list(
+                self._session.get_objects(
+                    {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: self._label}
+                )
+            )
+            if len(found) > MAX_COUNTER_OBJECTS:
+                raise NvCounterError(f"too many NV counter objects labelled {self._label!r}")
+            return [(CounterValue.from_bytes(bytes(obj[Attribute.VALUE])), obj) for obj in found]
+        except PKCS11Error as exc:
+            raise NvCounterError(f"cannot read the NV counter: {type(exc).__name__}") from None
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Counter(label={self._label!r})"
+
+
+def _newest(found: list[tuple[CounterValue, Any]]) -> tuple[CounterValue, Any]:
+    if not found:
+        raise NvCounterError("no NV counter in the token")
+    newest = max(found, key=lambda item: item[0].version)
+    if any(v.version == newest[0].version and v != newest[0] for v, _ in found):
+        raise NvCounterError("two different NV counter values with the same version")
+    return newest
+
+
+def _create_counter_object(session: Any, label: str, value: CounterValue) -> None:
+    try:
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.MODIFIABLE: False,
+                Attribute.LABEL: label,
+                Attribute.APPLICATION: COUNTER_APPLICATION,
+                Attribute.VALUE: value.to_bytes(),
+            }
+        )
+    except PKCS11Error as exc:
+        raise NvCounterError(f"token refused to store the counter: {type(exc).__name__}") from None
+
+
+def create_counter(config: Pkcs11Config, label: str) -> Pkcs11Counter:
+    """Create the NV counter (version 0) in the token; refuse if the label is in use."""
+    _check_label(label, MAX_KEY_LABEL_SIZE, "counter label")
+    session = _Runtime.acquire(config)
+    try:
+        with _Runtime.lock:
+            if _label_in_use(session, label):
+                # Never reset a counter: re-initializing would make older states fresh again.
+                raise NvCounterError(f"an object labelled {label!r} already exists in the token")
+            _create_counter_object(session, label, INITIAL_VALUE)
+    finally:
+        _Runtime.release(config)
+    return Pkcs11Counter(config, label)
+
+
+def load_counter(config: Pkcs11Config, label: str) -> Pkcs11Counter:
+    """Open the existing NV counter by label (raises NvCounterError if there is none)."""
+    return Pkcs11Counter(config, label)

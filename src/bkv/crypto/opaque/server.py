@@ -94,6 +94,8 @@ class ServerLoginState:
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
         if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError("ServerLoginState must be decoded from bytes")
             data = bytes(data)
         if len(data) != SERVER_LOGIN_STATE_SIZE:
             error = TruncatedError if len(data) < SERVER_LOGIN_STATE_SIZE else TrailingBytesError

@@ -1,0 +1,177 @@
+"""The HSM's monotonic NV counter: a version that only moves forward, kept where the host cannot.
+
+Real HSMs defend sealed state against rollback with a monotonic counter in
+their own non-volatile storage: the host can keep and restore old ciphertext,
+but it cannot rewind the counter. bkv emulates that with two backends behind
+:class:`MonotonicCounter`:
+
+- :class:`FileCounter` (software backend): a small file in the HSM process's
+  private key directory (never in the host-owned state directory), replaced
+  atomically (temp file + fsync + rename + directory fsync).
+- :class:`bkv.keystore.pkcs11.Pkcs11Counter` (PKCS#11 backend): a private
+  token data object, next to the sealing key inside the token.
+
+What the counter holds (:class:`CounterValue`): the version of the newest
+sealed state whose dependent response may have left the HSM, and the SHA-256
+of that exact sealed blob. The digest matters: after a crash between "blob
+written" and "counter advanced", the host can make the HSM stage several
+different blobs with the same next version; only one of them is ever
+committed, and the digest tells it apart from its unreleased siblings. The
+comparison rules live in :func:`bkv.hsm.sealing.check_freshness` (pure).
+
+Stored layout (:data:`COUNTER_SIZE` bytes): ``MAGIC (8) || version (u64 BE) ||
+digest (32)``, read strictly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol, runtime_checkable
+
+from bkv.errors import NvCounterError, StorageError
+from bkv.keystore.files import fsync_directory, read_small_file, replace_file
+
+COUNTER_MAGIC: Final = b"bkvnvc01"
+"""Domain and format tag of a stored counter value."""
+
+DIGEST_SIZE: Final = 32
+MAX_COUNTER_VERSION: Final = 2**64 - 1
+COUNTER_SIZE: Final = len(COUNTER_MAGIC) + 8 + DIGEST_SIZE
+EMPTY_DIGEST: Final = bytes(DIGEST_SIZE)
+"""The digest of a counter that has committed no state yet (version 0)."""
+
+
+@dataclass(frozen=True)
+class CounterValue:
+    """A committed state version and the SHA-256 of its exact sealed blob."""
+
+    version: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if type(self.version) is not int or not 0 <= self.version <= MAX_COUNTER_VERSION:
+            raise ValueError("counter version must be an int in 0..2^64-1")
+        if not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_SIZE:
+            raise ValueError("counter digest must be 32 bytes")
+
+    def to_bytes(self) -> bytes:
+        """The stored layout: magic, version, digest."""
+        return COUNTER_MAGIC + self.version.to_bytes(8, "big") + self.digest
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CounterValue:
+        """Strict inverse of :meth:`to_bytes`; anything else is :class:`NvCounterError`."""
+        if len(data) != COUNTER_SIZE or not data.startswith(COUNTER_MAGIC):
+            raise NvCounterError("NV counter value is malformed")
+        start = len(COUNTER_MAGIC)
+        version = int.from_bytes(data[start : start + 8], "big")
+        return cls(version, data[start + 8 :])
+
+
+INITIAL_VALUE: Final = CounterValue(0, EMPTY_DIGEST)
+
+
+@runtime_checkable
+class MonotonicCounter(Protocol):
+    """A monotonic, durable counter inside the HSM boundary."""
+
+    def read(self) -> CounterValue:
+        """The current value; :class:`NvCounterError` if it is missing or malformed."""
+        ...
+
+    def advance(self, value: CounterValue) -> None:
+        """Durably move to ``value``, whose version must be higher (ValueError otherwise)."""
+        ...
+
+    def close(self) -> None:
+        """Release whatever the counter holds open (idempotent)."""
+        ...
+
+
+def check_advance(current: CounterValue, new: CounterValue) -> None:
+    """Refuse a move that is not strictly forward: the counter never goes back or repeats."""
+    if new.version <= current.version:
+        raise ValueError("an NV counter only moves to a higher version")
+
+
+COUNTER_FILE_NAME: Final = "nv-counter"
+
+
+class FileCounter:
+    """The software NV counter: one file in the HSM's private directory."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+
+    @classmethod
+    def create(cls, path: Path) -> FileCounter:
+        """Create the counter at version 0; refuse if one exists (that would be a reset).
+
+        Written to a temporary file first and then hard-linked into place:
+        ``link`` fails if the name exists, so creation is exclusive *and* the
+        counter never exists half-written.
+        """
+        path = Path(path)
+        tmp = path.parent / f".{path.name}.new-{os.getpid()}"
+        try:
+            replace_file(tmp, INITIAL_VALUE.to_bytes())
+            try:
+                os.link(tmp, path)
+            finally:
+                tmp.unlink()
+            fsync_directory(path.parent)
+        except FileExistsError:
+            raise NvCounterError(f"NV counter {path} already exists") from None
+        except OSError as exc:
+            raise NvCounterError(f"cannot create NV counter: {type(exc).__name__}") from None
+        return cls(path)
+
+    @property
+    def path(self) -> Path:
+        """Where the counter lives."""
+        return self._path
+
+    def read(self) -> CounterValue:
+        """The current value (bounded, strict read)."""
+        try:
+            data = read_small_file(self._path, COUNTER_SIZE)
+        except FileNotFoundError:
+            raise NvCounterError(f"NV counter {self._path} does not exist") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NvCounterError("NV counter is a symbolic link") from None
+            raise NvCounterError(f"cannot read NV counter: {type(exc).__name__}") from None
+        except StorageError as exc:
+            raise NvCounterError(f"NV counter: {exc}") from None
+        return CounterValue.from_bytes(data)
+
+    def advance(self, value: CounterValue) -> None:
+        """Durably move forward to ``value`` (atomic replace; returns once on disk)."""
+        check_advance(self.read(), value)
+        self._write(value)
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes the file."""
+
+    def _write(self, value: CounterValue) -> None:
+        try:
+            replace_file(self._path, value.to_bytes())
+        except OSError as exc:
+            raise NvCounterError(f"cannot advance NV counter: {type(exc).__name__}") from None
+
+    def __repr__(self) -> str:
+        return f"FileCounter({str(self._path)!r})"
+
+
+__all__ = [
+    "COUNTER_FILE_NAME",
+    "COUNTER_SIZE",
+    "INITIAL_VALUE",
+    "CounterValue",
+    "FileCounter",
+    "MonotonicCounter",
+    "check_advance",
+]

@@ -1,0 +1,179 @@
+"""The HSM's monotonic NV counter: file backend and PKCS#11 token data objects (SoftHSM2)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pkcs11 as p11
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bkv.errors import NvCounterError
+from bkv.keystore.counter import (
+    COUNTER_SIZE,
+    INITIAL_VALUE,
+    CounterValue,
+    FileCounter,
+    MonotonicCounter,
+)
+from bkv.keystore.pkcs11 import (
+    COUNTER_APPLICATION,
+    Pkcs11Config,
+    create_counter,
+    init_token,
+    load_counter,
+)
+
+DIGEST_A, DIGEST_B = b"\xaa" * 32, b"\xbb" * 32
+
+
+def test_counter_value_round_trip_and_strict_decoding() -> None:
+    value = CounterValue(2**64 - 1, DIGEST_A)
+    assert CounterValue.from_bytes(value.to_bytes()) == value
+    assert len(value.to_bytes()) == COUNTER_SIZE
+    encoded = value.to_bytes()
+    for bad in (b"", encoded[:-1], encoded + b"\x00", b"X" + encoded[1:]):
+        with pytest.raises(NvCounterError):
+            CounterValue.from_bytes(bad)
+    for version, digest in ((-1, DIGEST_A), (2**64, DIGEST_A), (1, b"short")):
+        with pytest.raises(ValueError):
+            CounterValue(version, digest)
+
+
+@given(st.binary(max_size=2 * COUNTER_SIZE))
+def test_random_bytes_never_raise_anything_but_the_typed_error(data: bytes) -> None:
+    try:
+        value = CounterValue.from_bytes(data)
+    except NvCounterError:
+        return
+    assert value.to_bytes() == data
+
+
+def test_file_counter_moves_only_forward_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "nv-counter"
+    counter = FileCounter.create(path)
+    assert isinstance(counter, MonotonicCounter)
+    assert counter.read() == INITIAL_VALUE
+    counter.advance(CounterValue(1, DIGEST_A))
+    counter.advance(CounterValue(5, DIGEST_B))
+    for stale in (CounterValue(5, DIGEST_A), CounterValue(4, DIGEST_B)):
+        with pytest.raises(ValueError, match="higher"):
+            counter.advance(stale)
+    assert FileCounter(path).read() == CounterValue(5, DIGEST_B)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(NvCounterError, match="exists"):
+        FileCounter.create(path)  # never reset
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nv-counter"]
+
+
+def test_file_counter_refuses_missing_malformed_linked_and_oversized_files(tmp_path: Path) -> None:
+    path = tmp_path / "nv-counter"
+    with pytest.raises(NvCounterError, match="does not exist"):
+        FileCounter(path).read()
+    path.write_bytes(b"\x00" * COUNTER_SIZE)
+    with pytest.raises(NvCounterError, match="malformed"):
+        FileCounter(path).read()
+    path.write_bytes(b"\x00" * (COUNTER_SIZE + 1))
+    with pytest.raises(NvCounterError, match="larger"):
+        FileCounter(path).read()
+    path.unlink()
+    target = tmp_path / "target"
+    target.write_bytes(INITIAL_VALUE.to_bytes())
+    path.symlink_to(target)
+    with pytest.raises(NvCounterError, match="symbolic link"):
+        FileCounter(path).read()
+
+
+# --- PKCS#11 ----------------------------------------------------------------------
+
+SO_PIN = "so-pin-5678"
+USER_PIN = "user-pin-1234"
+
+
+@pytest.fixture
+def token(tmp_path: Path) -> Pkcs11Config:
+    return init_token(tmp_path / "token", "bkv-counter", SO_PIN, USER_PIN)
+
+
+def _raw_objects(config: Pkcs11Config, label: str) -> list[dict[str, object]]:
+    library = p11.lib(config.module_path)
+    session = library.get_token(token_label=config.token_label).open(
+        user_pin=config.user_pin, rw=True
+    )
+    try:
+        return [
+            {
+                "value": bytes(obj[p11.Attribute.VALUE]),
+                "private": obj[p11.Attribute.PRIVATE],
+                "token": obj[p11.Attribute.TOKEN],
+                "application": obj[p11.Attribute.APPLICATION],
+            }
+            for obj in session.get_objects(
+                {p11.Attribute.CLASS: p11.ObjectClass.DATA, p11.Attribute.LABEL: label}
+            )
+        ]
+    finally:
+        session.close()
+
+
+@pytest.mark.softhsm
+def test_token_counter_is_one_private_token_object_that_moves_forward(
+    token: Pkcs11Config,
+) -> None:
+    with create_counter(token, "nv") as counter:
+        assert isinstance(counter, MonotonicCounter)
+        assert counter.read() == INITIAL_VALUE
+        counter.advance(CounterValue(1, DIGEST_A))
+        counter.advance(CounterValue(2, DIGEST_B))
+        with pytest.raises(ValueError, match="higher"):
+            counter.advance(CounterValue(2, DIGEST_A))
+    [stored] = _raw_objects(token, "nv")
+    assert stored["value"] == CounterValue(2, DIGEST_B).to_bytes()
+    assert stored["private"] is True and stored["token"] is True
+    assert stored["application"] in (COUNTER_APPLICATION, COUNTER_APPLICATION.encode())
+    with load_counter(token, "nv") as again:
+        assert again.read() == CounterValue(2, DIGEST_B)
+    with pytest.raises(NvCounterError, match="exists"):
+        create_counter(token, "nv")  # never reset
+
+
+@pytest.mark.softhsm
+def test_token_counter_after_a_crash_between_create_and_destroy_reads_the_newest(
+    token: Pkcs11Config,
+) -> None:
+    with create_counter(token, "nv") as counter:
+        counter.advance(CounterValue(3, DIGEST_A))
+        # What a crash inside advance() leaves: the new object made, the old not yet gone.
+        counter._session.create_object(  # the backend's own session, as advance() uses
+            {
+                p11.Attribute.CLASS: p11.ObjectClass.DATA,
+                p11.Attribute.TOKEN: True,
+                p11.Attribute.PRIVATE: True,
+                p11.Attribute.LABEL: "nv",
+                p11.Attribute.VALUE: CounterValue(4, DIGEST_B).to_bytes(),
+            }
+        )
+    with load_counter(token, "nv") as counter:
+        assert counter.read() == CounterValue(4, DIGEST_B)
+        counter.advance(CounterValue(5, DIGEST_A))  # cleans both old objects up
+    assert [o["value"] for o in _raw_objects(token, "nv")] == [CounterValue(5, DIGEST_A).to_bytes()]
+
+
+@pytest.mark.softhsm
+def test_token_counter_missing_or_ambiguous_is_refused(token: Pkcs11Config) -> None:
+    with pytest.raises(NvCounterError, match="no NV counter"):
+        load_counter(token, "absent")
+    with create_counter(token, "nv") as counter:
+        counter._session.create_object(
+            {
+                p11.Attribute.CLASS: p11.ObjectClass.DATA,
+                p11.Attribute.TOKEN: True,
+                p11.Attribute.PRIVATE: True,
+                p11.Attribute.LABEL: "nv",
+                p11.Attribute.VALUE: CounterValue(0, DIGEST_A).to_bytes(),
+            }
+        )
+        with pytest.raises(NvCounterError, match="same version"):
+            counter.read()
