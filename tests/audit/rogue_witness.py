@@ -18,7 +18,9 @@ from bkv.keystore import SoftwareSigner
 from bkv.tlog import tiles
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.log import MemoryHashStore, MerkleLog
+from bkv.tlog.cosignature import CosignatureSigner
 from bkv.tlog.note import Ed25519Signer as NoteSigner
+from bkv.tlog.note import format_note, parse_note
 from bkv.witness.core import AuditEntry, sign_submission
 from bkv.witness.plexi import SignedStatement, WitnessKey, sign_statement
 
@@ -61,6 +63,10 @@ class RogueWitness:
     last_epoch: int | None = None
     #: Counter-signatures served per epoch (hex; what an operator posted, or a lie).
     counter_signatures: dict[int, str] = field(default_factory=dict)
+    #: Checkpoints signed after each append, by tree size (``/checkpoints/<size>``).
+    history: dict[int, bytes] = field(default_factory=dict)
+    #: Cosigners (cosignature/v1) that sign every served checkpoint.
+    cosigners: list[CosignatureSigner] = field(default_factory=list)
 
     def sign(
         self,
@@ -91,6 +97,8 @@ class RogueWitness:
             operator_signature=submission.operator_signature,
         ).to_bytes()
         index = self.log.append(entry) if log else self.log.size
+        if log:
+            self.history[self.log.size] = self.checkpoint()
         served = Served(statement, data, index, entry)
         if namespace == NAMESPACE and serve_as != 0:
             self.served[serve_as or epoch] = served
@@ -139,11 +147,22 @@ class RogueWitness:
 
     def checkpoint(self) -> bytes:
         body = Checkpoint(ORIGIN, self.log.size, self.log.root())
-        return body.sign([NoteSigner(ORIGIN, self.log_key)])
+        note = body.sign([NoteSigner(ORIGIN, self.log_key)])
+        if not self.cosigners:
+            return note
+        text = body.text()
+        signatures = [*parse_note(note)[1]]
+        signatures += [c.cosign(body, T0 // 1000) for c in self.cosigners]
+        return format_note(text, signatures)
 
     def get_bytes(self, path: str, max_size: int) -> bytes:
         if path == "/checkpoint":
             data = self.checkpoint()
+        elif path.startswith("/checkpoints/"):
+            note = self.history.get(int(path.removeprefix("/checkpoints/")))
+            if note is None:
+                raise FetchError(f"GET {path}: HTTP 404")
+            data = note
         else:
             tile = tiles.parse_tile_path(path.lstrip("/"))
             if tile.level == tiles.ENTRIES_LEVEL:

@@ -24,6 +24,7 @@ from live_witness import NAMESPACE, LiveWitness, artifact_bytes, det, live_witne
 
 from bkv.audit.http_source import HttpWitnessSource
 from bkv.audit.verify import AuditPins, audit_namespace
+from bkv.client.countersign import countersign
 from bkv.client.bundle import ValidationBundle, encode_bundle, with_consistency_proof
 from bkv.client.operator import bundle_from_receipt
 from bkv.client.state import ClientState
@@ -65,8 +66,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     with live_witness(root) as witness:
         receipts = [witness.submit(a, epoch) for epoch, a in enumerate(ARTIFACTS, start=1)]
         bundles = [
-            bundle_from_receipt(a, r, witness.operator)
-            for a, r in zip(ARTIFACTS, receipts, strict=True)
+            bundle_from_receipt(a, r, witness.operator, roots=_roots(witness), epoch=epoch)
+            for epoch, (a, r) in enumerate(zip(ARTIFACTS, receipts, strict=True), start=1)
         ]
         bundle_dir = root / "bundles"
         bundle_dir.mkdir()
@@ -247,9 +248,8 @@ def test_audit_cli_fails_on_foreign_countersignature(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     bundle = deployment.bundles[1]
-    forged = bundle_from_receipt(
-        ARTIFACTS[1], deployment.receipts[1], SoftwareSigner(det("mallory"))
-    )
+    mallory = countersign(SoftwareSigner(det("mallory")), bundle.witness_signature)
+    forged = dataclasses.replace(bundle, counter_signature=mallory)
     (tmp_path / "forged.bundle").write_bytes(encode_bundle(forged))
     assert forged.witness_signature == bundle.witness_signature
     result = _audit(deployment, "--bundles", str(tmp_path))

@@ -97,7 +97,7 @@ class World:
 
     namespace: str = NAMESPACE
     witness: SoftwareSigner = field(default_factory=lambda: signer("witness"))
-    operator: SoftwareSigner = field(default_factory=lambda: signer("operator"))
+    operator: Ed25519Signer = field(default_factory=lambda: signer("operator"))
     log_key: SoftwareSigner = field(default_factory=lambda: signer("log"))
     cosigners: list[CosignatureSigner] = field(
         default_factory=lambda: [

@@ -92,14 +92,14 @@ def test_pkcs11_countersignature(tmp_path: Path) -> None:
 def test_pkcs11_countersigned_bundle_validates(tmp_path: Path) -> None:
     # The operator's key lives in a SoftHSM2 token; the client pins its public key.
     config = init_token(tmp_path / "tokens", "bkv-operator", "so-pin-1234", "user-pin-1234")
-    world = World()
-    published = world.publish(make_artifact().to_bytes())
     with generate_signing_key(config, "operator") as operator:
-        bundle = world.bundle(published, counter_signer=operator)
-        operator_key = operator.public_key()
-    keys, _ = validate_bundle(
-        encode_bundle(bundle), world.roots(operator_keys=(operator_key,)), ClientState(), NOW_MS
-    )
+        world = World(operator=operator)  # submits and counter-signs with the token key
+        published = world.publish(make_artifact().to_bytes())
+        bundle = world.bundle(published)
+    keys, _ = validate_bundle(encode_bundle(bundle), world.roots(), ClientState(), NOW_MS)
     assert keys.epoch == 1
+    software = (signer("operator").public_key(),)
     with pytest.raises(CounterSignatureError):
-        validate_bundle(encode_bundle(bundle), world.roots(), ClientState(), NOW_MS)
+        validate_bundle(
+            encode_bundle(bundle), world.roots(operator_keys=software), ClientState(), NOW_MS
+        )

@@ -58,3 +58,13 @@ def test_argon2id_output_is_nh_bytes_and_every_parameter_matters() -> None:
 def test_argon2id_rejects_bad_parameters(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="Argon2id"):
         Argon2id(**kwargs)  # type: ignore[arg-type]
+
+
+def test_default_config_stretches_passwords() -> None:
+    # A Config made without thinking about the KSF must not leave passwords
+    # unstretched: the default is Argon2id with RFC 9106's second recommended option.
+    from bkv.crypto.opaque import Config
+
+    ksf = Config().ksf
+    assert isinstance(ksf, Argon2id)
+    assert (ksf.memory_kib, ksf.iterations, ksf.lanes) == (64 * 1024, 3, 4)

@@ -106,6 +106,12 @@ class Witness:
         key: str = self.info["statement_keys"][0]["public_key"]
         return key
 
+    def pin_args(self) -> list[str]:
+        """The witness pins ``bkv operator publish/countersign`` need (from ``witness init``)."""
+        keys = [f"{k['public_key']}@{k['not_before']}" for k in self.info["statement_keys"]]
+        args = [arg for key in keys for arg in ("--witness-key", key)]
+        return [*args, "--log-key", self.info["log_public_key"], "--origin", self.info["origin"]]
+
     def roots(self, operator_public_key: str) -> TrustRoots:
         """What an app pins in over-the-air mode: witness and operator keys, log identity."""
         return TrustRoots(
@@ -155,6 +161,7 @@ def publish(
         "--namespace", NAMESPACE,
         "--operator-key", str(operator_key),
         "--out", str(out),
+        *witness.pin_args(),
         check=check,
     )  # fmt: skip
 

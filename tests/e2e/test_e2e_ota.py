@@ -51,6 +51,8 @@ pytestmark = pytest.mark.slow
 ACCOUNT = Account(b"alice-phone", "token-alice-" + "x" * 32)
 PASSWORD = b"correct horse battery staple"
 BACKUP_KEY = bytes(range(100, 132))
+#: A valid Ed25519 key that is not the witness's (a wrong pin).
+OTHER_WITNESS_KEY = SoftwareSigner(bytes([7]) * 32).public_key().hex()
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,10 @@ def test_audit_log_passes_against_the_witness(deployment: Deployment) -> None:
 def test_countersign_again_rebuilds_an_epochs_bundle(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    common = ["--witness", deployment.witness.url, "--namespace", NAMESPACE, "--epoch", "1"]
+    common = [
+        "--witness", deployment.witness.url, "--namespace", NAMESPACE, "--epoch", "1",
+        *deployment.witness.pin_args(),
+    ]  # fmt: skip
     out = tmp_path / "epoch-1-again.bundle"
     result = run(
         "operator", "countersign", *common,
@@ -263,4 +268,12 @@ def test_countersign_again_rebuilds_an_epochs_bundle(
     mallory = deployment.tmp / "mallory-2.key"
     run("operator", "keygen", "--out", str(mallory))
     refused = run("operator", "countersign", *common, "--operator-key", str(mallory), check=False)
-    assert refused.returncode == 1 and "bkv: CounterSignatureError:" in refused.stderr
+    # The logged submission is not mallory's: its tool refuses before counter-signing.
+    assert refused.returncode == 1 and "bkv: SubmissionSignatureError:" in refused.stderr
+    # Pins that are not the witness's: refused before counter-signing, too.
+    wrong = [*common[:6], "--witness-key", OTHER_WITNESS_KEY, *common[8:]]
+    refused = run(
+        "operator", "countersign", *wrong,
+        "--operator-key", str(deployment.tmp / "operator.key"), check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "bkv: UnknownKeyError:" in refused.stderr

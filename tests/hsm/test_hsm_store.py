@@ -17,7 +17,6 @@ from hsm_world import InProcessHost, VaultClient, client_for
 from starlette.testclient import TestClient
 
 from bkv.cli.keystore import register as register_keystore
-from bkv.client.artifact import FleetKeyArtifact, FleetPolicy, PublicKey, parse_artifact
 from bkv.crypto.opaque import client_login_start
 from bkv.errors import (
     ConfigError,
@@ -54,6 +53,7 @@ from bkv.keystore import SoftwareSealer, pkcs11
 from bkv.keystore.counter import COUNTER_FILE_NAME, FileCounter
 from bkv.keystore.files import read_key_file, write_key_file
 from bkv.wire import decode, encode
+from bkv.witness.artifact import FleetKeyArtifact, FleetPolicy, PublicKey, parse_artifact
 
 PASSWORD = b"pw for the store tests"
 WRONG = b"not the password"

@@ -45,10 +45,13 @@ PASSWORD = b"hunter2 but longer"
 BACKUP_KEY = os.urandom(32)
 
 
-def _secrets_of_a_full_run(client: VaultClient) -> tuple[list[bytes], list[tuple[bytes, object]]]:
+Exchange = tuple[bytes, channel.ClientChannelState]
+
+
+def _secrets_of_a_full_run(client: VaultClient) -> tuple[list[bytes], list[Exchange]]:
     """Register, recover, fail once; return every client-side secret and (request, state) pairs."""
     secrets: list[bytes] = [PASSWORD, BACKUP_KEY]
-    exchanges: list[tuple[bytes, object]] = []
+    exchanges: list[Exchange] = []
 
     def call(inner: object) -> object:
         request, state = client.request_bytes(inner)  # type: ignore[arg-type]
@@ -126,10 +129,10 @@ def test_transcript_holds_no_secret_and_no_guessing_aid() -> None:
             "REGISTER_EXPOSE",
         }:
             with pytest.raises(RefusedError) as refused:
-                client.open(state, response)  # type: ignore[arg-type]
+                client.open(state, response)
             assert refused.value.code is ErrorCode.PROTOCOL_STATE
         # Without the client's per-request secret, no response opens.
-        forged = dataclasses.replace(state, response_secret=os.urandom(32))  # type: ignore[type-var]
+        forged = dataclasses.replace(state, response_secret=os.urandom(32))
         with pytest.raises(DecryptionError):
             channel.open_response(forged, decode(HsmResponse, response).sealed)
     # Replays of the two KE1s counted two attempts; nothing was released or reset.

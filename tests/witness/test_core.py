@@ -107,9 +107,9 @@ def test_refuses_gap_repeat_and_older_epoch(
     with pytest.raises(EpochConflictError):
         service.submit(submission(operator, 4, clock))  # gap
     with pytest.raises(EpochConflictError):
-        service.submit(submission(operator, 2, clock, artifact=b"other"))  # re-sign epoch 2
+        service.submit(submission(operator, 2, clock, artifact=artifact_for("other")))  # re-sign epoch 2
     with pytest.raises(EpochConflictError):
-        service.submit(submission(operator, 1, clock, artifact=b"older"))  # older epoch
+        service.submit(submission(operator, 1, clock, artifact=artifact_for("older")))  # older epoch
     assert service.store.last_signed(NS) is not None
     assert service.store.epoch_count(NS) == 2
 
@@ -132,7 +132,7 @@ def test_refuses_swapped_and_tampered_fields(
     service: WitnessService, operator: SoftwareSigner, clock: Clock
 ) -> None:
     good = submission(operator, 1, clock)
-    other = submission(operator, 1, clock, artifact=b"another artifact")
+    other = submission(operator, 1, clock, artifact=artifact_for("another artifact"))
     cases = [
         # the operator signed a different digest
         (
@@ -235,7 +235,7 @@ def test_refused_submissions_change_nothing(
     before = db_dump(db_path)
     bad = [
         submission(operator, 3, clock),
-        submission(operator, 1, clock, artifact=b"again"),
+        submission(operator, 1, clock, artifact=artifact_for("again")),
         submission(operator, 2, clock, artifact=artifact_for(1)),
         submission(fixed_signer(0x0B), 2, clock),
     ]
@@ -275,7 +275,7 @@ def test_rules_hold_after_restart(db_path: Path, operator: SoftwareSigner, clock
 
     again = make_service(db_path, clock)
     with pytest.raises(EpochConflictError):
-        again.submit(submission(operator, 2, clock, artifact=b"resign"))
+        again.submit(submission(operator, 2, clock, artifact=artifact_for("resign")))
     with pytest.raises(EpochConflictError):
         again.submit(submission(operator, 4, clock))
     with pytest.raises(DigestReusedError):
@@ -337,7 +337,7 @@ def test_evidence_checker_runs_before_signing(
     assert entry.evidence_digest == digest(b"good evidence")
     signed = svc.store.signed_epoch(NS, 1)
     assert signed is not None and signed.evidence == b"good evidence"
-    assert seen[-1] == (artifact_for(1), b"good evidence")
+    assert seen[-1] == (artifact_for(1, evidence=b"good evidence"), b"good evidence")
     svc.store.close()
 
 
@@ -463,8 +463,8 @@ def test_two_writers_on_one_database_sign_an_epoch_once(
             results.append(exc)
 
     threads = [
-        threading.Thread(target=race, args=(first, b"artifact A")),
-        threading.Thread(target=race, args=(second, b"artifact B")),
+        threading.Thread(target=race, args=(first, artifact_for("A"))),
+        threading.Thread(target=race, args=(second, artifact_for("B"))),
     ]
     for t in threads:
         t.start()

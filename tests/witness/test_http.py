@@ -161,7 +161,7 @@ def test_bad_submissions_get_clear_errors_and_change_nothing(
         (_body(good, artifact=b"tampered".hex()), 422, "DigestMismatchError"),
         (api.submission_to_json(submission(operator, 3, clock)), 409, "EpochConflictError"),
         (
-            api.submission_to_json(submission(operator, 1, clock, artifact=b"x")),
+            api.submission_to_json(submission(operator, 1, clock, artifact=artifact_for("x"))),
             409,
             "EpochConflictError",
         ),

@@ -116,11 +116,11 @@ def test_serve_refuses_resigning_across_process_restarts(
         assert _post(url, operator, 1, artifact_for(1)).status_code == 201
         assert _post(url, operator, 2, artifact_for(2)).status_code == 201
     with serve_process(config_path) as url:
-        again = _post(url, operator, 2, b"another artifact for epoch 2")
+        again = _post(url, operator, 2, artifact_for("another for epoch 2"))
         assert again.status_code == 409 and again.json()["error"] == "EpochConflictError"
         reused = _post(url, operator, 3, artifact_for(1))
         assert reused.status_code == 409 and reused.json()["error"] == "DigestReusedError"
-        gap = _post(url, operator, 5, b"gap")
+        gap = _post(url, operator, 5, artifact_for("gap"))
         assert gap.status_code == 409
         third = _post(url, operator, 3, artifact_for(3))
         assert third.status_code == 201 and third.json()["log_index"] == 2

@@ -15,6 +15,7 @@ import uvicorn
 
 from bkv.keystore import SoftwareSigner
 from bkv.witness import core
+from bkv.witness.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
 from bkv.witness.http import create_app
 from bkv.witness.service import WitnessService
 from bkv.witness.store import WitnessStore
@@ -52,8 +53,18 @@ def make_service(db: Path, clock: Clock) -> WitnessService:
     )
 
 
-def artifact_for(epoch: int) -> bytes:
-    return b'{"epoch":%d,"fleet":"test","keys":[]}' % epoch
+def artifact_for(label: int | str, *, evidence: bytes | None = None) -> bytes:
+    """A real fleet-key artifact (the witness parses what it signs), one per label."""
+    seed = hashlib.sha256(f"witness-test/{label}".encode()).digest()
+    return FleetKeyArtifact(
+        fleet_id="fleet-test",
+        keys=(PublicKey("channel", "x25519", seed), PublicKey("opaque_ake", "ristretto255", seed)),
+        members=("hsm-1",),
+        policy=FleetPolicy(guess_limit=10, quorum=1),
+        not_before_ms=0,
+        not_after_ms=T0 * 2,
+        evidence_digest=None if evidence is None else hashlib.sha256(evidence).digest(),
+    ).to_bytes()
 
 
 def submission(
@@ -69,7 +80,7 @@ def submission(
         operator,
         namespace,
         epoch,
-        artifact_for(epoch) if artifact is None else artifact,
+        artifact_for(epoch, evidence=evidence) if artifact is None else artifact,
         submitted_at_ms=clock(),
         evidence=evidence,
     )

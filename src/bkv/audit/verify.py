@@ -4,11 +4,14 @@ The auditor trusts nothing it fetches. Given a :class:`WitnessSource` (HTTP in
 :mod:`bkv.audit.http_source`) and :class:`AuditPins`, :func:`audit_namespace`:
 
 1. opens the witness log's signed checkpoint (``GET /checkpoint``) with the log
-   key (``NoteError`` / ``CheckpointError``);
-2. authenticates the tiles: the root computed from the hash tiles must be the
-   checkpoint's root (``InclusionProofError`` otherwise), and every entry in
-   the entry bundles must hash to its level-0 tile hash -- so every log entry
-   below is exactly what the checkpoint commits to;
+   key (``NoteError`` / ``CheckpointError``) and, with a ``cosigner_policy``,
+   requires k of its n cosigners (``CosignerPolicyError``); without one the
+   auditor trusts the witness's log key alone (split-view risk: the witness could
+   show clients another log);
+2. authenticates the entries: it reads only the entry bundles, recomputes every
+   leaf hash and the tree (RFC 9162 §2.1.1) and requires the checkpoint's root
+   (``InclusionProofError``) -- hash tiles are never trusted, and every prefix
+   root below is computed from these authenticated entries;
 3. for each epoch ``1..last`` served by the Plexi API
    (``/namespaces/{ns}/audits/{epoch}``):
    - the ``SignatureMessage`` decodes and names this namespace and epoch
@@ -26,12 +29,13 @@ The auditor trusts nothing it fetches. Given a :class:`WitnessSource` (HTTP in
 4. every log entry of this namespace is one of the served epochs, at the
    served index: the witness cannot log a statement it hides from the Plexi
    API, or serve one it did not log (``AuditError``);
-5. consistency: the tree after each epoch's entry is a prefix of the tree after
-   the next one, and the last one of the current checkpoint, each checked with
-   an RFC 9162 consistency proof computed from the tiles
-   (``ConsistencyProofError``); with ``previous`` (the state a former audit
-   saved) the current checkpoint must extend its checkpoint, and its newest
-   epoch must still be served with the same digest (``EpochRollbackError``);
+5. history: the checkpoint the witness signed right after each epoch's entry
+   (``GET /checkpoints/<size>``, the one receipts and bundles carried) is signed
+   by the pinned log key and its root is the root of the first ``size``
+   authenticated entries (``ConsistencyProofError``): the log was not rewritten
+   or forked since; with ``previous`` (the state a former audit saved) the
+   current checkpoint must extend its checkpoint (RFC 9162 §2.1.4), and its
+   newest epoch must still be served with the same digest (``EpochRollbackError``);
 6. operator counter-signatures: the witness serves the counter-signature the
    operator posted for each epoch (``counter_signature`` in the audit JSON, checked
    by the witness before storing); whenever one is served it must verify under a
@@ -75,6 +79,7 @@ from bkv.errors import (
 )
 from bkv.tlog import tiles
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
+from bkv.tlog.cosignature import CosignerPolicy
 from bkv.tlog.log import MAX_APPEND_BATCH, MemoryHashStore, MerkleLog
 from bkv.tlog.merkle import verify_consistency
 from bkv.tlog.note import MAX_NOTE_SIZE, parse_verifier_key
@@ -112,6 +117,10 @@ class AuditPins:
     bundles: tuple[bytes, ...] = ()
     require_countersignatures: bool = False
     previous: ClientState | None = None
+    #: k-of-n cosigners required on the current checkpoint. Without one, the auditor
+    #: trusts the witness's log key alone and cannot rule out a split view (the witness
+    #: showing clients another log than the one audited).
+    cosigner_policy: CosignerPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +185,7 @@ def audit_namespace(source: WitnessSource, namespace: str, pins: AuditPins) -> A
         )
     _check_against_previous(pins.previous, audited)
     _check_no_hidden_entries(log, namespace, audited)
-    _check_consistency_chain(log, audited)
+    _check_historical_checkpoints(source, pins, log, audited)
     countersigned = _check_bundles(pins, namespace, audited, log)
     return AuditReport(
         namespace=namespace,
@@ -197,7 +206,11 @@ def audit_namespace(source: WitnessSource, namespace: str, pins: AuditPins) -> A
 
 def _open_checkpoint(source: WitnessSource, pins: AuditPins) -> Checkpoint:
     data = source.get_bytes("/checkpoint", MAX_NOTE_SIZE)
-    return open_checkpoint(data, pins.log_origin, [parse_verifier_key(pins.log_verifier_key)])
+    checkpoint = open_checkpoint(data, pins.log_origin, [parse_verifier_key(pins.log_verifier_key)])
+    if pins.cosigner_policy is not None:
+        # Split view: k independent cosigners saw this same tree head.
+        pins.cosigner_policy.verify_checkpoint(checkpoint)
+    return checkpoint
 
 
 class _AuthenticatedLog:
@@ -429,16 +442,30 @@ def _check_no_hidden_entries(
             )
 
 
-def _check_consistency_chain(log: _AuthenticatedLog, audited: Sequence[AuditedEpoch]) -> None:
-    # Tree heads right after each epoch's entry: each must be a prefix of the next.
-    sizes = sorted({a.log_index + 1 for a in audited})
-    roots = [log.root_at(size) for size in sizes]
-    for (old, old_root), (new, new_root) in zip(
-        zip(sizes, roots, strict=True), zip(sizes[1:], roots[1:], strict=True), strict=False
-    ):
-        verify_consistency(old, new, log.consistency_proof(old, new), old_root, new_root)
-    if sizes:
-        log.check_consistent(sizes[-1], roots[-1])
+def _check_historical_checkpoints(
+    source: WitnessSource, pins: AuditPins, log: _AuthenticatedLog, audited: Sequence[AuditedEpoch]
+) -> None:
+    """Each tree head the witness signed right after an epoch is a prefix of today's log.
+
+    Receipts and bundles carried the checkpoint signed with each epoch (size =
+    log index + 1); the witness keeps them all (``GET /checkpoints/<size>``). Each
+    must be signed by the pinned log key and have the root of the first ``size``
+    authenticated entries (computed here, RFC 9162 §2.1.1): a log rewritten after
+    an epoch was published, or a fork shown to clients, fails here.
+    """
+    verifier = parse_verifier_key(pins.log_verifier_key)
+    for size in sorted({a.log_index + 1 for a in audited}):
+        note = source.get_bytes(f"/checkpoints/{size}", MAX_NOTE_SIZE)
+        signed = open_checkpoint(note, pins.log_origin, [verifier])
+        if signed.size != size:
+            raise ConsistencyProofError(
+                f"the witness served a size-{signed.size} checkpoint as {size}"
+            )
+        if not hmac.compare_digest(signed.root_hash, log.root_at(size)):
+            raise ConsistencyProofError(
+                f"the checkpoint the witness signed at size {size} is not a prefix of its "
+                "current log: the log was rewritten or forked"
+            )
 
 
 # --- operator counter-signatures ----------------------------------------------------
@@ -460,6 +487,7 @@ def _check_bundles(
             namespace=namespace,
             log_origin=pins.log_origin,
             log_verifier_key=pins.log_verifier_key,
+            cosigner_policy=None,  # bundles are checked against the audited checkpoint
         )
         message = plexi.decode_signature_message(bundle.signature_message)
         # Validate as a client would have when the statement was made.
@@ -471,7 +499,8 @@ def _check_bundles(
             raise AuditError(
                 f"the bundle for epoch {bundle.epoch} differs from the witness's record"
             )
-        assert state.checkpoint_root is not None  # a validated bundle has a checkpoint
+        if state.checkpoint_root is None:
+            raise AuditError(f"the bundle for epoch {bundle.epoch} has no checkpoint")
         log.check_consistent(state.checkpoint_size, state.checkpoint_root)
         countersigned.add(bundle.epoch)
     if pins.require_countersignatures:

@@ -65,6 +65,11 @@ _is_valid_point = _sodium_function("crypto_core_ristretto255_is_valid_point")
 _from_hash = _sodium_function("crypto_core_ristretto255_from_hash")
 _scalarmult = _sodium_function("crypto_scalarmult_ristretto255")
 _scalarmult_base = _sodium_function("crypto_scalarmult_ristretto255_base")
+# Constant-time scalar arithmetic: blinds, OPRF keys and hash outputs are secret, and
+# Python's big integers (pow, %) take time that depends on their values.
+_scalar_reduce = _sodium_function("crypto_core_ristretto255_scalar_reduce")
+_scalar_invert = _sodium_function("crypto_core_ristretto255_scalar_invert")
+_scalar_reduce.restype = None  # void in libsodium
 _ElementBuffer = ctypes.c_char * ELEMENT_SIZE  # a fresh one per call: ctypes drops the GIL
 
 
@@ -157,18 +162,22 @@ def scalar_to_int(scalar: Scalar) -> int:
 
 
 def scalar_reduce(wide: bytes) -> Scalar:
-    """Reduce 64 uniform bytes (little-endian) modulo L (RFC 9496 section 4.4)."""
-    if len(wide) != HASH_TO_GROUP_SIZE:
+    """Reduce 64 uniform bytes (little-endian) modulo L (RFC 9496 section 4.4), in constant time."""
+    if type(wide) is not bytes or len(wide) != HASH_TO_GROUP_SIZE:
         raise ValueError(f"scalar reduction needs {HASH_TO_GROUP_SIZE} bytes")
-    return scalar_from_int(int.from_bytes(wide, "little"))
+    out = _ElementBuffer()
+    _scalar_reduce(out, wide)
+    return Scalar(out.raw)
 
 
 def scalar_invert(scalar: Scalar) -> Scalar:
-    """The multiplicative inverse modulo L; zero has none."""
-    value = scalar_to_int(scalar) % ORDER
-    if value == 0:
+    """The multiplicative inverse modulo L, in constant time (libsodium); zero has none."""
+    if type(scalar) is not bytes or len(scalar) != SCALAR_SIZE:
+        raise _operand_error("scalar", SCALAR_SIZE)
+    out = _ElementBuffer()
+    if _scalar_invert(out, scalar) != 0:
         raise InvalidScalarError("zero scalar has no inverse")
-    return scalar_from_int(pow(value, -1, ORDER))
+    return Scalar(out.raw)
 
 
 def random_scalar(rng: Rng) -> Scalar:

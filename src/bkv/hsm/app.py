@@ -62,6 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bkv.crypto import channel
+from bkv.crypto.ksf import Identity
 from bkv.crypto.opaque import (
     KE1,
     KE3,
@@ -266,7 +267,8 @@ class HsmApp:
         self._sealer = sealer
         self._rng = rng
         self._session_ttl_ms = session_ttl_ms
-        self._config = Config(context=OPAQUE_CONTEXT)
+        # The server never runs the KSF (RFC 9807 section 6): Identity says so.
+        self._config = Config(context=OPAQUE_CONTEXT, ksf=Identity())
         self._sessions: dict[bytes, _Session] = {}
         self._pending: dict[bytes, _PendingRegistration] = {}
         self._staged: _Staged | None = None
@@ -606,7 +608,8 @@ class HsmApp:
                 )
             else:
                 # RFC 9807 section 10.9: a fake record, derived per account, so an
-                # unknown, destroyed or deleted account answers exactly like a live one.
+                # unknown, destroyed, deleted or pending-only account answers exactly
+                # like a live one (a pending record is never checked against).
                 ke2, login_state = server_login_start(
                     self._opaque,
                     self._config,

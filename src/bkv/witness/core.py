@@ -14,8 +14,12 @@ first thing that failed:
 2. the operator's signature verifies (:class:`SubmissionSignatureError`);
 3. ``submitted_at_ms`` lies within [now - 5 min, now + 1 min] (:class:`TimestampError`):
    a captured submission cannot be replayed later against a rolled-back witness;
-4. ``digest == SHA-256(artifact)`` (:class:`DigestMismatchError`), and evidence, when
-   a checker is configured, verifies against the artifact (:class:`AttestationError`);
+4. ``digest == SHA-256(artifact)`` (:class:`DigestMismatchError`); the artifact
+   parses with the clients' strict parser (:mod:`bkv.witness.artifact`,
+   :class:`ArtifactError`); its ``evidence_digest`` is SHA-256 of the submitted
+   evidence, or null when none is submitted (:class:`DigestMismatchError`); and
+   evidence, when a checker is configured, verifies against the artifact
+   (:class:`AttestationError`);
 5. ``epoch == last signed epoch + 1``; the first epoch is 1 (:class:`EpochConflictError`);
 6. the digest was never signed in this namespace (:class:`DigestReusedError`);
 7. the witness clock is not behind the last statement of the namespace
@@ -59,6 +63,7 @@ from bkv.errors import (
 )
 from bkv.tlog.log import MerkleLog
 from bkv.wire import U8, U64, Bytes, Fixed, Text
+from bkv.witness import artifact as artifact_format
 from bkv.witness import plexi
 from bkv.witness.countersign import verify_countersignature
 
@@ -94,12 +99,8 @@ FLEET_KEYS_NAMESPACE = "bkv.fleet_keys.v1"
 SHA256_SIZE = 32
 MAX_NAMESPACE_BYTES = plexi.MAX_NAMESPACE_BYTES
 ED25519_SIGNATURE_SIZE = plexi.ED25519_SIGNATURE_SIZE
-#: The one artifact size limit, for the witness (submissions) and for clients (the
-#: fleet-key artifact, :mod:`bkv.client.artifact`, and the validation bundle that
-#: carries it): a fleet-key artifact is canonical JSON of at most 16 keys and 64
-#: members, well under 16 KiB. One constant so that the witness never signs an
-#: artifact that no client could accept.
-MAX_ARTIFACT_BYTES = 16 * 1024
+#: The one artifact size limit (defined with the artifact format, re-exported here).
+MAX_ARTIFACT_BYTES = artifact_format.MAX_ARTIFACT_BYTES
 #: Deployment evidence: attestation chains of every HSM of a fleet.
 MAX_EVIDENCE_BYTES = 1024 * 1024
 #: Accepted age of a submission (its ``submitted_at_ms``) at the witness.
@@ -468,6 +469,22 @@ def _check_submitted_at(submitted_at_ms: int, now_ms: int) -> None:
         raise TimestampError("submission timestamp is too old (expired)")
 
 
+def _check_artifact(submission: Submission) -> None:
+    # The witness vouches for a digest that clients will act on: it signs only bytes
+    # that the clients' own strict parser accepts (canonical JSON, every field, roles,
+    # quorum; ArtifactError), so no statement names a digest of arbitrary bytes.
+    artifact = artifact_format.parse_artifact(submission.artifact)
+    # The evidence the witness receives (and logs the digest of) must be the evidence
+    # the artifact names; no evidence <=> the artifact names none.
+    named = artifact.evidence_digest or b""
+    if not hmac.compare_digest(named, submission.evidence_digest):
+        raise DigestMismatchError(
+            "the artifact's evidence_digest is not the SHA-256 of the submitted evidence"
+            if submission.evidence is not None
+            else "the artifact names deployment evidence but none was submitted"
+        )
+
+
 def _check_evidence(submission: Submission, evidence_checker: EvidenceChecker | None) -> None:
     if evidence_checker is None:
         return
@@ -495,6 +512,7 @@ def process_submission(
     _check_submitted_at(submission.submitted_at_ms, now_ms)
     if not hmac.compare_digest(hashlib.sha256(submission.artifact).digest(), submission.digest):
         raise DigestMismatchError("digest is not the SHA-256 of the artifact")
+    _check_artifact(submission)
     _check_evidence(submission, evidence_checker)
 
     last = state.last_signed(submission.namespace)

@@ -13,6 +13,7 @@ GET    ``/namespaces/{ns}/last-verified-epoch``      Plexi ``LastVerifiedEpoch``
 POST   ``/namespaces/{ns}/submissions``              operator submission -> 201 + receipt
 POST   ``/namespaces/{ns}/audits/{epoch}/countersignature``  operator counter-signature
 GET    ``/checkpoint``                               C2SP signed checkpoint of the audit log
+GET    ``/checkpoints/<size>``                       the checkpoint signed at that tree size
 GET    ``/tile/<L>/<N>[.p/<W>]``                     C2SP tlog-tiles hash tiles
 GET    ``/tile/entries/<N>[.p/<W>]``                 C2SP tlog-tiles entry bundles
 GET    ``/log/inclusion?index=I&size=S``             inclusion proof (JSON, hex hashes)
@@ -39,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bkv.errors import (
     AddCheckpointError,
+    ArtifactError,
     AttestationError,
     BkvError,
     CheckpointSizeConflictError,
@@ -49,6 +51,7 @@ from bkv.errors import (
     EpochConflictError,
     NamespaceExistsError,
     SignatureError,
+    StorageError,
     TimestampError,
     UnknownEpochError,
     UnknownNamespaceError,
@@ -82,6 +85,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (DigestMismatchError, 422),
     (TimestampError, 422),
     (AttestationError, 422),
+    (ArtifactError, 422),
     (CodecError, 400),
 )
 
@@ -230,9 +234,10 @@ class _Handlers:
         signed = self.witnessed(ns, epoch_text)
         if isinstance(signed, JSONResponse):
             return signed
-        latest = self.store.latest_checkpoint()
-        assert latest is not None  # written when the service starts
-        size, note = latest
+        try:
+            size, note = self._latest()
+        except StorageError as exc:
+            return _error(exc, 503)
         with self.store.reading_log() as log:
             entry = log.entries(signed.log_index, signed.log_index + 1)[0]
             proof = log.inclusion_proof(signed.log_index, size)
@@ -296,13 +301,36 @@ class _Handlers:
             api.countersignature_to_json(counter_signature), status_code=201 if created else 200
         )
 
-    async def checkpoint(self, request: Request) -> Response:
+    def _latest(self) -> tuple[int, bytes]:
         latest = self.store.latest_checkpoint()
-        assert latest is not None
+        if latest is None:  # the service writes one when it starts
+            raise StorageError("the witness has no signed checkpoint")
+        return latest
+
+    async def checkpoint(self, request: Request) -> Response:
+        try:
+            _, note = self._latest()
+        except StorageError as exc:
+            return _error(exc, 503)
         return Response(
-            latest[1],
+            note,
             media_type="text/plain; charset=utf-8",
             headers={"Cache-Control": CHECKPOINT_CACHE},
+        )
+
+    async def historical_checkpoint(self, request: Request) -> Response:
+        """``GET /checkpoints/<size>``: the checkpoint signed at that size (immutable)."""
+        try:
+            size = _parse_int(request.path_params["size"], "size")
+        except CodecError as exc:
+            return _error(exc)
+        note = self.store.checkpoint_at(size)
+        if note is None:
+            return _not_found(f"no checkpoint was signed at size {size}")
+        return Response(
+            note,
+            media_type="text/plain; charset=utf-8",
+            headers={"Cache-Control": FULL_TILE_CACHE},
         )
 
     async def tile(self, request: Request) -> Response:
@@ -311,9 +339,10 @@ class _Handlers:
             parsed = tiles.parse_tile_path(path)
         except CodecError as exc:
             return _error(exc)
-        latest = self.store.latest_checkpoint()
-        assert latest is not None
-        size = latest[0]
+        try:
+            size, _ = self._latest()
+        except StorageError as exc:
+            return _error(exc, 503)
         try:
             with self.store.reading_log() as log:
                 if parsed.level == tiles.ENTRIES_LEVEL:
@@ -388,6 +417,7 @@ def create_app(service: WitnessService) -> Starlette:
         Route("/namespaces/{ns}/last-verified-epoch", h.last_verified, methods=["GET"]),
         Route("/namespaces/{ns}/submissions", h.submit, methods=["POST"]),
         Route("/checkpoint", h.checkpoint, methods=["GET"]),
+        Route("/checkpoints/{size}", h.historical_checkpoint, methods=["GET"]),
         Route("/tile/{rest:path}", h.tile, methods=["GET"]),
         Route("/log/inclusion", h.inclusion, methods=["GET"]),
         Route("/log/consistency", h.consistency, methods=["GET"]),

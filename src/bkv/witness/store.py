@@ -184,7 +184,9 @@ class _LogTables:
         self._conn = conn
 
     def size(self) -> int:
-        row = self._conn.execute("SELECT COUNT(*) FROM log_entries").fetchone()
+        # idx is the rowid and contiguous from 0 (append checks old_size), so MAX + 1 is
+        # the size, read from the b-tree's last page instead of a COUNT(*) scan.
+        row = self._conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries").fetchone()
         return int(row[0])
 
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
@@ -357,6 +359,7 @@ class WitnessStore:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (one per submission).
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
+        self._broken = False
         with self._lock:
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -384,66 +387,110 @@ class WitnessStore:
 
     @contextmanager
     def transaction(self) -> Iterator[_Transaction]:
-        """One all-or-nothing write transaction; any exception rolls it back."""
+        """One all-or-nothing write transaction; any exception rolls it back.
+
+        Also when COMMIT itself fails (I/O error, disk full): a transaction left open
+        would serve the uncommitted epoch and checkpoint to readers on this connection
+        and wedge every later write. If even the ROLLBACK fails, the connection is
+        closed and the store refuses all further use (:class:`StorageError`); the
+        witness must be restarted, and on restart it re-checks the log against its
+        latest checkpoint.
+        """
         with self._lock:
+            self._check_usable()
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield _Transaction(self._conn)
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise StorageError(f"commit failed: {type(exc).__name__}") from None
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._abort()
                 raise
-            self._conn.execute("COMMIT")
+
+    def _abort(self) -> None:
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._broken = True
+            self._conn.close()
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise StorageError("the witness store failed to roll back and was closed")
+
+    @contextmanager
+    def _usable(self) -> Iterator[None]:
+        """Hold the lock, refusing a store whose connection had to be closed."""
+        with self._lock:
+            self._check_usable()
+            yield
 
     # --- reads (HTTP API) --------------------------------------------------------
 
     def namespaces(self) -> list[NamespaceRecord]:
-        with self._lock:
+        with self._usable():
             rows = self._conn.execute(
                 "SELECT name, operator_public_key, created_ms FROM namespaces ORDER BY name"
             ).fetchall()
         return [NamespaceRecord(r[0], bytes(r[1]), int(r[2])) for r in rows]
 
     def namespace(self, name: str) -> NamespaceRecord | None:
-        with self._lock:
+        with self._usable():
             return _read_namespace(self._conn, name)
 
     def signed_epoch(self, name: str, epoch: int) -> SignedEpoch | None:
-        with self._lock:
+        with self._usable():
             return _read_epoch(self._conn, name, epoch)
 
     def countersignature(self, name: str, epoch: int) -> bytes | None:
         """The operator's stored counter-signature of the epoch, or None."""
-        with self._lock:
+        with self._usable():
             return _read_countersignature(self._conn, name, epoch)
 
     def last_signed(self, name: str) -> SignedEpoch | None:
-        with self._lock:
+        with self._usable():
             return _read_last(self._conn, name)
 
     def epoch_count(self, name: str) -> int:
-        with self._lock:
+        with self._usable():
             row = self._conn.execute(
                 "SELECT COUNT(*) FROM signed_epochs WHERE namespace = ?", (name,)
             ).fetchone()
         return int(row[0])
 
     def latest_checkpoint(self) -> tuple[int, bytes] | None:
-        with self._lock:
+        with self._usable():
             row = self._conn.execute(
                 "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
             ).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
+    def checkpoint_at(self, size: int) -> bytes | None:
+        """The checkpoint note the witness signed at tree size ``size``, or None.
+
+        Every submission signs one checkpoint (its size = the entry's index + 1) and
+        they are never deleted, so auditors can check each historical tree head.
+        """
+        with self._usable():
+            row = self._conn.execute(
+                "SELECT note FROM checkpoints WHERE size = ?", (size,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
     @contextmanager
     def reading_log(self) -> Iterator[MerkleLog]:
         """A consistent read view of the audit log (holds the store lock)."""
-        with self._lock:
+        with self._usable():
             yield MerkleLog(_LogTables(self._conn))
 
     # --- witness keys (for /info) ---------------------------------------------------
 
     def witness_keys(self) -> list[tuple[bytes, int]]:
-        with self._lock:
+        with self._usable():
             rows = self._conn.execute(
                 "SELECT public_key, not_before_ms FROM witness_keys ORDER BY not_before_ms"
             ).fetchall()
@@ -451,7 +498,7 @@ class WitnessStore:
 
     def ensure_witness_key(self, public_key: bytes, now_ms: int) -> None:
         """Record a statement key the first time it is used (its not_before is then)."""
-        with self._lock:
+        with self._usable():
             self._conn.execute(
                 "INSERT OR IGNORE INTO witness_keys (public_key, not_before_ms) VALUES (?, ?)",
                 (public_key, now_ms),
@@ -463,7 +510,7 @@ class WitnessStore:
         """Configure a log whose checkpoints this witness cosigns (vkeys of the log)."""
         if not verifier_keys or any("\n" in v or not v for v in verifier_keys):
             raise ValueError("need one or more single-line verifier keys")
-        with self._lock:
+        with self._usable():
             try:
                 self._conn.execute(
                     "INSERT INTO cosigned_logs (origin, verifier_keys) VALUES (?, ?)",
@@ -474,7 +521,7 @@ class WitnessStore:
 
     def cosigned_logs(self) -> dict[str, list[str]]:
         """Every configured origin and its verifier keys."""
-        with self._lock:
+        with self._usable():
             rows = self._conn.execute("SELECT origin, verifier_keys FROM cosigned_logs").fetchall()
         return {str(r[0]): str(r[1]).split("\n") for r in rows}
 

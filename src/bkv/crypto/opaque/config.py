@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bkv.crypto import hkdf, ristretto
-from bkv.crypto.ksf import Identity, Ksf
+from bkv.crypto.ksf import Argon2id, Ksf
 
 NH = hkdf.HASH_SIZE
 """Output size of Hash, and of the KSF."""
@@ -46,11 +46,14 @@ class Config:
     """The OPAQUE parameters client and server must share.
 
     ``context``: application context string bound into every handshake
-    (RFC 9807 section 6.4.3); ``ksf``: the key stretching function.
+    (RFC 9807 section 6.4.3); ``ksf``: the key stretching function, run by the
+    client only. It defaults to Argon2id with RFC 9106's second recommended
+    parameters: a default must never leave passwords unstretched. ``Identity``
+    is for the RFC test vectors and for server-side configs, where it is unused.
     """
 
     context: bytes = b""
-    ksf: Ksf = field(default_factory=Identity)
+    ksf: Ksf = field(default_factory=Argon2id)
 
     def __post_init__(self) -> None:
         if len(self.context) > MAX_CONTEXT_SIZE:
