@@ -6,6 +6,7 @@ import pytest
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id as PycaArgon2id
 
 from bkv.crypto.ksf import Argon2id, Identity
+from bkv.crypto.opaque import Config
 
 TINY = {"memory_kib": 64, "iterations": 1, "lanes": 1}
 
@@ -63,8 +64,6 @@ def test_argon2id_rejects_bad_parameters(kwargs: dict[str, object]) -> None:
 def test_default_config_stretches_passwords() -> None:
     # A Config made without thinking about the KSF must not leave passwords
     # unstretched: the default is Argon2id with RFC 9106's second recommended option.
-    from bkv.crypto.opaque import Config
-
     ksf = Config().ksf
     assert isinstance(ksf, Argon2id)
     assert (ksf.memory_kib, ksf.iterations, ksf.lanes) == (64 * 1024, 3, 4)
