@@ -1,14 +1,23 @@
-"""The auditor authenticates every log entry against the signed root, never the hash tiles."""
+"""The auditor authenticates entries against the signed root, history against old checkpoints."""
 
 from __future__ import annotations
 
 import pytest
-from rogue_witness import NAMESPACE, RogueWitness, artifact
+from rogue_witness import NAMESPACE, ORIGIN, T0, RogueWitness, artifact, key
 
 from bkv.audit.verify import audit_namespace
-from bkv.errors import InclusionProofError
+from bkv.errors import (
+    ConsistencyProofError,
+    CosignerPolicyError,
+    FetchError,
+    InclusionProofError,
+    NoteError,
+)
 from bkv.tlog import tiles
+from bkv.tlog.checkpoint import Checkpoint
+from bkv.tlog.cosignature import CosignatureSigner, CosignerPolicy
 from bkv.tlog.merkle import leaf_hash
+from bkv.tlog.note import Ed25519Signer as NoteSigner
 
 
 def big_log() -> RogueWitness:
@@ -69,3 +78,77 @@ def test_entry_bundle_with_too_few_entries_is_refused() -> None:
     with pytest.raises(Exception) as info:
         audit_namespace(Short(rogue, 0, b"x"), NAMESPACE, rogue.pins())  # type: ignore[arg-type]
     assert type(info.value).__name__ in {"TruncatedError", "CodecError", "SizeLimitError"}
+
+
+# --- historical checkpoints (finding: the consistency check proved nothing) -----------
+
+
+def test_rewritten_history_is_caught_by_the_checkpoint_signed_back_then() -> None:
+    # The witness published epoch 1 under checkpoint C1, then rewrote its log (same
+    # epochs, another entry 0) and serves a self-consistent rewritten log today.
+    original = RogueWitness()
+    original.sign(artifact("a"), 1)
+    rewritten = RogueWitness()
+    rewritten.sign(artifact("a"), 1, timestamp_ms=T0)
+    rewritten.sign(artifact("b"), 2)
+    assert audit_namespace(rewritten, NAMESPACE, rewritten.pins()).checkpoint_size == 2
+    rewritten.history[1] = original.history[1]  # what clients were shown for epoch 1
+    with pytest.raises(ConsistencyProofError, match="rewritten or forked"):
+        audit_namespace(rewritten, NAMESPACE, rewritten.pins())
+
+
+def test_historical_checkpoint_must_be_signed_by_the_log_key() -> None:
+    rogue = RogueWitness()
+    rogue.sign(artifact("a"), 1)
+    rogue.sign(artifact("b"), 2)
+    body = Checkpoint(ORIGIN, 1, rogue.log.root(1))
+    rogue.history[1] = body.sign([NoteSigner(ORIGIN, key("not-the-log-key"))])
+    with pytest.raises(NoteError):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
+def test_historical_checkpoint_of_another_size() -> None:
+    rogue = RogueWitness()
+    rogue.sign(artifact("a"), 1)
+    rogue.sign(artifact("b"), 2)
+    rogue.history[1] = rogue.history[2]
+    with pytest.raises(ConsistencyProofError, match="size-2 checkpoint as 1"):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
+def test_missing_historical_checkpoint_fails_the_audit() -> None:
+    rogue = RogueWitness()
+    rogue.sign(artifact("a"), 1)
+    del rogue.history[1]
+    with pytest.raises(FetchError):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
+# --- cosigner policy (split view) ------------------------------------------------------
+
+
+def cosigned() -> RogueWitness:
+    rogue = RogueWitness(
+        cosigners=[CosignatureSigner(f"cosigner{i}.test", key(f"cosigner{i}")) for i in range(2)]
+    )
+    rogue.sign(artifact("a"), 1)
+    return rogue
+
+
+def test_cosigner_policy_met() -> None:
+    rogue = cosigned()
+    policy = CosignerPolicy(2, [c.verifier() for c in rogue.cosigners])
+    assert audit_namespace(rogue, NAMESPACE, rogue.pins(cosigner_policy=policy)).epochs
+
+
+def test_cosigner_policy_not_met() -> None:
+    rogue = cosigned()
+    absent = CosignatureSigner("absent.test", key("absent"))
+    policy = CosignerPolicy(2, [rogue.cosigners[0].verifier(), absent.verifier()])
+    with pytest.raises(CosignerPolicyError):
+        audit_namespace(rogue, NAMESPACE, rogue.pins(cosigner_policy=policy))
+    # A witness serving an uncosigned checkpoint (e.g. a split view) fails too.
+    rogue.cosigners = []
+    policy = CosignerPolicy(1, [absent.verifier()])
+    with pytest.raises(CosignerPolicyError):
+        audit_namespace(rogue, NAMESPACE, rogue.pins(cosigner_policy=policy))

@@ -236,12 +236,14 @@ def server_login_start(
 ) -> tuple[KE2, ServerLoginState]:
     """GenerateKE2 (RFC 9807 section 6.3.2.2); ``record=None`` answers with a fake record."""
     check_credential_identifier(credential_identifier)
-    if record is None:
-        record = fake_record(secrets, credential_identifier)
+    # The fake record is derived on every call, not only when it is used, so that
+    # a registered and an unknown identifier cost the same work: the host can time
+    # the HSM, and RFC 9807 section 10.9 wants the two cases indistinguishable.
+    fake = fake_record(secrets, credential_identifier)
     ke2, state, _ = _generate_ke2(
         secrets,
         config,
-        record,
+        fake if record is None else record,
         credential_identifier,
         ke1,
         masking_nonce=draw(rng, NN),  # draw checks each length
