@@ -40,6 +40,7 @@ from bkv.errors import (
     TimestampError,
 )
 from bkv.keystore import SoftwareSigner
+from bkv.tlog.cosignature import CosignatureSigner
 from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.witness.plexi import WitnessKey
 
@@ -196,10 +197,32 @@ def _row(rows: list[list[str]], epoch: str, subject: str) -> int:
     raise AssertionError(f"no delta row for epoch {epoch} {subject}")
 
 
-def test_audit_cli_unpinned_warns(deployment: Deployment) -> None:
+def test_audit_cli_refuses_to_run_unpinned(deployment: Deployment) -> None:
+    # An audit that trusts the audited party proves nothing: not without an explicit flag.
     result = _audit(deployment, pinned=False)
+    assert result.returncode == 1
+    assert "bkv: ConfigError: not pinned: --witness-key, --operator-key" in result.stderr
+    result = _audit(deployment, "--trust-on-first-use", pinned=False)
     assert result.returncode == 0, result.stderr
     assert "WARNING: not pinned" in result.stdout
+    assert "NOTE: no cosigner policy" in result.stdout
+
+
+def test_audit_cli_cosigner_policy(deployment: Deployment) -> None:
+    cosigner = CosignatureSigner("cosigner.test", SoftwareSigner(det("cosigner")))
+    vkey = cosigner.verifier().verifier_key()
+    # The live witness's checkpoint has no cosignatures: a 1-of-1 policy fails.
+    result = _audit(deployment, "--cosigner", vkey)
+    assert result.returncode == 1
+    assert "bkv: CosignerPolicyError:" in result.stderr
+    for extra in (
+        ["--cosigner", vkey, "--cosigners-required", "2"],
+        ["--cosigner", vkey, "--cosigners-required", "0"],
+        ["--cosigners-required", "1"],
+        ["--cosigner", "not-a-vkey"],
+    ):
+        result = _audit(deployment, *extra)
+        assert result.returncode == 1 and "bkv: ConfigError:" in result.stderr, extra
 
 
 @pytest.mark.parametrize(
@@ -287,7 +310,7 @@ def test_audit_cli_detects_fork_against_saved_state(deployment: Deployment, tmp_
 def test_audit_cli_unreachable_witness(deployment: Deployment) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bkv.cli.audit", "log", "--witness", "http://127.0.0.1:9",
-         "--namespace", NAMESPACE],
+         "--namespace", NAMESPACE, "--trust-on-first-use"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 1

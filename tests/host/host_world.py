@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from bkv import devnet
 from bkv.client.artifact import (
     ROLE_CHANNEL,
     ROLE_OPAQUE_AKE,
@@ -31,61 +28,18 @@ TEST_KSF = Argon2id(memory_kib=256, iterations=1, lanes=1)
 """A real but small Argon2id: the production default costs ~0.2 s per login."""
 
 FLEET = "host-fleet"
-START_TIMEOUT_S = 30.0
-
-
-def bkv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bkv.cli.main", *args]
-
-
-def _read_url(process: subprocess.Popen[str]) -> str:
-    found: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        found.append(process.stdout.readline())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(START_TIMEOUT_S)
-    if not found or "listening on " not in found[0]:
-        process.kill()
-        stderr = process.stderr.read() if process.stderr else ""
-        raise AssertionError(f"process did not start: {found!r} {stderr[-2000:]}")
-    return found[0].strip().rsplit("listening on ", 1)[1]
 
 
 @contextlib.contextmanager
-def running(args: list[str]) -> Iterator[str]:
-    """Start a `bkv ... serve`; yield its base URL; stop it (SIGTERM, then SIGKILL) on exit."""
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        yield _read_url(process)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream:
-                stream.close()
+def running(*args: str) -> Iterator[str]:
+    """Start ``bkv ARGS`` (a ``serve``); yield its base URL; always stop it on exit."""
+    with devnet.Processes() as processes:
+        yield processes.serve(*args)
 
 
 def init_hsm(directory: Path) -> Path:
     """Write an HSM config, run `bkv hsm init`; return the config path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "hsm.toml"
-    config.write_text(
-        f'[hsm]\nfleet_id = "{FLEET}"\nlisten = "127.0.0.1:0"\nstate_dir = "state"\n'
-        'max_guess_limit = 10\n\n[sealer]\nbackend = "software"\n',
-        encoding="utf-8",
-    )
-    subprocess.run(bkv("hsm", "init", "--config", str(config)),
-                   check=True, capture_output=True, timeout=60)  # fmt: skip
-    return config
+    return devnet.init_hsm(directory, FLEET)
 
 
 def public_keys_path(hsm_config: Path) -> Path:

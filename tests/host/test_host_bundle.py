@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from host_world import ACCOUNTS, bkv, running
+from host_world import ACCOUNTS, running
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -71,7 +71,7 @@ def test_host_refuses_to_serve_what_is_not_a_bundle(tmp_path: Path) -> None:
     bundle = tmp_path / "current.bundle"
     bundle.write_bytes(b"\x03\x01 not a bundle")
     config = _config(tmp_path, f'bundle_file = "{bundle}"')
-    with running(bkv("host", "serve", "--config", str(config))) as url:
+    with running("host", "serve", "--config", str(config)) as url:
         response = httpx.get(f"{url}/v1/bundle", timeout=10)
         assert response.status_code == 503 and response.json()["error"] == "StorageError"
         bundle.unlink()
@@ -89,7 +89,7 @@ def test_host_refuses_to_serve_what_is_not_a_bundle(tmp_path: Path) -> None:
 
 
 def test_host_without_bundle_answers_404(tmp_path: Path) -> None:
-    with running(bkv("host", "serve", "--config", str(_config(tmp_path, "")))) as url:
+    with running("host", "serve", "--config", str(_config(tmp_path, ""))) as url:
         response = httpx.get(f"{url}/v1/bundle", timeout=10)
         assert response.status_code == 404 and response.json()["error"] == "NotConfigured"
 

@@ -11,7 +11,6 @@ import pytest
 from host_world import (
     ACCOUNTS,
     Recorder,
-    bkv,
     client,
     fleet_keys,
     init_hsm,
@@ -49,14 +48,14 @@ def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def hsm_url(fleet_dir: Path) -> Iterator[str]:
-    with running(bkv("hsm", "serve", "--config", str(fleet_dir))) as url:
+    with running("hsm", "serve", "--config", str(fleet_dir)) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def host_url(fleet_dir: Path, hsm_url: str) -> Iterator[str]:
     config = write_host_config(fleet_dir.parent, hsm_url, fleet_dir)
-    with running(bkv("host", "serve", "--config", str(config))) as url:
+    with running("host", "serve", "--config", str(config)) as url:
         yield url
 
 
@@ -207,7 +206,7 @@ def test_record_attempts_are_rate_limited(
 ) -> None:
     limits = "\n[rate_limits.record_attempts]\nburst = 2\nper_period = 1\nperiod_seconds = 3600\n"
     config = write_host_config(tmp_path, hsm_url, fleet_dir, limits=limits)
-    with running(bkv("host", "serve", "--config", str(config))) as url:
+    with running("host", "serve", "--config", str(config)) as url:
         with client(url, ACCOUNTS[9], keys) as vault:
             vault.register(PASSWORD, BACKUP_KEY)
             assert vault.recover(PASSWORD) == BACKUP_KEY
@@ -227,7 +226,7 @@ def test_accounts_are_rate_limited(
 ) -> None:
     limits = "\n[rate_limits.account]\nburst = 3\nper_period = 1\nperiod_seconds = 3600\n"
     config = write_host_config(tmp_path, hsm_url, fleet_dir, limits=limits)
-    with running(bkv("host", "serve", "--config", str(config))) as url:
+    with running("host", "serve", "--config", str(config)) as url:
         with client(url, ACCOUNTS[11], keys) as vault:
             for _ in range(3):
                 vault.status()
@@ -246,7 +245,7 @@ def test_unreachable_hsm_is_fleet_unreachable(
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     config = write_host_config(tmp_path, dead, fleet_dir)
     with (
-        running(bkv("host", "serve", "--config", str(config))) as url,
+        running("host", "serve", "--config", str(config)) as url,
         client(url, ACCOUNTS[0], keys) as vault,
         pytest.raises(FleetUnreachableError),
     ):
@@ -271,7 +270,7 @@ def test_hsm_answering_with_an_http_error_is_502(
     fleet_dir: Path, hsm_url: str, keys: FleetKeys, tmp_path: Path
 ) -> None:
     config = write_host_config(tmp_path, f"{hsm_url}/nowhere", fleet_dir)
-    with running(bkv("host", "serve", "--config", str(config))) as url:
+    with running("host", "serve", "--config", str(config)) as url:
         response = _post(url, _status_request(keys, ACCOUNTS[0].account_id), ACCOUNTS[0].token)
         assert response.status_code == 502
         assert response.json()["error"] == "FleetUnreachableError"

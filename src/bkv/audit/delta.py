@@ -103,7 +103,8 @@ def render_report(report: AuditReport) -> str:
         f"namespace {report.namespace}: {n} epoch(s) verified",
         f"checkpoint: size {report.checkpoint_size}, root {report.checkpoint_root.hex()}",
         "checked: digest, witness signature, operator submission signature, log inclusion "
-        "(tiles), no hidden log entries, consistency between successive tree heads",
+        "(every entry rehashed against the signed root), no hidden log entries, "
+        "each epoch's signed checkpoint is a prefix of the current log",
         f"operator counter-signatures verified: {countersigned} of {n} epoch(s)",
     ]
     for epoch in report.epochs:

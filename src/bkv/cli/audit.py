@@ -5,16 +5,24 @@ Usage::
     bkv audit log --witness http://127.0.0.1:8470 --namespace bkv.fleet_keys.v1 \\
         --witness-key <64 hex>[@<not_before_ms>] --operator-key <64 hex> \\
         --log-key <C2SP vkey> --origin <log origin> \\
-        [--bundles DIR] [--require-countersignatures] [--state FILE]
+        [--cosigner VKEY ... [--cosigners-required K]] \\
+        [--bundles DIR] [--require-countersignatures] [--state FILE] [--trust-on-first-use]
 
 Operator counter-signatures are read from the witness (it serves the one the
 operator posted with each epoch); ``--bundles DIR`` adds the operator's
 published bundles as a second source, each validated as a client would.
 
-Keys not given on the command line are taken from the witness itself
-(``/info``, ``/namespaces/{ns}``) and the output says so: that checks the
-record's internal consistency, but only pinned keys make it an audit against
-an impostor witness. Exit status 0 when every check passed; 1 with
+Every key must be pinned on the command line: an audit that trusts the audited
+party proves nothing, so a missing pin is an error (exit 1, ``ConfigError``).
+Only with ``--trust-on-first-use`` are missing keys taken from the witness
+itself (``/info``, ``/namespaces/{ns}``), and the output says so: that checks
+the record's internal consistency only.
+
+``--cosigner VKEY`` (repeatable) with ``--cosigners-required K`` (default: all)
+requires K of those cosigners (C2SP tlog-cosignature) on the checkpoint. Without
+a cosigner policy the witness's log key alone vouches for the checkpoint, and
+the output notes that a split view (the witness showing clients another log
+than the one audited) is not excluded. Exit status 0 when every check passed; 1 with
 ``bkv: <ErrorClass>: <what failed>`` on stderr otherwise; 2 on usage errors.
 """
 
@@ -33,7 +41,8 @@ from bkv.audit.http_source import HttpWitnessSource
 from bkv.audit.verify import AuditPins, audit_namespace
 from bkv.client.bundle import MAX_BUNDLE_SIZE
 from bkv.client.store_json import JsonFileStateStore
-from bkv.errors import AuditError, BkvError, ConfigError
+from bkv.errors import AuditError, BkvError, ConfigError, NoteError
+from bkv.tlog.cosignature import CosignerPolicy, parse_cosigner_key
 from bkv.witness.api import parse_hex, parse_uint64
 from bkv.witness.plexi import WitnessKey
 
@@ -70,7 +79,46 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     log.add_argument("--state", type=Path, help="file remembering the last audited checkpoint")
+    log.add_argument(
+        "--cosigner",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="cosigner (cosignature/v1 vkey) of the witness log's checkpoint (repeatable)",
+    )
+    log.add_argument(
+        "--cosigners-required",
+        type=int,
+        metavar="K",
+        help="how many --cosigner keys must have cosigned the checkpoint (default: all)",
+    )
+    log.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help=(
+            "take keys that are not pinned from the witness itself (checks internal "
+            "consistency only: an audit that trusts the audited party proves nothing)"
+        ),
+    )
     log.set_defaults(handler=run_audit_log)
+
+
+def _cosigner_policy(args: argparse.Namespace) -> CosignerPolicy | None:
+    if not args.cosigner:
+        if args.cosigners_required is not None:
+            raise ConfigError("--cosigners-required needs --cosigner keys")
+        return None
+    try:
+        cosigners = [parse_cosigner_key(v) for v in args.cosigner]
+    except NoteError as exc:
+        raise ConfigError(f"--cosigner is not a cosignature/v1 verifier key: {exc}") from None
+    required = len(cosigners) if args.cosigners_required is None else args.cosigners_required
+    if not 1 <= required <= len(cosigners):
+        raise ConfigError(f"--cosigners-required must be 1..{len(cosigners)}")
+    try:
+        return CosignerPolicy(required=required, cosigners=cosigners)
+    except ValueError as exc:
+        raise ConfigError(f"bad --cosigner keys: {exc}") from None
 
 
 def _witness_keys(values: Sequence[str]) -> tuple[WitnessKey, ...]:
@@ -118,6 +166,21 @@ def _from_witness(
     log_key: str | None = args.log_key
     origin: str | None = args.origin
     info: Mapping[str, Any] = {}
+    missing = [
+        flag
+        for flag, given in (
+            ("--witness-key", witness_keys),
+            ("--operator-key", operator_keys),
+            ("--log-key", log_key),
+            ("--origin", origin),
+        )
+        if not given
+    ]
+    if missing and not args.trust_on_first_use:
+        raise ConfigError(
+            f"not pinned: {', '.join(missing)}; an audit against the witness's own keys "
+            "proves nothing (pass --trust-on-first-use to check internal consistency only)"
+        )
     if not witness_keys or log_key is None or origin is None:
         fetched = source.get_json("/info")
         if not isinstance(fetched, Mapping):
@@ -144,6 +207,7 @@ def _from_witness(
         log_verifier_key=log_key,
         bundles=_read_bundles(args.bundles),
         require_countersignatures=args.require_countersignatures,
+        cosigner_policy=_cosigner_policy(args),
     )
     return pins, unpinned
 
@@ -179,6 +243,11 @@ def run_audit_log(args: argparse.Namespace) -> int:
         store.save(report.state())
     if unpinned:
         print(f"WARNING: not pinned, taken from the witness itself: {', '.join(unpinned)}")
+    if pins.cosigner_policy is None:
+        print(
+            "NOTE: no cosigner policy: the witness's log key alone vouches for the "
+            "checkpoint (a split view, another log shown to clients, is not excluded)"
+        )
     sys.stdout.write(render_report(report))
     print("OK")
     return 0
