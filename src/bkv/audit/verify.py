@@ -62,7 +62,7 @@ from bkv.client.artifact import MAX_ARTIFACT_SIZE, FleetKeyArtifact, parse_artif
 from bkv.client.bundle import decode_bundle
 from bkv.client.operator import proof_from_json, statement_from_json
 from bkv.client.state import ClientState
-from bkv.client.trust import TrustRoots
+from bkv.client.trust import TrustRoots, check_strong_note_keys
 from bkv.client.validation import validate_bundle
 from bkv.errors import (
     AuditError,
@@ -74,6 +74,7 @@ from bkv.errors import (
     EpochRollbackError,
     InclusionProofError,
     NamespaceMismatchError,
+    NoteError,
     SubmissionSignatureError,
     TimestampError,
 )
@@ -87,6 +88,7 @@ from bkv.witness import plexi
 from bkv.witness.api import parse_hex, parse_uint64
 from bkv.witness.core import AuditEntry
 from bkv.witness.countersign import ED25519_SIGNATURE_SIZE, verify_countersignature
+from bkv.witness.keycheck import check_ed25519_public_key
 
 #: Most epochs one audit run walks (bounds the loop; a fleet changes every few years).
 MAX_AUDIT_EPOCHS: Final = 100_000
@@ -121,6 +123,17 @@ class AuditPins:
     #: trusts the witness's log key alone and cannot rule out a split view (the witness
     #: showing clients another log than the one audited).
     cosigner_policy: CosignerPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if not self.witness_keys or not self.operator_keys:
+            raise ValueError("pin at least one witness key and one operator key")
+        for key in self.operator_keys:
+            check_ed25519_public_key(key, "operator key")
+        try:
+            log_key = parse_verifier_key(self.log_verifier_key)
+        except NoteError as exc:
+            raise ValueError(f"log_verifier_key is not a note verifier key: {exc}") from None
+        check_strong_note_keys(log_key, self.cosigner_policy)
 
 
 @dataclass(frozen=True)

@@ -49,11 +49,12 @@ moves bytes. Fleet keys come from the caller: a validated bundle or pinned keys.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -111,6 +112,9 @@ BUNDLE_PATH = "/v1/bundle"
 BUNDLE_EPOCH_HEADER = "bkv-bundle-epoch"
 OCTET_STREAM = "application/octet-stream"
 MAX_ANSWER_SIZE = 4096
+"""The largest answer to /v1/request the SDK reads (the HSM's answers are far smaller)."""
+MAX_ERROR_MESSAGE = 200
+"""How much of a host's error message the SDK keeps."""
 #: A uint64 in decimal has at most 20 digits.
 _MAX_EPOCH_DIGITS = 20
 
@@ -150,17 +154,40 @@ def _http_client(
 
 def _fetch_bundle(http: httpx.Client, since: int) -> bytes:
     """``GET /v1/bundle?since=<tree size>``: the bundle bytes (not yet validated)."""
-    try:
-        response = http.get(BUNDLE_PATH, params={"since": str(since)})
-    except httpx.TimeoutException:
-        raise FleetUnreachableError("the host did not send the bundle in time") from None
-    except httpx.HTTPError as exc:
-        raise FleetUnreachableError(f"cannot fetch the bundle: {type(exc).__name__}") from None
+    response, body = _send(
+        http, "GET", BUNDLE_PATH, MAX_BUNDLE_SIZE, "the bundle", params={"since": str(since)}
+    )
     if response.status_code != 200 or response.headers.get("content-type") != OCTET_STREAM:
-        raise _http_error(response)
-    if not 0 < len(response.content) <= MAX_BUNDLE_SIZE:
-        raise CodecError(f"the bundle is empty or over {MAX_BUNDLE_SIZE} bytes")
-    return response.content
+        raise _http_error(response, body)
+    if not body:
+        raise CodecError("the bundle is empty")
+    return body
+
+
+def _send(
+    http: httpx.Client, method: str, path: str, limit: int, what: str, **kwargs: Any
+) -> tuple[httpx.Response, bytes]:
+    """One HTTP exchange whose body is read only up to ``limit`` bytes.
+
+    The host is untrusted: it must not be able to make the phone buffer an
+    unbounded answer, so the body is streamed and refused past the limit.
+    """
+    try:
+        with http.stream(method, path, **kwargs) as response:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise CodecError(f"{what} is over {limit} bytes")
+                chunks.append(chunk)
+    except httpx.TimeoutException:
+        raise FleetUnreachableError(f"{what} did not arrive in time") from None
+    except httpx.HTTPError as exc:
+        raise FleetUnreachableError(
+            f"cannot reach the host for {what}: {type(exc).__name__}"
+        ) from None
+    return response, b"".join(chunks)
 
 
 class VaultClient:
@@ -284,21 +311,19 @@ class VaultClient:
     # --- transport ---------------------------------------------------------------
 
     def _post(self, request: bytes) -> bytes:
-        try:
-            response = self._http.post(
-                REQUEST_PATH, content=request, headers={"content-type": OCTET_STREAM}
-            )
-        except httpx.TimeoutException:
-            raise FleetUnreachableError("the vault did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise FleetUnreachableError(f"cannot reach the vault: {type(exc).__name__}") from None
+        response, body = _send(
+            self._http,
+            "POST",
+            REQUEST_PATH,
+            MAX_ANSWER_SIZE,
+            "the vault's answer",
+            content=request,
+            headers={"content-type": OCTET_STREAM},
+        )
         self._note_bundle_epoch(response)
-        status = response.status_code
-        if status == 200 and response.headers.get("content-type") == OCTET_STREAM:
-            if len(response.content) > MAX_ANSWER_SIZE:
-                raise CodecError("the vault's answer is too large")
-            return response.content
-        raise _http_error(response)
+        if response.status_code == 200 and response.headers.get("content-type") == OCTET_STREAM:
+            return body
+        raise _http_error(response, body)
 
     def _exchange(self, inner: InnerRequest) -> tuple[PendingRequest, InnerResponse]:
         pending = vault.build_request(self.fleet, self.account_id, inner, self._rng)
@@ -391,10 +416,10 @@ class VaultClient:
         return WrongPasswordError(status.attempts_left)
 
 
-def _http_error(response: httpx.Response) -> VaultError | CodecError:
+def _http_error(response: httpx.Response, body: bytes) -> VaultError | CodecError:
     status = response.status_code
     try:
-        message = str(response.json().get("message", ""))
+        message = str(json.loads(body).get("message", ""))[:MAX_ERROR_MESSAGE]
     except (ValueError, AttributeError):
         message = ""
     if status in (401, 403):

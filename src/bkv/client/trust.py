@@ -32,7 +32,8 @@ from bkv.client.artifact import (
 )
 from bkv.errors import DigestMismatchError, NoteError, TimestampError
 from bkv.tlog.cosignature import CosignerPolicy
-from bkv.tlog.note import parse_verifier_key
+from bkv.tlog.note import Ed25519Verifier, parse_verifier_key
+from bkv.witness.keycheck import check_ed25519_public_key
 from bkv.witness.plexi import WitnessKey
 
 #: Clock skew tolerated between the client and the witness / fleet (5 minutes).
@@ -47,11 +48,16 @@ class TrustRoots:
 
     - ``witness_keys``: the witness's Ed25519 keys with ``not_before_ms`` (rotation:
       a statement timestamped before a key's ``not_before_ms`` is not accepted under it);
-    - ``operator_keys``: the operator's Ed25519 counter-signing keys (any one may sign);
+    - ``operator_keys``: the operator's Ed25519 keys (any one may sign); each must have
+      signed both the logged submission and the counter-signature;
     - ``namespace``: the namespace the statements must name (``bkv.fleet_keys.v1``);
     - ``log_origin`` and ``log_verifier_key``: the witness log's checkpoint origin line
       and its C2SP signed-note verifier key (``name+hash+base64``);
-    - ``cosigner_policy``: optional k-of-n cosigner requirement on checkpoints;
+    - ``cosigner_policy``: optional k-of-n cosigner requirement on checkpoints. Without
+      one (the default, kept for existing callers) the client trusts the witness's log
+      key alone for the log's contents: a witness could show this client a log (a
+      split view) that auditors never see. Production roots should set a policy of
+      independent cosigners;
     - ``max_clock_skew_ms``: how far in the future a timestamp may be.
     """
 
@@ -71,16 +77,25 @@ class TrustRoots:
         for key in self.operator_keys:
             if not isinstance(key, bytes) or len(key) != 32:
                 raise ValueError("operator keys are 32-byte Ed25519 public keys")
+            check_ed25519_public_key(key, "operator key")
         if not self.namespace or not self.log_origin or not self.log_verifier_key:
             raise ValueError("namespace, log_origin and log_verifier_key are required")
         if not 0 <= self.max_clock_skew_ms <= 24 * 3600 * 1000:
             raise ValueError("max_clock_skew_ms must be 0..1 day")
         try:
-            parse_verifier_key(self.log_verifier_key)
+            log_key = parse_verifier_key(self.log_verifier_key)
         except NoteError as exc:
             raise ValueError(
                 f"log_verifier_key is not an Ed25519 note verifier key: {exc}"
             ) from None
+        check_strong_note_keys(log_key, self.cosigner_policy)
+
+
+def check_strong_note_keys(log_key: Ed25519Verifier, policy: CosignerPolicy | None) -> None:
+    """Refuse small-order log and cosigner keys (:mod:`bkv.witness.keycheck`; ValueError)."""
+    check_ed25519_public_key(log_key.public_key, "log verifier key")
+    for cosigner in () if policy is None else policy.cosigners:
+        check_ed25519_public_key(cosigner.public_key, f"cosigner key {cosigner.name}")
 
 
 @dataclass(frozen=True)

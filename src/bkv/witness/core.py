@@ -66,6 +66,7 @@ from bkv.wire import U8, U64, Bytes, Fixed, Text
 from bkv.witness import artifact as artifact_format
 from bkv.witness import plexi
 from bkv.witness.countersign import verify_countersignature
+from bkv.witness.keycheck import check_ed25519_public_key
 
 __all__ = [
     "AUDIT_ENTRY_TAG",
@@ -131,8 +132,9 @@ def check_namespace_name(name: str) -> str:
 
 
 def _check_public_key(public_key: bytes) -> Ed25519PublicKey:
-    if not isinstance(public_key, bytes) or len(public_key) != plexi.ED25519_PUBLIC_KEY_SIZE:
-        raise ValueError("an Ed25519 public key is 32 bytes")
+    # Operator keys: registered, and used to verify submissions; a small-order key
+    # would accept one forged signature for every submission (bkv.witness.keycheck).
+    check_ed25519_public_key(public_key, "operator public key")
     return Ed25519PublicKey.from_public_bytes(public_key)
 
 

@@ -21,9 +21,17 @@ ASCII context, so no other context string in bkv is a prefix of this one
 :data:`bkv.witness.core.SUBMISSION_CONTEXT`).
 
 Signing the witness signature (not the statement) binds the counter-signature
-to the statement *and* to the witness key that signed it: Ed25519 signatures
-are strongly unforgeable (RFC 8032 §5.1.7 rejects S >= L), so the operator
-endorses exactly this witnessed statement.
+to the statement: the client verifies the witness signature under a *pinned*
+witness key, and every pinned key is checked to be a prime-order point
+(:mod:`bkv.witness.keycheck`; small-order and identity keys are refused). For
+such a key ``A``, a signature ``(R, S)`` valid for two messages would need
+``H(R, A, M) = H(R, A, M')`` modulo the group order, a SHA-512 collision; and
+RFC 8032 §5.1.7 rejects ``S >= L``. So the 64 signature bytes name exactly one
+``SignatureMessage`` (namespace, epoch, timestamp, digest), and the operator
+endorses exactly this witnessed statement. (Without the key check, an identity
+witness key makes ``R`` = identity, ``S`` = 0 valid for every message, and one
+counter-signature would endorse them all.) We therefore keep the documented
+format rather than also hashing the message and the witness key into it.
 
 This module lives with the witness because both sides check the format: the
 witness verifies a counter-signature before it stores and serves it
@@ -41,6 +49,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bkv.errors import CounterSignatureError
+from bkv.witness.keycheck import check_ed25519_public_key
 from bkv.witness.plexi import Ed25519Signer
 
 COUNTERSIGNATURE_CONTEXT: Final = b"bkv operator countersignature v1\x00"
@@ -77,8 +86,7 @@ def verify_countersignature(
     operator_public_key: bytes, witness_signature: bytes, counter_signature: bytes
 ) -> None:
     """Raise :class:`CounterSignatureError` unless the counter-signature verifies."""
-    if len(operator_public_key) != ED25519_PUBLIC_KEY_SIZE:
-        raise ValueError("operator public key must be 32 bytes")
+    check_ed25519_public_key(operator_public_key, "operator public key")
     if len(counter_signature) != ED25519_SIGNATURE_SIZE:
         raise CounterSignatureError("counter-signature must be 64 bytes")
     key = Ed25519PublicKey.from_public_bytes(operator_public_key)

@@ -60,6 +60,7 @@ from bkv.errors import (
     UnknownTagError,
     WitnessSignatureError,
 )
+from bkv.witness.keycheck import check_ed25519_public_key
 
 __all__ = [
     "CIPHERSUITE_PROTOBUF_ED25519",
@@ -354,6 +355,8 @@ class WitnessKey:
 
     def __post_init__(self) -> None:
         key_id_for(self.public_key)
+        # A small-order key makes one signature valid for every message (keycheck).
+        check_ed25519_public_key(self.public_key, "witness key")
         if not 0 <= self.not_before_ms <= _UINT64_MAX:
             raise ValueError("not_before_ms out of uint64 range")
 
@@ -375,12 +378,14 @@ class SignedStatement:
         return decode_signature_message(self.message_bytes)
 
 
-def _ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+def _ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> None:
+    """Raise :class:`WitnessSignatureError` unless ``signature`` verifies (never a bool)."""
+    if len(signature) != ED25519_SIGNATURE_SIZE:
+        raise WitnessSignatureError("witness signature is not 64 bytes")
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except InvalidSignature:
-        return False
-    return True
+        raise WitnessSignatureError("witness signature does not verify") from None
 
 
 def sign_statement(
@@ -395,10 +400,12 @@ def sign_statement(
     public_key = signer.public_key()
     key_id = key_id_for(public_key)
     signature = signer.sign(message_bytes)
-    if len(signature) != ED25519_SIGNATURE_SIZE or not _ed25519_verify(
-        public_key, signature, message_bytes
-    ):
-        raise WitnessSignatureError("witness signer produced a signature that does not verify")
+    try:
+        _ed25519_verify(public_key, signature, message_bytes)
+    except WitnessSignatureError:
+        raise WitnessSignatureError(
+            "witness signer produced a signature that does not verify"
+        ) from None
     return SignedStatement(message_bytes=message_bytes, signature=signature, key_id=key_id)
 
 
@@ -430,8 +437,11 @@ def verify_statement(
         )
     # Key ids are one byte, so two pinned keys may share one: try each that matches.
     for key in valid:
-        if _ed25519_verify(key.public_key, signature, message_bytes):
-            return message
+        try:
+            _ed25519_verify(key.public_key, signature, message_bytes)
+        except WitnessSignatureError:
+            continue
+        return message
     raise WitnessSignatureError(
         f"witness signature over the SignatureMessage does not verify under key id {key_id}"
     )
