@@ -205,7 +205,11 @@ def publish(
     members: str = "hsm-1",
     guess_limit: int = 10,
 ) -> subprocess.CompletedProcess[str]:
-    """``bkv operator publish``: artifact -> witness -> counter-signature -> bundle file."""
+    """``bkv operator publish``: artifact -> witness -> counter-signature -> bundle file.
+
+    The operator pins the witness's keys it got out of band (here: what ``bkv
+    witness init`` printed), never the keys the witness serves.
+    """
     return run(
         "operator", "publish",
         "--public-keys", str(public_keys),
@@ -215,6 +219,7 @@ def publish(
         "--witness", witness.url,
         "--namespace", NAMESPACE,
         "--operator-key", str(operator_key),
+        *witness.pin_arguments(),
         "--out", str(out),
     )  # fmt: skip
 

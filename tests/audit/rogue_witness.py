@@ -17,8 +17,8 @@ from bkv.errors import FetchError
 from bkv.keystore import SoftwareSigner
 from bkv.tlog import tiles
 from bkv.tlog.checkpoint import Checkpoint
-from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.cosignature import CosignatureSigner
+from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.tlog.note import format_note, parse_note
 from bkv.witness.core import AuditEntry, sign_submission

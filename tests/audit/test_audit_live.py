@@ -24,8 +24,8 @@ from live_witness import NAMESPACE, LiveWitness, artifact_bytes, det, live_witne
 
 from bkv.audit.http_source import HttpWitnessSource
 from bkv.audit.verify import AuditPins, audit_namespace
-from bkv.client.countersign import countersign
 from bkv.client.bundle import ValidationBundle, encode_bundle, with_consistency_proof
+from bkv.client.countersign import countersign
 from bkv.client.operator import bundle_from_receipt
 from bkv.client.state import ClientState
 from bkv.client.store_json import JsonFileStateStore

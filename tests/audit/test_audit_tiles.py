@@ -63,7 +63,7 @@ def test_rewritten_block_with_matching_level0_tile_is_refused() -> None:
     hidden = rogue.sign(artifact("hidden"), 3, namespace="someone.else.v1", log=False)
     source = ForgedFirstTile(rogue, 7, hidden.entry)
     with pytest.raises(InclusionProofError, match="checkpoint root"):
-        audit_namespace(source, NAMESPACE, rogue.pins())  # type: ignore[arg-type]
+        audit_namespace(source, NAMESPACE, rogue.pins())
 
 
 def test_entry_bundle_with_too_few_entries_is_refused() -> None:
@@ -76,7 +76,7 @@ def test_entry_bundle_with_too_few_entries_is_refused() -> None:
             return rogue.get_bytes(path, max_size)
 
     with pytest.raises(Exception) as info:
-        audit_namespace(Short(rogue, 0, b"x"), NAMESPACE, rogue.pins())  # type: ignore[arg-type]
+        audit_namespace(Short(rogue, 0, b"x"), NAMESPACE, rogue.pins())
     assert type(info.value).__name__ in {"TruncatedError", "CodecError", "SizeLimitError"}
 
 
@@ -152,3 +152,21 @@ def test_cosigner_policy_not_met() -> None:
     policy = CosignerPolicy(1, [absent.verifier()])
     with pytest.raises(CosignerPolicyError):
         audit_namespace(rogue, NAMESPACE, rogue.pins(cosigner_policy=policy))
+
+
+def test_namespace_is_one_quoted_path_segment() -> None:
+    rogue = RogueWitness()
+    rogue.sign(artifact("a"), 1)
+    asked: list[str] = []
+
+    class Recording:
+        def get_json(self, path: str) -> object:
+            asked.append(path)
+            return rogue.get_json(path)
+
+        def get_bytes(self, path: str, max_size: int) -> bytes:
+            return rogue.get_bytes(path, max_size)
+
+    with pytest.raises(FetchError):
+        audit_namespace(Recording(), "../checkpoint?x#", rogue.pins())
+    assert asked == ["/namespaces/..%2Fcheckpoint%3Fx%23"]

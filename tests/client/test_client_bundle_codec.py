@@ -188,7 +188,9 @@ def test_receipt_of_another_operators_submission_is_not_countersigned() -> None:
     world = World()
     artifact, receipt = _receipt(world)
     with pytest.raises(SubmissionSignatureError):
-        bundle_from_receipt(artifact, receipt, signer("not-the-operator"), roots=world.roots(), epoch=1)
+        bundle_from_receipt(
+            artifact, receipt, signer("not-the-operator"), roots=world.roots(), epoch=1
+        )
 
 
 def test_pinned_of_artifact_built_in_code() -> None:

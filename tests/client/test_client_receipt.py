@@ -7,13 +7,15 @@ the operator's counter-signature on a bundle for the rogue artifact.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 from typing import Any
 
 import pytest
-from client_world import NAMESPACE, NOW_MS, World, make_artifact, signer
+from client_world import NAMESPACE, NOW_MS, ORIGIN, World, make_artifact, signer
 
+from bkv.cli.operator import parse_witness_key, pinned_roots
 from bkv.client.bundle import build_bundle, encode_bundle
 from bkv.client.countersign import countersign
 from bkv.client.operator import bundle_from_receipt, verify_receipt
@@ -21,6 +23,7 @@ from bkv.client.state import ClientState
 from bkv.client.validation import validate_bundle
 from bkv.errors import (
     BundleError,
+    ConfigError,
     DigestMismatchError,
     InclusionProofError,
     NamespaceMismatchError,
@@ -32,15 +35,15 @@ from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.witness.api import proof_fields, statement_response
 from bkv.witness.core import AuditEntry, Submission, sign_submission
-from bkv.witness.plexi import SignedStatement, sign_statement
+from bkv.witness.plexi import SignedStatement, WitnessKey, sign_statement
 
 LEGIT = make_artifact(seed="legit").to_bytes()
 ROGUE = make_artifact(fleet_id="impostor", seed="rogue").to_bytes()
 
 
-def rogue_entry(world: World, artifact: bytes, *, operator_signature: bytes) -> tuple[
-    SignedStatement, bytes
-]:
+def rogue_entry(
+    world: World, artifact: bytes, *, operator_signature: bytes
+) -> tuple[SignedStatement, bytes]:
     digest = hashlib.sha256(artifact).digest()
     statement = sign_statement(world.witness, NAMESPACE, NOW_MS, 1, digest)
     entry = AuditEntry(
@@ -210,3 +213,44 @@ def test_verify_receipt_returns_what_was_checked() -> None:
         submission=submission,
     )
     assert verified.log_index == receipt["log_index"]
+
+
+# --- the operator CLI's pins ----------------------------------------------------------
+
+
+def _args(**changes: object) -> argparse.Namespace:
+    world = World()
+    values: dict[str, object] = {
+        "witness_key": [f"{world.witness.public_key().hex()}@5"],
+        "log_key": world.roots().log_verifier_key,
+        "origin": ORIGIN,
+        "namespace": NAMESPACE,
+    }
+    values.update(changes)
+    return argparse.Namespace(**values)
+
+
+def test_pinned_roots_from_the_command_line() -> None:
+    world = World()
+    roots = pinned_roots(_args(), world.operator.public_key())
+    assert roots.witness_keys == (WitnessKey(world.witness.public_key(), 5),)
+    assert parse_witness_key(world.witness.public_key().hex()).not_before_ms == 0
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"witness_key": ["00" * 31]},
+        {"witness_key": ["AB" * 32]},
+        {"witness_key": [(bytes([1]) + bytes(31)).hex()]},  # identity point: a weak pin
+        {"witness_key": [signer("w").public_key().hex() + "@05"]},
+        {"witness_key": [signer("w").public_key().hex() + "@+5"]},
+        {"witness_key": [signer("w").public_key().hex() + "@x"]},
+        {"log_key": "not a vkey"},
+        {"origin": ""},
+        {"namespace": "../x"},
+    ],
+)
+def test_bad_pins_are_config_errors(changes: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        pinned_roots(_args(**changes), World().operator.public_key())

@@ -557,6 +557,7 @@ def test_evidence_digest_match_accepted(world: World) -> None:
 
 def _seen(world: World) -> ClientState:
     _, state = _validate(world, world.bundle(world.published[0]))
+    assert isinstance(state, ClientState)
     return state
 
 

@@ -107,9 +107,13 @@ def test_refuses_gap_repeat_and_older_epoch(
     with pytest.raises(EpochConflictError):
         service.submit(submission(operator, 4, clock))  # gap
     with pytest.raises(EpochConflictError):
-        service.submit(submission(operator, 2, clock, artifact=artifact_for("other")))  # re-sign epoch 2
+        service.submit(
+            submission(operator, 2, clock, artifact=artifact_for("other"))
+        )  # re-sign epoch 2
     with pytest.raises(EpochConflictError):
-        service.submit(submission(operator, 1, clock, artifact=artifact_for("older")))  # older epoch
+        service.submit(
+            submission(operator, 1, clock, artifact=artifact_for("older"))
+        )  # older epoch
     assert service.store.last_signed(NS) is not None
     assert service.store.epoch_count(NS) == 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -109,12 +110,12 @@ def test_submission_and_plexi_api(
     one = client.get(f"/namespaces/{NS}").json()
     assert one["last_verified_epoch"] == 2
     assert one["status"] == "Online"
-    assert one["root"] == f"1/{core.hashlib.sha256(artifact_for(1)).hexdigest()}"
+    assert one["root"] == f"1/{hashlib.sha256(artifact_for(1)).hexdigest()}"
     assert one["operator_public_key"] == operator.public_key().hex()
     last = client.get(f"/namespaces/{NS}/last-verified-epoch").json()
     assert last["epoch"] == 2
     assert last["end_hash"] == audit["digest"]
-    assert last["start_hash"] == core.hashlib.sha256(artifact_for(1)).hexdigest()
+    assert last["start_hash"] == hashlib.sha256(artifact_for(1)).hexdigest()
 
 
 def test_unknown_things_are_404(client: httpx.Client) -> None:

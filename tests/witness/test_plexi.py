@@ -43,7 +43,7 @@ class SeedSigner:
 
 def _protobuf_vector() -> dict[str, object]:
     [vector] = [v for v in VECTORS if v["ciphersuite"] == 1]
-    return vector
+    return dict(vector)
 
 
 def _sample(**overrides: object) -> plexi.SignatureMessage:
@@ -190,8 +190,16 @@ def test_verify_refuses_wrong_key_and_tampering() -> None:
     signer, st_ = _signed()
     good = plexi.WitnessKey(signer.public_key())
     other = SeedSigner(b"\x08" * 32).public_key()
-    # same key id as the witness key, different key
-    impostor = plexi.WitnessKey(other[:-1] + signer.public_key()[-1:])
+    # same key id as the witness key, different (valid) key: search a bounded seed range
+    target = signer.public_key()[-1]
+    same_id = next(
+        key
+        for key in (
+            SeedSigner(bytes([9, i >> 8, i & 0xFF]) * 10 + b"ab").public_key() for i in range(5000)
+        )
+        if key[-1] == target
+    )
+    impostor = plexi.WitnessKey(same_id)
     with pytest.raises(WitnessSignatureError):
         plexi.verify_statement(st_.message_bytes, st_.signature, st_.key_id, [impostor])
     with pytest.raises(UnknownKeyError):

@@ -6,11 +6,13 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
-from witness_helpers import NS, Clock, db_dump, submission
+from witness_helpers import NS, Clock, db_dump, running_server, submission
 
 from bkv.errors import StorageError
 from bkv.keystore import SoftwareSigner
+from bkv.witness import api
 from bkv.witness.service import WitnessService
 
 
@@ -68,3 +70,19 @@ def test_log_size_is_max_index_plus_one(
     with service.store.reading_log() as log:
         assert log.size == 3
         assert log.store.size() == 3
+
+
+def test_failed_commit_over_http_is_503_and_changes_nothing(
+    service: WitnessService, operator: SoftwareSigner, clock: Clock, db_path: Path
+) -> None:
+    before = db_dump(db_path)
+    body = api.submission_to_json(submission(operator, 1, clock))
+    with running_server(service) as url:
+        service.store._conn.set_authorizer(deny("COMMIT"))
+        try:
+            response = httpx.post(f"{url}/namespaces/{NS}/submissions", json=body, timeout=10)
+        finally:
+            service.store._conn.set_authorizer(None)
+        assert (response.status_code, response.json()["error"]) == (503, "StorageError")
+        assert httpx.get(f"{url}/namespaces/{NS}/audits/1", timeout=10).status_code == 404
+    assert db_dump(db_path) == before

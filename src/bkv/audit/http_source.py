@@ -2,7 +2,9 @@
 
 Every response is read with a byte cap before parsing, every request has a
 timeout, and anything but ``200`` is a :class:`FetchError` naming the path and
-the witness's own error class when it sent one.
+the witness's own error class when it sent one. JSON is parsed strictly
+(:func:`bkv.witness.api.parse_json_object`: one object, no duplicate keys, no
+NaN/Infinity; ``CodecError`` subclasses).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any, Final
 
 import httpx
 
-from bkv.errors import FetchError
+from bkv.errors import CodecError, FetchError
+from bkv.witness.api import parse_json_object
 
 #: Largest JSON document the auditor reads (an audit response carries a hex artifact).
 MAX_JSON_RESPONSE: Final = 1 << 20
@@ -55,11 +58,16 @@ class HttpWitnessSource:
         return bytes(body)
 
     def get_json(self, path: str) -> Any:
+        """A JSON object, parsed strictly: duplicate keys and NaN/Infinity are refused.
+
+        A duplicate key would let the witness show the auditor one value and another
+        JSON parser (a client's, a second auditor's) the other.
+        """
         body = self.get_bytes(path, MAX_JSON_RESPONSE)
         try:
-            return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise FetchError(f"GET {path}: response is not JSON") from None
+            return parse_json_object(body, MAX_JSON_RESPONSE)
+        except CodecError as exc:
+            raise type(exc)(f"GET {path}: response is not a strict JSON object: {exc}") from None
 
 
 def _witness_error(body: bytes) -> str:

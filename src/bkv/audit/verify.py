@@ -57,6 +57,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
+from urllib.parse import quote
 
 from bkv.client.artifact import MAX_ARTIFACT_SIZE, FleetKeyArtifact, parse_artifact
 from bkv.client.bundle import decode_bundle
@@ -293,8 +294,13 @@ class _AuthenticatedLog:
 # --- epochs -----------------------------------------------------------------------
 
 
+def _quoted(namespace: str) -> str:
+    """The namespace as one URL path segment (RFC 3986 §3.3: '/', '?', '#' escaped)."""
+    return quote(namespace, safe="")
+
+
 def _last_epoch(source: WitnessSource, namespace: str) -> int:
-    info = source.get_json(f"/namespaces/{namespace}")
+    info = source.get_json(f"/namespaces/{_quoted(namespace)}")
     if not isinstance(info, Mapping) or info.get("name") != namespace:
         raise AuditError(f"the witness does not describe namespace {namespace}")
     last = info.get("last_verified_epoch", 0)
@@ -305,7 +311,7 @@ def _last_epoch(source: WitnessSource, namespace: str) -> int:
 
 
 def _fetch_epoch(source: WitnessSource, namespace: str, epoch: int) -> _Served:
-    data = source.get_json(f"/namespaces/{namespace}/audits/{epoch}")
+    data = source.get_json(f"/namespaces/{_quoted(namespace)}/audits/{epoch}")
     if not isinstance(data, Mapping):
         raise CodecError(f"audit of epoch {epoch} is not a JSON object")
     statement = statement_from_json(data)

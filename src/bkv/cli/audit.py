@@ -127,7 +127,10 @@ def _witness_keys(values: Sequence[str]) -> tuple[WitnessKey, ...]:
         match = _WITNESS_KEY.fullmatch(value)
         if match is None:
             raise ConfigError("--witness-key must be 64 lowercase hex [@not_before_ms]")
-        keys.append(WitnessKey(bytes.fromhex(match[1]), int(match[2] or 0)))
+        try:
+            keys.append(WitnessKey(bytes.fromhex(match[1]), int(match[2] or 0)))
+        except ValueError as exc:
+            raise ConfigError(f"--witness-key {value[:16]}...: {exc}") from None
     return tuple(keys)
 
 
@@ -200,15 +203,18 @@ def _from_witness(
         ns = source.get_json(f"/namespaces/{args.namespace}")
         key = ns.get("operator_public_key") if isinstance(ns, Mapping) else None
         operator_keys = _operator_keys([_text(key, "operator_public_key")])
-    pins = AuditPins(
-        witness_keys=witness_keys,
-        operator_keys=operator_keys,
-        log_origin=origin,
-        log_verifier_key=log_key,
-        bundles=_read_bundles(args.bundles),
-        require_countersignatures=args.require_countersignatures,
-        cosigner_policy=_cosigner_policy(args),
-    )
+    try:
+        pins = AuditPins(
+            witness_keys=witness_keys,
+            operator_keys=operator_keys,
+            log_origin=origin,
+            log_verifier_key=log_key,
+            bundles=_read_bundles(args.bundles),
+            require_countersignatures=args.require_countersignatures,
+            cosigner_policy=_cosigner_policy(args),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"unusable pins: {exc}") from None
     return pins, unpinned
 
 
@@ -216,7 +222,10 @@ def _info_key(value: object) -> WitnessKey:
     if not isinstance(value, Mapping):
         raise AuditError("/info keys[] is not a JSON object")
     public_key = parse_hex(value.get("public_key"), "public_key", max_bytes=32, exact=32)
-    return WitnessKey(public_key, parse_uint64(value.get("not_before"), "not_before"))
+    try:
+        return WitnessKey(public_key, parse_uint64(value.get("not_before"), "not_before"))
+    except ValueError as exc:
+        raise AuditError(f"/info lists an unusable witness key: {exc}") from None
 
 
 def _list(value: object, name: str) -> list[Any]:

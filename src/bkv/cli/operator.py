@@ -47,7 +47,6 @@ refusal by the witness is raised as the witness's own error class
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -152,6 +151,7 @@ def parse_witness_key(text: str) -> WitnessKey:
 def pinned_roots(args: argparse.Namespace, operator_key: bytes) -> TrustRoots:
     """The roots ``publish``/``countersign`` check the witness's answers against."""
     try:
+        core.check_namespace_name(args.namespace)  # it goes into URL paths
         return TrustRoots(
             witness_keys=tuple(parse_witness_key(k) for k in args.witness_key),
             operator_keys=(operator_key,),
@@ -211,9 +211,12 @@ class WitnessClient:
         if len(response.content) > MAX_WITNESS_RESPONSE:
             raise FetchError(f"{method} {path}: answer over {MAX_WITNESS_RESPONSE} bytes")
         try:
-            data = json.loads(response.content.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise FetchError(f"{method} {path}: HTTP {response.status_code}, not JSON") from None
+            # Strict: no duplicate keys, no NaN (bkv.witness.api.parse_json_object).
+            data = api.parse_json_object(response.content, MAX_WITNESS_RESPONSE)
+        except errors.CodecError as exc:
+            raise FetchError(
+                f"{method} {path}: HTTP {response.status_code}, not a strict JSON object: {exc}"
+            ) from None
         return response.status_code, data
 
     def expect(self, method: str, path: str, ok: tuple[int, ...], body: Any = None) -> Any:
@@ -266,6 +269,8 @@ def publish(
         not_after_ms=now_ms + args.valid_days * _DAY_MS,
     ).to_bytes()
     ns = args.namespace
+    # Pins first: a bad pin must fail before the witness signs anything.
+    roots = pinned_roots(args, signer.public_key())
     epoch = next_epoch(_last_verified(witness, ns))
     submission = core.sign_submission(signer, ns, epoch, artifact, submitted_at_ms=now_ms)
     receipt = witness.expect(
@@ -273,7 +278,6 @@ def publish(
     )
     if not isinstance(receipt, Mapping):
         raise FetchError("the witness's receipt is not a JSON object")
-    roots = pinned_roots(args, signer.public_key())
     # Counter-sign only what was submitted, as signed and logged under the pinned keys.
     bundle = bundle_from_receipt(
         artifact, receipt, signer, roots=roots, epoch=epoch, submission=submission

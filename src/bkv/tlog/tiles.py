@@ -328,7 +328,15 @@ def consistency_proof_from_tiles(old_size: int, new_size: int, reader: TileReade
 
 
 def root_from_tiles(size: int, reader: TileReader) -> bytes:
-    """Compute the tree hash of ``size`` leaves from tiles. Not verified."""
+    """Compute the tree hash of ``size`` leaves from tiles. Not verified.
+
+    Comparing the result with a signed checkpoint's root authenticates only the
+    hashes this computation read: for a full 256-leaf block that is its hash in
+    the level-1 tile, not the 256 level-0 hashes below it. An auditor that then
+    trusts tile/0/N or tile/entries/N must rehash the entries and fold them to
+    the signed root itself (as :mod:`bkv.audit.verify` does); a client proving
+    one inclusion should use :func:`verify_inclusion_with_tiles` instead.
+    """
     if not 0 < size <= MAX_TREE_SIZE:
         raise ValueError("size must be positive")
     return _TileHashes(size, reader).range_hash(0, size)

@@ -86,6 +86,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (TimestampError, 422),
     (AttestationError, 422),
     (ArtifactError, 422),
+    (StorageError, 503),  # e.g. a failed COMMIT: nothing was stored, retry later
     (CodecError, 400),
 )
 
