@@ -128,6 +128,11 @@ class Witness:
     info: dict[str, Any]
 
     @property
+    def statement_key(self) -> str:
+        """The current statement key, hex (what ``--witness-key`` takes)."""
+        return str(self.info["statement_keys"][-1]["public_key"])
+
+    @property
     def statement_keys(self) -> tuple[WitnessKey, ...]:
         return tuple(
             WitnessKey(bytes.fromhex(k["public_key"]), int(k["not_before"]))
@@ -204,6 +209,7 @@ def publish(
     fleet_id: str,
     members: str = "hsm-1",
     guess_limit: int = 10,
+    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """``bkv operator publish``: artifact -> witness -> counter-signature -> bundle file.
 
@@ -221,7 +227,15 @@ def publish(
         "--operator-key", str(operator_key),
         *witness.pin_arguments(),
         "--out", str(out),
+        check=check,
     )  # fmt: skip
+
+
+def install_bundle(bundle: bytes, current: Path) -> None:
+    """Replace the host's bundle file atomically (write, then rename over the old one)."""
+    staging = current.with_name(current.name + ".new")
+    staging.write_bytes(bundle)
+    os.replace(staging, current)
 
 
 @dataclass(frozen=True)

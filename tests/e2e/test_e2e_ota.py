@@ -70,7 +70,7 @@ class Deployment:
             self.host_url,
             ACCOUNT.token,
             ACCOUNT.account_id,
-            self.witness.roots(self.operator_public_key),
+            self.witness.roots(bytes.fromhex(self.operator_public_key)),
             JsonFileStateStore(state_file),
             ksf=TEST_KSF,
         )
@@ -251,7 +251,7 @@ def test_countersign_again_rebuilds_an_epochs_bundle(
 ) -> None:
     common = [
         "--witness", deployment.witness.url, "--namespace", NAMESPACE, "--epoch", "1",
-        *deployment.witness.pin_args(),
+        *deployment.witness.pin_arguments(),
     ]  # fmt: skip
     out = tmp_path / "epoch-1-again.bundle"
     result = run(
