@@ -13,22 +13,26 @@ Run: ``python -m bkv.demo [--workdir DIR]`` (default ``var/demo``, made afresh).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import secrets
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from bkv import devnet
+from bkv.client.artifact import ROLE_CHANNEL, PublicKey, parse_artifact
+from bkv.client.bundle import decode_bundle, encode_bundle
 from bkv.client.sdk import VaultClient
+from bkv.client.state import ClientState
 from bkv.client.store_json import JsonFileStateStore
+from bkv.client.validation import validate_bundle
 from bkv.client.vault import DEFAULT_KSF
-from bkv.errors import BkvError, RecordDestroyedError, WrongPasswordError
+from bkv.errors import BkvError, RecordDestroyedError, VerificationError, WrongPasswordError
 from bkv.witness.plexi import key_id_for
 
 FLEET_ID = "bkv-demo"
@@ -56,6 +60,7 @@ class ByteCounter(httpx.HTTPTransport):
         return response
 
     def total(self) -> int:
+        """Bytes exchanged so far."""
         return sum(len(chunk) for chunk in self.transcript)
 
     def contains(self, needle: bytes) -> bool:
@@ -92,7 +97,7 @@ def timed(action: Callable[[], object]) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Deployment:
     """What the operator started, and what an app pins."""
 
@@ -100,6 +105,7 @@ class Deployment:
     host_url: str
     witness: devnet.Witness
     operator_public_key: bytes
+    bundle: Path
 
     def phone(
         self, account: devnet.Account, name: str, transport: httpx.HTTPTransport
@@ -163,7 +169,25 @@ def deploy(n: Narrator, processes: devnet.Processes, workdir: Path) -> Deploymen
         host_url = processes.serve("host", "serve", "--config", str(host_config))
         n.say(f"host at {host_url}: bearer tokens (stored hashed), rate limits, no secret")
     (workdir / "phones").mkdir()
-    return Deployment(workdir, host_url, witness, operator_public)
+    return Deployment(workdir, host_url, witness, operator_public, bundle)
+
+
+def impostor(n: Narrator, deployment: Deployment) -> None:
+    """A host that swaps in its own fleet keys is refused before any key is used."""
+    with n.section("An impostor: the host swaps its own keys into the bundle"):
+        honest = decode_bundle(deployment.bundle.read_bytes())
+        artifact = parse_artifact(honest.artifact)
+        rogue_channel = PublicKey(ROLE_CHANNEL, "x25519", secrets.token_bytes(32))
+        others = tuple(k for k in artifact.keys if k.role != ROLE_CHANNEL)
+        forged_artifact = dataclasses.replace(artifact, keys=(rogue_channel, *others)).to_bytes()
+        forged = encode_bundle(dataclasses.replace(honest, artifact=forged_artifact))
+        roots = deployment.witness.roots(deployment.operator_public_key)
+        try:
+            validate_bundle(forged, roots, ClientState(), time.time_ns() // 1_000_000)
+        except VerificationError as exc:
+            n.say(f"the phone refuses it: {type(exc).__name__}: {exc}")
+        else:
+            raise DemoFailedError("a forged bundle was accepted")
 
 
 def backup(n: Narrator, deployment: Deployment) -> bytes:
@@ -173,13 +197,15 @@ def backup(n: Narrator, deployment: Deployment) -> bytes:
         alice = deployment.phone(ALICE, "alice-old-phone", wire)
         fleet = alice.fleet
         n.say("pinned: witness statement key, operator key, log key and origin")
-        n.say("checked: digest, witness signature, counter-signature, namespace, epoch,")
-        n.say("         timestamp, signed checkpoint, log inclusion: all passed")
+        n.say("checked: digest, witness signature, operator counter-signature, the operator's")
+        n.say("         logged submission signature, namespace, epoch, timestamp, signed")
+        n.say("         checkpoint, log inclusion: all passed")
         n.say(f"fleet {fleet.fleet_id!r}, epoch {fleet.epoch}: roles {sorted(fleet.keys_by_role)}")
 
     backup_key = secrets.token_bytes(32)
     with n.section("Backup: register a fresh 256-bit backup key under a password"):
         n.say(f"KSF on the phone: {DEFAULT_KSF!r}".replace(repr(bytes(16)), "zeros(16)"))
+        wire.transcript.clear()  # count the registration only, not the (public) bundle
         ms = timed(lambda: alice.register(PASSWORD, backup_key, guess_limit=GUESS_LIMIT))
         n.say(f"registered in {ms:.0f} ms; {alice.status()}")
         n.say(f"the host relayed {wire.total()} bytes, all HPKE-sealed to the fleet")
@@ -247,6 +273,7 @@ def story(workdir: Path) -> None:
     n = Narrator()
     with devnet.Processes() as processes:
         deployment = deploy(n, processes, workdir)
+        impostor(n, deployment)
         backup_key = backup(n, deployment)
         restore(n, deployment, backup_key)
         guess_limit(n, deployment)
