@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import stat
 import subprocess
 import sys
@@ -49,6 +50,21 @@ def test_init_writes_private_key_files(tmp_path: Path, capsys: pytest.CaptureFix
         load_seed_file(seed)
     # init never overwrites
     assert main(["init", "--dir", str(tmp_path / "w"), "--name", "test"]) == 1
+
+
+def test_info_pins_are_the_keys_init_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", "--dir", str(tmp_path / "w"), "--name", "test"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert main(["info", "--pins", "--config", str(tmp_path / "w" / "witness.json")]) == 0
+    pins = shlex.split(capsys.readouterr().out)
+    key = info["statement_keys"][0]
+    assert pins == [
+        "--witness-key", f"{key['public_key']}@{key['not_before']}",
+        "--log-key", info["log_public_key"],
+        "--origin", info["origin"],
+    ]  # fmt: skip
 
 
 def test_add_namespace_validates_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 from bkv.errors import ConfigError
@@ -58,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     info = commands.add_parser("info", help="print the witness's public keys")
     info.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG))
+    info.add_argument(
+        "--pins",
+        action="store_true",
+        help="print them as the pin arguments of `bkv operator` and `bkv audit log`",
+    )
     info.set_defaults(handler=_info)
 
 
@@ -143,8 +149,16 @@ def _add_log(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_info(service: WitnessService) -> None:
+def _print_info(service: WitnessService, *, as_pins: bool = False) -> None:
     keys = service.store.witness_keys()
+    if as_pins:
+        # What the witness's operator hands out of band to operators and auditors.
+        pins: list[str] = []
+        for public_key, not_before in keys:
+            pins += ["--witness-key", f"{public_key.hex()}@{not_before}"]
+        pins += ["--log-key", service.log_verifier_key, "--origin", service.origin]
+        print(shlex.join(pins))
+        return
     info = {
         "origin": service.origin,
         "statement_keys": [{"public_key": pk.hex(), "not_before": nb} for pk, nb in keys],
@@ -157,7 +171,7 @@ def _print_info(service: WitnessService) -> None:
 def _info(args: argparse.Namespace) -> int:
     service = _load(args.config)
     try:
-        _print_info(service)
+        _print_info(service, as_pins=args.pins)
     finally:
         service.close()
     return 0
