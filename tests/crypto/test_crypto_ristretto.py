@@ -136,6 +136,13 @@ def test_reduce_wide_matches_integer_reduction() -> None:
     )
 
 
+def test_scalar_invert_refuses_non_canonical_zero() -> None:
+    # L itself encodes zero unreduced; libsodium alone would "invert" it to zero.
+    unreduced_zero = ristretto.ORDER.to_bytes(32, "little")
+    with pytest.raises(InvalidScalarError):
+        ristretto.scalar_invert(ristretto.Scalar(unreduced_zero))
+
+
 @given(st.integers(min_value=1, max_value=ristretto.ORDER - 1))
 def test_scalar_invert_undoes_scalar_mult(value: int) -> None:
     scalar = ristretto.scalar_from_int(value)

@@ -174,6 +174,9 @@ def scalar_invert(scalar: Scalar) -> Scalar:
     """The multiplicative inverse modulo L, in constant time (libsodium); zero has none."""
     if type(scalar) is not bytes or len(scalar) != SCALAR_SIZE:
         raise _operand_error("scalar", SCALAR_SIZE)
+    # libsodium tests for zero before reducing: an unreduced encoding of zero (L
+    # itself) would "invert" to zero. Only canonical scalars may come in.
+    decode_scalar(scalar)
     out = _ElementBuffer()
     if _scalar_invert(out, scalar) != 0:
         raise InvalidScalarError("zero scalar has no inverse")
