@@ -33,14 +33,14 @@ def key(label: str) -> SoftwareSigner:
     return SoftwareSigner(hashlib.sha256(label.encode()).digest())
 
 
-def artifact(seed: str) -> bytes:
+def artifact(seed: str, *, not_before_ms: int = 0) -> bytes:
     k = hashlib.sha256(seed.encode()).digest()
     return FleetKeyArtifact(
         fleet_id="fleet-r",
         keys=(PublicKey("channel", "x25519", k), PublicKey("opaque_ake", "ristretto255", k)),
         members=("hsm-1",),
         policy=FleetPolicy(guess_limit=10, quorum=1),
-        not_before_ms=0,
+        not_before_ms=not_before_ms,
         not_after_ms=T0 * 2,
     ).to_bytes()
 

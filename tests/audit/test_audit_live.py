@@ -67,7 +67,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     with live_witness(root) as witness:
         receipts = [witness.submit(a, epoch) for epoch, a in enumerate(ARTIFACTS, start=1)]
         bundles = [
-            bundle_from_receipt(a, r, witness.operator, roots=_roots(witness), epoch=epoch)
+            bundle_from_receipt(
+                a, r, witness.operator, roots=_roots(witness), epoch=epoch, now_ms=now_ms()
+            )
             for epoch, (a, r) in enumerate(zip(ARTIFACTS, receipts, strict=True), start=1)
         ]
         bundle_dir = root / "bundles"
@@ -173,6 +175,7 @@ def test_audit_cli_passes_and_prints_deltas(deployment: Deployment, tmp_path: Pa
         "--bundles", str(deployment.bundle_dir),
         "--require-countersignatures",
         "--state", str(state),
+        "--init-state",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -287,6 +290,20 @@ def test_audit_cli_fails_on_missing_countersignatures(
     result = _audit(deployment, "--bundles", str(tmp_path), "--require-countersignatures")
     assert result.returncode == 1
     assert "bkv: AuditError:" in result.stderr
+
+
+def test_audit_cli_refuses_a_missing_state_file_without_init_state(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # A deleted state file must not silently reset the audit to "nothing seen".
+    state = tmp_path / "gone.json"
+    result = _audit(deployment, "--state", str(state))
+    assert result.returncode == 1
+    assert "bkv: StorageError:" in result.stderr
+    assert not state.exists()
+    no_state = _audit(deployment, "--init-state")
+    assert no_state.returncode == 1
+    assert "bkv: ConfigError:" in no_state.stderr
 
 
 def test_audit_cli_detects_rollback_against_saved_state(

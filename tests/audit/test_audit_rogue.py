@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from typing import Any
 
 import pytest
-from rogue_witness import NAMESPACE, T0, RogueWitness, artifact, key
+from rogue_witness import NAMESPACE, ORIGIN, T0, RogueWitness, Served, artifact, key
 
 from bkv.audit.delta import all_deltas, render_table
 from bkv.audit.verify import audit_namespace
+from bkv.client.bundle import build_bundle, encode_bundle
 from bkv.client.countersign import countersign
 from bkv.client.state import ClientState
 from bkv.errors import (
     AuditError,
+    BundleError,
     CodecError,
+    ConsistencyProofError,
     CounterSignatureError,
     EpochRollbackError,
     InclusionProofError,
@@ -23,7 +28,13 @@ from bkv.errors import (
     UnknownKeyError,
     WitnessSignatureError,
 )
-from bkv.witness.plexi import WitnessKey
+from bkv.tlog.checkpoint import Checkpoint
+from bkv.tlog.log import MemoryHashStore, MerkleLog
+from bkv.tlog.note import Ed25519Signer as NoteSigner
+from bkv.witness.core import AuditEntry, sign_submission
+from bkv.witness.plexi import WitnessKey, sign_statement
+
+DAY_MS = 24 * 3600 * 1000
 
 
 def honest() -> RogueWitness:
@@ -197,3 +208,125 @@ def test_malformed_counter_signature_fails_the_audit(served: object) -> None:
     rogue.counter_signatures[1] = served  # type: ignore[assignment]
     with pytest.raises(CodecError):
         audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
+# --- the client's own checks, made by the auditor too ---------------------------------
+
+
+def test_logged_evidence_other_than_the_artifacts_fails_the_audit() -> None:
+    # /tmp/rereview-witness/audit_evidence.py: the artifact names no evidence but the
+    # log entry records other evidence; a client refuses such a bundle, so must the audit.
+    rogue = RogueWitness()
+    data = artifact("a")
+    digest = hashlib.sha256(data).digest()
+    statement = sign_statement(rogue.witness, NAMESPACE, T0 + 1, 1, digest)
+    submission = sign_submission(
+        rogue.operator, NAMESPACE, 1, data, submitted_at_ms=T0 + 1, evidence=b"other evidence"
+    )
+    entry = AuditEntry(
+        namespace=NAMESPACE,
+        epoch=1,
+        timestamp_ms=T0 + 1,
+        digest=digest,
+        key_id=statement.key_id,
+        witness_signature=statement.signature,
+        evidence_digest=submission.evidence_digest,
+        submitted_at_ms=T0 + 1,
+        operator_signature=submission.operator_signature,
+    ).to_bytes()
+    index = rogue.log.append(entry)
+    rogue.history[rogue.log.size] = rogue.checkpoint()
+    rogue.served[1] = Served(statement, data, index, entry)
+    with pytest.raises(BundleError, match="evidence"):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
+def test_statement_made_after_the_artifact_expired_fails_the_audit() -> None:
+    rogue = RogueWitness()
+    rogue.sign(artifact("a"), 1)
+    rogue.sign(artifact("b"), 2, timestamp_ms=T0 * 2 + 1)  # artifact not_after is T0 * 2
+    with pytest.raises(TimestampError, match="not_after"):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
+def test_statement_made_before_the_artifact_was_valid_fails_the_audit() -> None:
+    rogue = RogueWitness()
+    late = artifact("late", not_before_ms=T0 + DAY_MS)
+    rogue.sign(late, 1)
+    with pytest.raises(TimestampError, match="not_before"):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
+class _EditedJson:
+    """The rogue witness, with one convenience field of the audit JSON changed."""
+
+    def __init__(self, rogue: RogueWitness, name: str, value: object) -> None:
+        self.rogue, self.name, self.value = rogue, name, value
+
+    def get_json(self, path: str) -> Any:
+        data = self.rogue.get_json(path)
+        if "/audits/" in path:
+            data = {**data, self.name: self.value}
+        return data
+
+    def get_bytes(self, path: str, max_size: int) -> bytes:
+        return self.rogue.get_bytes(path, max_size)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("namespace", "other.v1"),
+        ("epoch", 2),
+        ("timestamp", T0 + 99),
+        ("digest", "00" * 32),
+    ],
+)
+def test_audit_json_fields_that_disagree_with_the_signed_bytes(name: str, value: object) -> None:
+    rogue = RogueWitness()
+    rogue.sign(artifact("a"), 1)
+    assert audit_namespace(rogue, NAMESPACE, rogue.pins()).epochs
+    with pytest.raises(AuditError, match=f"JSON field {name} differs"):
+        audit_namespace(_EditedJson(rogue, name, value), NAMESPACE, rogue.pins())
+
+
+def test_forked_but_valid_checkpoint_in_a_bundle_fails_the_audit() -> None:
+    # The bundle validates like a client would (its checkpoint is signed by the log key
+    # and includes the epoch), but its tree is a fork of the audited log.
+    rogue = RogueWitness()
+    first = rogue.sign(artifact("a"), 1)
+    fork = MerkleLog(MemoryHashStore())
+    fork.append(first.entry)
+    fork.append(b"an entry only clients were shown")
+    rogue.sign(artifact("b"), 2)
+    fork_note = Checkpoint(ORIGIN, fork.size, fork.root()).sign([NoteSigner(ORIGIN, rogue.log_key)])
+    bundle = encode_bundle(
+        build_bundle(
+            artifact=first.artifact,
+            namespace=NAMESPACE,
+            epoch=1,
+            statement=first.statement,
+            counter_signature=countersign(rogue.operator, first.statement.signature),
+            log_entry=first.entry,
+            log_index=first.index,
+            inclusion_proof=fork.inclusion_proof(first.index, fork.size),
+            checkpoint=fork_note,
+        )
+    )
+    honest_bundle = encode_bundle(
+        build_bundle(
+            artifact=first.artifact,
+            namespace=NAMESPACE,
+            epoch=1,
+            statement=first.statement,
+            counter_signature=countersign(rogue.operator, first.statement.signature),
+            log_entry=first.entry,
+            log_index=first.index,
+            inclusion_proof=rogue.log.inclusion_proof(first.index, rogue.log.size),
+            checkpoint=rogue.checkpoint(),
+        )
+    )
+    report = audit_namespace(rogue, NAMESPACE, rogue.pins(bundles=(honest_bundle,)))
+    assert 1 in report.countersigned_epochs
+    with pytest.raises(ConsistencyProofError, match="forked"):
+        audit_namespace(rogue, NAMESPACE, rogue.pins(bundles=(bundle,)))

@@ -146,7 +146,9 @@ def _receipt(world: World) -> tuple[bytes, dict[str, Any]]:
 def test_bundle_from_receipt_validates() -> None:
     world = World()
     artifact, receipt = _receipt(world)
-    bundle = bundle_from_receipt(artifact, receipt, world.operator, roots=world.roots(), epoch=1)
+    bundle = bundle_from_receipt(
+        artifact, receipt, world.operator, roots=world.roots(), epoch=1, now_ms=NOW_MS
+    )
     keys, _ = validate_bundle(encode_bundle(bundle), world.roots(), ClientState(), NOW_MS)
     assert keys.epoch == 1
 
@@ -173,7 +175,9 @@ def test_bad_receipt_fields(field: str, value: Any) -> None:
     artifact, receipt = _receipt(world)
     receipt[field] = value
     with pytest.raises(CodecError):
-        bundle_from_receipt(artifact, receipt, world.operator, roots=world.roots(), epoch=1)
+        bundle_from_receipt(
+            artifact, receipt, world.operator, roots=world.roots(), epoch=1, now_ms=NOW_MS
+        )
 
 
 def test_receipt_missing_fields() -> None:
@@ -189,7 +193,12 @@ def test_receipt_of_another_operators_submission_is_not_countersigned() -> None:
     artifact, receipt = _receipt(world)
     with pytest.raises(SubmissionSignatureError):
         bundle_from_receipt(
-            artifact, receipt, signer("not-the-operator"), roots=world.roots(), epoch=1
+            artifact,
+            receipt,
+            signer("not-the-operator"),
+            roots=world.roots(),
+            epoch=1,
+            now_ms=NOW_MS,
         )
 
 

@@ -13,9 +13,10 @@ import hashlib
 from typing import Any
 
 import pytest
-from client_world import NAMESPACE, NOW_MS, ORIGIN, World, make_artifact, signer
+from client_world import DAY_MS, NAMESPACE, NOW_MS, ORIGIN, World, make_artifact, signer
 
 from bkv.cli.operator import parse_witness_key, pinned_roots
+from bkv.client.artifact import FleetKeyArtifact
 from bkv.client.bundle import build_bundle, encode_bundle
 from bkv.client.countersign import countersign
 from bkv.client.operator import bundle_from_receipt, verify_receipt
@@ -29,6 +30,7 @@ from bkv.errors import (
     NamespaceMismatchError,
     NoteError,
     SubmissionSignatureError,
+    TimestampError,
     UnknownKeyError,
 )
 from bkv.tlog.checkpoint import Checkpoint
@@ -87,7 +89,13 @@ def honest(world: World) -> tuple[Submission, dict[str, Any]]:
 
 def check(world: World, receipt: dict[str, Any], submission: Submission | None = None) -> None:
     bundle_from_receipt(
-        LEGIT, receipt, world.operator, roots=world.roots(), epoch=1, submission=submission
+        LEGIT,
+        receipt,
+        world.operator,
+        roots=world.roots(),
+        epoch=1,
+        now_ms=NOW_MS,
+        submission=submission,
     )
 
 
@@ -95,7 +103,13 @@ def test_honest_receipt_is_countersigned_and_validates() -> None:
     world = World()
     submission, receipt = honest(world)
     bundle = bundle_from_receipt(
-        LEGIT, receipt, world.operator, roots=world.roots(), epoch=1, submission=submission
+        LEGIT,
+        receipt,
+        world.operator,
+        roots=world.roots(),
+        epoch=1,
+        now_ms=NOW_MS,
+        submission=submission,
     )
     keys, _ = validate_bundle(encode_bundle(bundle), world.roots(), ClientState(), NOW_MS)
     assert keys.digest == submission.digest
@@ -150,10 +164,17 @@ def test_statement_for_another_namespace_or_epoch() -> None:
     _, receipt = honest(world)
     with pytest.raises(NamespaceMismatchError):
         bundle_from_receipt(
-            LEGIT, receipt, world.operator, roots=world.roots(namespace="other.v1"), epoch=1
+            LEGIT,
+            receipt,
+            world.operator,
+            roots=world.roots(namespace="other.v1"),
+            epoch=1,
+            now_ms=NOW_MS,
         )
     with pytest.raises(BundleError, match="epoch"):
-        bundle_from_receipt(LEGIT, receipt, world.operator, roots=world.roots(), epoch=2)
+        bundle_from_receipt(
+            LEGIT, receipt, world.operator, roots=world.roots(), epoch=2, now_ms=NOW_MS
+        )
 
 
 def test_statement_signed_by_an_unpinned_witness_key() -> None:
@@ -210,6 +231,7 @@ def test_verify_receipt_returns_what_was_checked() -> None:
         world.roots(),
         operator_public_key=world.operator.public_key(),
         epoch=1,
+        now_ms=NOW_MS,
         submission=submission,
     )
     assert verified.log_index == receipt["log_index"]
@@ -254,3 +276,120 @@ def test_pinned_roots_from_the_command_line() -> None:
 def test_bad_pins_are_config_errors(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         pinned_roots(_args(**changes), World().operator.public_key())
+
+
+# --- time: the operator never counter-signs what clients refuse (receipt_time.py) --------
+
+
+def _receipt_of(world: World, published_index: int) -> dict[str, Any]:
+    published = world.published[published_index]
+    return statement_response(published.statement) | proof_fields(
+        published.index,
+        published.entry,
+        world.log.size,
+        world.log.inclusion_proof(published.index),
+        world.checkpoint(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("artifact", "timestamp_ms", "match"),
+    [
+        # /tmp/rereview-witness/receipt_time.py: 10 years ahead, and after not_after.
+        (make_artifact(seed="t"), NOW_MS + 3650 * DAY_MS, "future"),
+        (make_artifact(seed="t"), NOW_MS + 400 * DAY_MS, "future"),
+        (make_artifact(seed="t", not_after_ms=NOW_MS - 1), NOW_MS, "not_after"),
+        (make_artifact(seed="t", not_before_ms=NOW_MS + DAY_MS), NOW_MS, "not_before"),
+    ],
+)
+def test_receipt_timestamped_outside_now_or_the_artifacts_validity_is_refused(
+    artifact: FleetKeyArtifact, timestamp_ms: int, match: str
+) -> None:
+    world = World()
+    data = artifact.to_bytes()
+    world.publish(data, timestamp_ms=timestamp_ms)
+    receipt = _receipt_of(world, 0)
+    with pytest.raises(TimestampError, match=match):
+        verify_receipt(
+            data,
+            receipt,
+            world.roots(),
+            operator_public_key=world.operator.public_key(),
+            epoch=1,
+            now_ms=NOW_MS,
+        )
+    with pytest.raises(TimestampError, match=match):
+        bundle_from_receipt(
+            data, receipt, world.operator, roots=world.roots(), epoch=1, now_ms=NOW_MS
+        )
+
+
+def test_receipt_within_the_clock_skew_is_countersigned() -> None:
+    world = World()
+    skew = world.roots().max_clock_skew_ms
+    world.publish(LEGIT, timestamp_ms=NOW_MS + skew)
+    bundle = bundle_from_receipt(
+        LEGIT,
+        _receipt_of(world, 0),
+        world.operator,
+        roots=world.roots(),
+        epoch=1,
+        now_ms=NOW_MS,
+    )
+    with pytest.raises(TimestampError):
+        bundle_from_receipt(
+            LEGIT,
+            _receipt_of(world, 0),
+            world.operator,
+            roots=world.roots(),
+            epoch=1,
+            now_ms=NOW_MS - 1,
+        )
+    assert bundle.epoch == 1
+
+
+def test_statement_timestamped_before_the_logged_submission_is_refused() -> None:
+    world = World()
+    skew = world.roots().max_clock_skew_ms
+    submission = sign_submission(
+        world.operator, NAMESPACE, 1, LEGIT, submitted_at_ms=NOW_MS + skew + 1
+    )
+    statement = sign_statement(world.witness, NAMESPACE, NOW_MS, 1, submission.digest)
+    entry = AuditEntry(
+        namespace=NAMESPACE,
+        epoch=1,
+        timestamp_ms=NOW_MS,
+        digest=submission.digest,
+        key_id=statement.key_id,
+        witness_signature=statement.signature,
+        evidence_digest=b"",
+        submitted_at_ms=NOW_MS + skew + 1,
+        operator_signature=submission.operator_signature,
+    ).to_bytes()
+    with pytest.raises(TimestampError, match="before the submission"):
+        check(world, receipt_for(world, statement, entry), submission)
+
+
+def test_receipt_whose_entry_names_other_evidence_is_refused() -> None:
+    # The artifact names no evidence; the witness logged (and checked) other evidence.
+    world = World()
+    submission = sign_submission(
+        world.operator, NAMESPACE, 1, LEGIT, submitted_at_ms=NOW_MS, evidence=b"other evidence"
+    )
+    statement = sign_statement(world.witness, NAMESPACE, NOW_MS, 1, submission.digest)
+    entry = AuditEntry(
+        namespace=NAMESPACE,
+        epoch=1,
+        timestamp_ms=NOW_MS,
+        digest=submission.digest,
+        key_id=statement.key_id,
+        witness_signature=statement.signature,
+        evidence_digest=submission.evidence_digest,
+        submitted_at_ms=NOW_MS,
+        operator_signature=submission.operator_signature,
+    ).to_bytes()
+    receipt = receipt_for(world, statement, entry)
+    with pytest.raises(BundleError, match="evidence"):
+        check(world, receipt, submission)
+    with pytest.raises(BundleError, match="evidence"):
+        check(world, receipt)

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from client_world import NOW_MS, World, make_artifact
 
+from bkv.client.bundle import encode_bundle
 from bkv.client.state import ClientState
 from bkv.client.store_json import MAX_STATE_FILE_SIZE, JsonFileStateStore
-from bkv.errors import StorageError
+from bkv.client.validation import validate_bundle
+from bkv.errors import ConsistencyProofError, EpochRollbackError, StorageError
 
 
 def test_missing_file_is_fresh_state(tmp_path: Path) -> None:
@@ -100,10 +103,94 @@ def test_save_uses_unique_temporary_files_and_leaves_none(tmp_path: Path) -> Non
     first.save(ClientState(epoch=1, digest=b"\x01" * 32))
     second.save(ClientState(epoch=2, digest=b"\x02" * 32))
     assert JsonFileStateStore(path).load().epoch == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "state.json",
+        "state.json.lock",
+        "state.json.tmp",
+    ]
     assert stale.read_bytes() == b"stale"
 
 
 def test_unwritable_directory_is_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         JsonFileStateStore(tmp_path / "missing-dir" / "state.json").save(ClientState())
+
+
+def test_two_writers_cannot_roll_the_saved_epoch_back(tmp_path: Path) -> None:
+    # /tmp/rereview-witness/race.py: two updates share one state file; both load the
+    # fresh state, A accepts epoch 2 and saves, then B accepts epoch 1 and saved it
+    # over A's (lost update), so epoch 1 was accepted again afterwards.
+    world = World()
+    first = encode_bundle(world.bundle(world.publish(make_artifact(seed="a").to_bytes())))
+    second = encode_bundle(world.bundle(world.publish(make_artifact(seed="b").to_bytes())))
+    roots = world.roots()
+    path = tmp_path / "state.json"
+    store_a, store_b = JsonFileStateStore(path), JsonFileStateStore(path)
+    loaded_a, loaded_b = store_a.load(), store_b.load()
+    _, newer = validate_bundle(second, roots, loaded_a, NOW_MS)
+    store_a.save(newer)
+    _, older = validate_bundle(first, roots, loaded_b, NOW_MS)
+    with pytest.raises(EpochRollbackError):
+        store_b.save(older)
+    assert JsonFileStateStore(path).load() == newer
+    with pytest.raises(EpochRollbackError):
+        validate_bundle(first, roots, JsonFileStateStore(path).load(), NOW_MS)
+
+
+STORED = ClientState(epoch=5, digest=b"\x05" * 32, checkpoint_size=9, checkpoint_root=b"\x09" * 32)
+
+
+@pytest.mark.parametrize(
+    ("older", "error"),
+    [
+        (ClientState(), EpochRollbackError),
+        (
+            ClientState(
+                epoch=4, digest=b"\x05" * 32, checkpoint_size=10, checkpoint_root=b"\x0a" * 32
+            ),
+            EpochRollbackError,
+        ),
+        (
+            ClientState(
+                epoch=5, digest=b"\x06" * 32, checkpoint_size=9, checkpoint_root=b"\x09" * 32
+            ),
+            EpochRollbackError,
+        ),
+        (
+            ClientState(
+                epoch=6, digest=b"\x06" * 32, checkpoint_size=8, checkpoint_root=b"\x08" * 32
+            ),
+            ConsistencyProofError,
+        ),
+        (
+            ClientState(
+                epoch=6, digest=b"\x06" * 32, checkpoint_size=9, checkpoint_root=b"\x0a" * 32
+            ),
+            ConsistencyProofError,
+        ),
+    ],
+)
+def test_save_refuses_anything_older_than_the_stored_state(
+    tmp_path: Path, older: ClientState, error: type[Exception]
+) -> None:
+    path = tmp_path / "state.json"
+    JsonFileStateStore(path).save(STORED)
+    with pytest.raises(error):
+        JsonFileStateStore(path).save(older)
+    assert JsonFileStateStore(path).load() == STORED
+
+
+def test_save_accepts_the_same_state_and_states_that_move_forward(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = JsonFileStateStore(path)
+    store.save(STORED)
+    store.save(STORED)
+    newer_checkpoint = ClientState(
+        epoch=5, digest=b"\x05" * 32, checkpoint_size=12, checkpoint_root=b"\x0c" * 32
+    )
+    store.save(newer_checkpoint)
+    newer_epoch = ClientState(
+        epoch=6, digest=b"\x06" * 32, checkpoint_size=12, checkpoint_root=b"\x0c" * 32
+    )
+    JsonFileStateStore(path).save(newer_epoch)
+    assert store.load() == newer_epoch

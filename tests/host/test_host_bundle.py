@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hashlib
+import http.server
+import json
 import socket
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -11,9 +18,16 @@ from host_world import ACCOUNTS, running
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bkv.client.bundle import ValidationBundle, build_bundle, decode_bundle, encode_bundle
 from bkv.errors import CodecError, ConfigError
-from bkv.host.bundle import MAX_TREE_SIZE, parse_since
+from bkv.host.bundle import MAX_PROOF_RESPONSE, MAX_TREE_SIZE, BundleSource, parse_since
 from bkv.host.config import HostConfig, token_digest
+from bkv.keystore import SoftwareSigner
+from bkv.tlog.checkpoint import Checkpoint
+from bkv.tlog.log import MemoryHashStore, MerkleLog
+from bkv.tlog.merkle import verify_consistency
+from bkv.tlog.note import Ed25519Signer as NoteSigner
+from bkv.witness.plexi import sign_statement
 
 
 def _config(tmp_path: Path, extra: str) -> Path:
@@ -101,3 +115,173 @@ def test_since_is_canonical_or_refused(text: str) -> None:
     except CodecError:
         return
     assert str(value) == text
+
+
+# --- consistency proofs: fetched capped, verified before they are cached or served --------
+
+ORIGIN = "witness.test/log"
+NEW_SIZE = 5
+
+
+class _Witness:
+    """A witness on a real loopback HTTP server whose answers the test sets (it may lie)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        witness = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                witness.requests.append(self.path)
+                body = witness.answers.get(self.path)
+                self.send_response(404 if body is None else 200)
+                self.send_header("content-length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Witness:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@dataclasses.dataclass
+class _Log:
+    key: SoftwareSigner = dataclasses.field(default_factory=lambda: SoftwareSigner(b"\x07" * 32))
+    log: MerkleLog = dataclasses.field(default_factory=lambda: MerkleLog(MemoryHashStore()))
+
+    def __post_init__(self) -> None:
+        for i in range(NEW_SIZE):
+            self.log.append(b"entry %d" % i)
+
+    def note(
+        self, size: int, key: SoftwareSigner | None = None, root: bytes | None = None
+    ) -> bytes:
+        body = Checkpoint(ORIGIN, size, root or self.log.root(size))
+        return body.sign([NoteSigner(ORIGIN, key or self.key)])
+
+    def proof_json(self, old: int, new: int = NEW_SIZE) -> bytes:
+        proof = self.log.consistency_proof(old, new)
+        return json.dumps({"proof": [h.hex() for h in proof]}).encode()
+
+    def bundle_file(self, path: Path) -> Path:
+        artifact = b'{"not": "parsed by the host"}'
+        statement = sign_statement(
+            SoftwareSigner(b"\x08" * 32),
+            "bkv.fleet_keys.v1",
+            1,
+            1,
+            hashlib.sha256(artifact).digest(),
+        )
+        bundle = build_bundle(
+            artifact=artifact,
+            namespace="bkv.fleet_keys.v1",
+            epoch=1,
+            statement=statement,
+            counter_signature=bytes(64),
+            log_entry=b"entry 4",
+            log_index=NEW_SIZE - 1,
+            inclusion_proof=self.log.inclusion_proof(NEW_SIZE - 1, NEW_SIZE),
+            checkpoint=self.note(NEW_SIZE),
+        )
+        path.write_bytes(encode_bundle(bundle))
+        return path
+
+
+def _serve(source: BundleSource, since: int) -> ValidationBundle:
+    async def run() -> bytes:
+        return (await source.for_client(since))[0]
+
+    return decode_bundle(asyncio.run(run()))
+
+
+def _source(path: Path, url: str, **kwargs: Any) -> BundleSource:
+    return BundleSource(path, url, **kwargs)
+
+
+def _consistency(old: int) -> str:
+    return f"/log/consistency?old={old}&size={NEW_SIZE}"
+
+
+def test_verified_proof_is_served_and_cached(tmp_path: Path) -> None:
+    log = _Log()
+    with _Witness() as witness:
+        witness.answers = {"/checkpoints/2": log.note(2), _consistency(2): log.proof_json(2)}
+        source = _source(log.bundle_file(tmp_path / "b.bundle"), witness.url)
+        served = _serve(source, 2)
+        assert served.consistency_size == 2
+        verify_consistency(2, NEW_SIZE, served.consistency_proof, log.log.root(2), log.log.root())
+        asked = len(witness.requests)
+        assert _serve(source, 2).consistency_proof == served.consistency_proof
+        assert len(witness.requests) == asked  # from the cache
+        pinned = _source(
+            tmp_path / "b.bundle",
+            witness.url,
+            log_verifier_key=NoteSigner(ORIGIN, log.key).verifier().verifier_key(),
+        )
+        assert _serve(pinned, 2).consistency_size == 2
+
+
+def test_wrong_proof_is_neither_served_nor_cached(tmp_path: Path) -> None:
+    log = _Log()
+    with _Witness() as witness:
+        witness.answers = {"/checkpoints/2": log.note(2), _consistency(2): log.proof_json(3)}
+        source = _source(log.bundle_file(tmp_path / "b.bundle"), witness.url)
+        assert _serve(source, 2).consistency_size == 0
+        # The witness answers correctly now: the bad answer was not cached.
+        witness.answers[_consistency(2)] = log.proof_json(2)
+        assert _serve(source, 2).consistency_size == 2
+
+
+def test_proof_from_a_checkpoint_the_log_key_did_not_sign_is_refused(tmp_path: Path) -> None:
+    log = _Log()
+    impostor = SoftwareSigner(b"\x09" * 32)
+    fork = _Log(log=MerkleLog(MemoryHashStore()))
+    with _Witness() as witness:
+        source = _source(log.bundle_file(tmp_path / "b.bundle"), witness.url)
+        pinned = _source(
+            tmp_path / "b.bundle",
+            witness.url,
+            log_verifier_key=NoteSigner(ORIGIN, log.key).verifier().verifier_key(),
+        )
+        for note in (
+            log.note(2, key=impostor),  # another key
+            log.note(3),  # another size than asked
+            fork.note(2, root=b"\x01" * 32),  # a forked root: the proof cannot verify
+        ):
+            witness.answers = {"/checkpoints/2": note, _consistency(2): log.proof_json(2)}
+            assert _serve(source, 2).consistency_size == 0
+            assert _serve(pinned, 2).consistency_size == 0
+
+
+def test_oversized_witness_answer_is_dropped(tmp_path: Path) -> None:
+    log = _Log()
+    with _Witness() as witness:
+        padded = log.proof_json(2)[:-1] + b" " * (MAX_PROOF_RESPONSE + 1) + b"}"
+        nested = b"[" * MAX_PROOF_RESPONSE
+        source = _source(log.bundle_file(tmp_path / "b.bundle"), witness.url)
+        for answer in (padded, nested):
+            witness.answers = {"/checkpoints/2": log.note(2), _consistency(2): answer}
+            assert _serve(source, 2).consistency_size == 0
+
+
+def test_since_above_the_bundles_tree_is_not_asked_of_the_witness(tmp_path: Path) -> None:
+    log = _Log()
+    with _Witness() as witness:
+        source = _source(log.bundle_file(tmp_path / "b.bundle"), witness.url)
+        for since in (NEW_SIZE + 1, MAX_TREE_SIZE):
+            assert _serve(source, since).consistency_size == 0
+        assert _serve(source, NEW_SIZE).consistency_size == 0
+        assert witness.requests == []

@@ -7,6 +7,7 @@ the SDK pulled before refusing.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -96,3 +97,58 @@ def test_unreachable_host_is_fleet_unreachable() -> None:
 
     with client(httpx.MockTransport(refuse)) as vault, pytest.raises(FleetUnreachableError):
         vault.status()
+
+
+class GzipBombHost(httpx.BaseTransport):
+    """Answers with a gzip body (``encoding``) that inflates 1000-fold; records the request."""
+
+    def __init__(self, encoding: str = "gzip") -> None:
+        self.encoding = encoding
+        self.accept_encoding: list[str | None] = []
+        self.chunks_sent = 0
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip container
+        self.payload = packer.compress(bytes(4 * 1024 * 1024)) + packer.flush()
+
+    def _body(self) -> Iterator[bytes]:
+        for start in range(0, len(self.payload), CHUNK):
+            self.chunks_sent += 1
+            yield self.payload[start : start + CHUNK]
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.accept_encoding.append(request.headers.get("accept-encoding"))
+        return httpx.Response(
+            200,
+            headers={"content-type": sdk.OCTET_STREAM, "content-encoding": self.encoding},
+            stream=_Stream(self._body()),
+        )
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP", "identity, gzip"])
+def test_a_compressed_answer_is_refused_unread_and_identity_is_asked_for(encoding: str) -> None:
+    """The re-review's gzip bomb: 4 KiB of limit must not mean 4 MiB inflated in memory."""
+    host = GzipBombHost(encoding)
+    with client(host) as vault, pytest.raises(CodecError, match="content encoding"):
+        vault.status()
+    assert host.accept_encoding == ["identity"]
+    assert host.chunks_sent == 0  # refused on the header, before any body chunk was pulled
+
+
+def test_the_limit_counts_bytes_on_the_wire_not_after_decoding() -> None:
+    host = GzipBombHost()
+    # Direct use of the reader (as the bundle fetch and /v1/request do): the limit holds
+    # even if a caller's own transport or headers asked for compression.
+    with (
+        httpx.Client(base_url="http://host.invalid", transport=host) as http,
+        pytest.raises(CodecError),
+    ):
+        sdk._send(
+            http,
+            "POST",
+            "/v1/request",
+            MAX_ANSWER_SIZE,
+            "answer",
+            content=b"x",
+            headers={"accept-encoding": "gzip"},
+        )
+    assert host.accept_encoding == ["identity"]  # the SDK's header wins
+    assert host.chunks_sent <= 1

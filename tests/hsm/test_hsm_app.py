@@ -79,9 +79,13 @@ def wrong_guess(client: VaultClient, n: int) -> None:
 def finish_registration(
     client: VaultClient, password: bytes, secret: bytes = SECRET, guess_limit: int = 10
 ) -> tuple[bytes, RegisterFinishOk]:
-    """RegisterStart + RegisterFinish (raw, no expose): the registration id and the answer."""
+    """RegisterStart + RegisterFinish (raw, no expose): the registration id and the answer.
+
+    The start names the live record it replaces, as the SDK does (from a status).
+    """
+    live = client.status()
     state, request = client_registration_start(password)
-    started = client.call(RegisterStart(request.to_bytes()))
+    started = client.call(RegisterStart(request.to_bytes(), live.generation if live.exists else 0))
     assert isinstance(started, RegisterStartOk)
     record, _export = client_registration_finish(
         state, CONFIG, RegistrationResponse.from_bytes(started.registration_response)
@@ -228,7 +232,8 @@ def test_owner_deletes_with_the_password_and_the_account_can_start_over(world: W
     client.delete(PASSWORD)
     assert not client.status().exists
     new_secret = bytes(range(32, 64))
-    assert client.register(b"new password", new_secret).generation == 2
+    # Record 1 was deleted (the tombstone moved to 2): the new record is 3.
+    assert client.register(b"new password", new_secret).generation == 3
     assert client.recover(b"new password") == new_secret
 
 
@@ -739,7 +744,7 @@ def test_a_retried_register_finish_replaces_the_pending_record(world: World) -> 
     assert app.vault.record(b"alice") is not None
 
 
-def test_expose_is_single_use_and_needs_a_known_fresh_registration_id(world: World) -> None:
+def test_expose_is_idempotent_and_needs_a_known_fresh_registration_id(world: World) -> None:
     app, host, client = world
     for unknown in (bytes(32), b"\x01" * 32):
         with pytest.raises(RefusedError) as refused:
@@ -751,11 +756,11 @@ def test_expose_is_single_use_and_needs_a_known_fresh_registration_id(world: Wor
     assert refused.value.code is ErrorCode.PROTOCOL_STATE
     request, state = client.request_bytes(RegisterExpose(registration_id))
     assert isinstance(client.open(state, host(request)), RegisterExposeOk)
-    after = app.sealed_state()
-    with pytest.raises(RefusedError) as refused:
-        client.open(state, host(request))  # the host replays the expose
-    assert refused.value.code is ErrorCode.PROTOCOL_STATE
-    assert app.sealed_state() == after
+    after, version = app.sealed_state(), app.version
+    # The host replays the expose (or the client retries it): the same answer, no change.
+    again = client.open(state, host(request))
+    assert isinstance(again, RegisterExposeOk) and again.attempts_left == 10
+    assert app.sealed_state() == after and app.version == version
     # An expose that comes too late is refused, and the pending record stays unguessable.
     stale_id, _done = finish_registration(client, b"another password")
     host.now_ms += PENDING_RECORD_TTL_MS
@@ -793,3 +798,35 @@ def test_register_start_without_finish_expires(world: World) -> None:
     with pytest.raises(RefusedError) as refused:
         client.call(RegisterFinish(started.registration_id, record.to_bytes(), SECRET))
     assert refused.value.code is ErrorCode.PROTOCOL_STATE
+
+
+def test_register_start_must_name_the_live_record_it_replaces(world: World) -> None:
+    app, _host, client = world
+    live = client.register(PASSWORD, SECRET)
+    _state, request = client_registration_start(b"next password")
+    version = app.version
+    for wrong in (0, live.generation + 1):
+        with pytest.raises(RefusedError) as refused:
+            client.call(RegisterStart(request.to_bytes(), wrong))
+        assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    assert isinstance(
+        client.call(RegisterStart(request.to_bytes(), live.generation)), RegisterStartOk
+    )
+    assert app.version == version  # a start is volatile: nothing persisted
+
+
+def test_an_expired_pending_record_is_zeroized_at_the_next_tick(world: World) -> None:
+    app, host, client = world
+    client.register(PASSWORD, SECRET)
+    finish_registration(client, b"never exposed")
+    slot = app.vault.slot(b"alice")
+    assert slot is not None and slot.pending is not None
+    host.now_ms += PENDING_RECORD_TTL_MS - 1
+    assert host.tick() == 0  # not yet expired
+    host.now_ms += 1
+    assert host.tick() == 1
+    slot = app.vault.slot(b"alice")
+    assert slot is not None and slot.pending is None and slot.record is not None
+    assert client.recover(PASSWORD) == SECRET  # the live record is untouched
+    restarted = HsmApp.load(host.stored[-1], app._sealer)
+    assert restarted.vault.slot(b"alice").pending is None  # type: ignore[union-attr]

@@ -46,6 +46,7 @@ commands = st.one_of(
         s.InstallRecord, account, u32, fixed(32), fixed(192), var(1, m.MAX_SECRET), limit, u64
     ),
     st.builds(s.ExposeRecord, account, fixed(32), u64),
+    st.builds(s.ExpirePending, account, u64),
 )
 pending_records = st.builds(
     lambda g, rid, rec, sec, lim, ms: s.Record(g, rid, rec, sec, lim, 0, ms),
@@ -63,7 +64,7 @@ MESSAGES = st.one_of(
     ),
     st.builds(m.HsmResponse, var(1, m.MAX_SEALED_RESPONSE)),
     st.builds(m.HsmRejected, st.sampled_from(m.ErrorCode)),
-    st.builds(m.RegisterStart, fixed(32)),
+    st.builds(m.RegisterStart, fixed(32), u32),
     st.builds(m.RegisterFinish, fixed(32), fixed(192), var(1, m.MAX_SECRET), st.integers(0, 255)),
     st.builds(m.RegisterExpose, fixed(32)),
     st.builds(m.RegisterExposeOk, u32, st.integers(0, 255), st.integers(0, 255)),
@@ -104,6 +105,7 @@ ALL = Registry(
         s.DeleteRecord,
         s.InstallRecord,
         s.ExposeRecord,
+        s.ExpirePending,
         s.CommandEnvelope,
         SealedState,
     ]

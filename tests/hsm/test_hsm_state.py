@@ -8,16 +8,20 @@ from hypothesis import strategies as st
 
 from bkv.errors import ProtocolStateError, RecordExistsError, VaultError
 from bkv.hsm.state import (
+    MAX_GENERATION,
     PENDING_RECORD_TTL_MS,
+    AccountSlot,
     Applied,
     Command,
     CountAttempt,
     Counted,
     DeleteRecord,
     DestroyRecord,
+    ExpirePending,
     ExposeRecord,
     InstallRecord,
     NoRecord,
+    Record,
     ResetAttempts,
     VaultState,
     apply,
@@ -60,7 +64,8 @@ def test_count_until_limit_then_destroy_and_tombstone() -> None:
     state, outcome = apply(state, CountAttempt(b"a"))
     assert outcome == NoRecord(destroyed_now=True)
     slot = state.slot(b"a")
-    assert slot is not None and slot.record is None and slot.generation == 1
+    # The tombstone moved on a generation: nothing started against record 1 installs.
+    assert slot is not None and slot.record is None and slot.generation == 2
     assert apply(state, CountAttempt(b"a")) == (state, NoRecord(destroyed_now=False))
 
 
@@ -143,8 +148,59 @@ def test_expose_is_single_use_needs_the_id_and_expires() -> None:
         with pytest.raises(ProtocolStateError):
             apply(state, wrong)
     state, _ = apply(state, ExposeRecord(b"a", registration_id(7), NOW + PENDING_RECORD_TTL_MS - 1))
+    # Asked again (the first RegisterExposeOk was lost): the same answer, nothing changes.
+    again, outcome = apply(state, ExposeRecord(b"a", registration_id(7), NOW + 1))
+    assert again is state and outcome == Applied(state.slot(b"a"))  # type: ignore[arg-type]
+    # Once that record is replaced, the id exposes nothing any more.
+    state = install_pending(state, b"a", rid=9)
+    state, _ = apply(state, ExposeRecord(b"a", registration_id(9), NOW))
     with pytest.raises(ProtocolStateError):
         apply(state, ExposeRecord(b"a", registration_id(7), NOW))
+
+
+def test_a_registration_started_before_a_destroy_or_delete_never_installs() -> None:
+    """The re-review's F1: InstallRecord names the generation its registration started at."""
+    for end in ("destroy", "delete"):
+        state = install(EMPTY, b"a", limit=1)
+        started_at = state.slot(b"a").generation  # type: ignore[union-attr]
+        if end == "destroy":
+            state, _ = apply(state, CountAttempt(b"a"))
+            state, outcome = apply(state, CountAttempt(b"a"))
+            assert outcome == NoRecord(destroyed_now=True)
+        else:
+            state, _ = apply(state, DeleteRecord(b"a", 1))
+        with pytest.raises(ProtocolStateError):
+            install_pending(state, b"a", limit=1, expected=started_at, rid=2)
+        # One started after the end (told: no record) installs, at a new generation.
+        state = install_pending(state, b"a", limit=1, rid=2)
+        assert state.slot(b"a").pending.generation == started_at + 2  # type: ignore[union-attr]
+
+
+def test_generations_saturate_and_then_refuse_every_registration() -> None:
+    record = Record(MAX_GENERATION, registration_id(1), bytes(192), b"s", 1, 1, 0)
+    state = VaultState("fleet", 10, (AccountSlot(b"a", MAX_GENERATION, record),))
+    for end in (DestroyRecord(b"a", MAX_GENERATION), DeleteRecord(b"a", MAX_GENERATION)):
+        after, _ = apply(state, end)
+        slot = after.slot(b"a")
+        assert slot is not None and slot.record is None and slot.generation == MAX_GENERATION
+        with pytest.raises(RecordExistsError, match="generations"):
+            install_pending(after, b"a", limit=1, rid=2)
+
+
+def test_an_expired_pending_record_is_zeroized_by_housekeeping() -> None:
+    state = install(EMPTY, b"a", limit=3)
+    state = install_pending(state, b"a", limit=3, rid=2)
+    with pytest.raises(ProtocolStateError):  # not yet expired
+        apply(state, ExpirePending(b"a", NOW + PENDING_RECORD_TTL_MS - 1))
+    with pytest.raises(ProtocolStateError):  # no such account
+        apply(state, ExpirePending(b"b", NOW + PENDING_RECORD_TTL_MS))
+    after, _ = apply(state, ExpirePending(b"a", NOW + PENDING_RECORD_TTL_MS))
+    slot, before = after.slot(b"a"), state.slot(b"a")
+    assert slot is not None and before is not None
+    assert slot.pending is None and slot.record == before.record
+    assert slot.generation == before.generation
+    with pytest.raises(ProtocolStateError):
+        apply(after, ExpirePending(b"a", NOW + PENDING_RECORD_TTL_MS))  # nothing left
 
 
 def test_install_after_destruction_starts_fresh_with_a_new_generation() -> None:
@@ -153,7 +209,8 @@ def test_install_after_destruction_starts_fresh_with_a_new_generation() -> None:
     state, _ = apply(state, CountAttempt(b"a"))  # destroys
     state = install(state, b"a", limit=1)
     record = state.record(b"a")
-    assert record is not None and record.attempts_used == 0 and record.generation == 2
+    # Generation 1 was destroyed (the tombstone is 2), the new record is 3.
+    assert record is not None and record.attempts_used == 0 and record.generation == 3
 
 
 def test_refused_install_outside_the_policy_is_caller_misuse() -> None:
@@ -209,6 +266,8 @@ def _run(steps: list[tuple[str, bytes, bool, int]]) -> tuple[list[bytes], int]:
     # Reference: checks each account's secrets answered since the last successful login,
     # summed over every record that replaced another (carry-over), per live generation.
     answered: dict[bytes, int] = dict.fromkeys(ACCOUNTS, 0)
+    # Slot generations at which the account's record was destroyed or deleted.
+    ended_at: dict[bytes, set[int]] = {account: set() for account in ACCOUNTS}
     for step in steps:
         account = step[1]
         command = _command(state, step)
@@ -234,10 +293,15 @@ def _run(steps: list[tuple[str, bytes, bool, int]]) -> tuple[list[bytes], int]:
             answered[account] = 0
         if isinstance(outcome, Applied) and isinstance(command, ExposeRecord):
             assert after.record is not None and after.record.attempts_used == answered[account]
+        if isinstance(command, InstallRecord):
+            # Never a registration started before its account's record ended.
+            assert command.expected_generation not in ended_at[account]
         if after.record is None:
             answered[account] = 0  # destroyed or deleted: the secret is gone
             if before is not None and before.record is not None:
                 assert after.pending is None  # ... and any pending record with it
+                assert after.generation > before.generation
+                ended_at[account].add(before.generation)
         if after.record is not None:
             assert after.record.attempts_used == answered[account]
         if after.pending is not None:

@@ -1,18 +1,24 @@
 """Hypothesis state machine on HsmApp: a malicious host's schedules never beat the guess limit.
 
-The machine plays the client *and* the host: it registers (with or without the
-expose step), starts logins with the right or a wrong password and leaves them
-open, finishes them with a valid or a forged KE3, aborts, lets time pass (and
-runs housekeeping), restarts the HSM from its latest persisted state, names
-alice's sessions from another account, and replays any request it sent before.
+The machine plays the client *and* the host: it starts registrations and
+finishes them as separate steps (so any schedule can put a destroy, a delete or
+another registration between RegisterStart and RegisterFinish, or between
+RegisterFinish and RegisterExpose), exposes them or not, asks for the status,
+starts logins with the right or a wrong password and leaves them open,
+finishes them with a valid or a forged KE3, aborts, lets time pass (and runs
+housekeeping), restarts the HSM from its latest persisted state, names alice's
+sessions from another account, and replays any request it sent before.
 
 Invariants, checked after every step that could break them:
 
 - *Guess limit.* A KE2 that opens under the password it was requested with
   came from the real record (a fake-record KE2 opens under no password). Between
-  two successful logins, and as long as the account keeps a live record, the
-  number of such real KE2s for one password is at most the guess limit of the
-  record that answered (retries, re-registrations and carry-over included).
+  two successful logins, and until the client has been *told* that its record
+  is gone (a status answer without a record), the number of such real KE2s for
+  one password is at most the guess limit of the record that answered
+  (retries, re-registrations and carry-over included). The count is *not*
+  reset when the record merely disappears inside the HSM: a registration the
+  client started before that must not give the password a fresh counter.
 - *Release.* A ``KeyReleased`` answers only a fresh RecoverFinish carrying the
   KE3 that ``client_login_finish`` computed for that session, and it opens to
   the secret registered under that password. Forged KE3s and replays release
@@ -28,7 +34,7 @@ import pytest
 from hsm_world import CONFIG, InProcessHost, RefusedError, VaultClient, fleet_keys_of, new_app
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from bkv.crypto import channel
 from bkv.crypto.opaque import (
@@ -51,11 +57,14 @@ from bkv.hsm.messages import (
     RecoverStart,
     RecoverStartOk,
     RegisterExpose,
+    RegisterExposeOk,
     RegisterFinish,
     RegisterFinishOk,
     RegisterStart,
     RegisterStartOk,
     RequestKind,
+    StatusOk,
+    StatusRequest,
 )
 from bkv.hsm.state import PENDING_RECORD_TTL_MS
 from bkv.wire import decode
@@ -81,6 +90,16 @@ class Sent:
 
     request: bytes
     state: channel.ClientChannelState
+    exposes: bytes | None = None  # the registration id of a RegisterExpose
+
+
+@dataclass(frozen=True)
+class Started:
+    """A registration whose RegisterStartOk came back: the client can finish it later."""
+
+    password: bytes
+    registration_id: bytes
+    record: bytes
 
 
 class HsmUnderAttack(RuleBasedStateMachine):
@@ -95,38 +114,83 @@ class HsmUnderAttack(RuleBasedStateMachine):
         self.sent: list[Sent] = []
         self.registrations: dict[bytes, tuple[bytes, bytes]] = {}  # id -> (password, secret)
         self.pending_ids: list[bytes] = []
+        self.started: list[Started] = []
         self.secret_of: dict[bytes, bytes] = {}  # password -> secret of its live record
         self.real: dict[bytes, int] = dict.fromkeys(PASSWORDS, 0)
+        self.known_generation = 0  # the live record's generation as the client last saw it
 
     def _relay(self, request: bytes) -> bytes:
         return self.host(request)
 
-    def _send(self, client: VaultClient, inner: object) -> tuple[bytes, bytes, Sent]:
+    def _send(
+        self, client: VaultClient, inner: object, exposes: bytes | None = None
+    ) -> tuple[bytes, bytes, Sent]:
         request, state = client.request_bytes(inner)  # type: ignore[arg-type]
-        sent = Sent(request, state)
+        sent = Sent(request, state, exposes)
         self.sent.append(sent)
         return request, self._relay(request), sent
 
-    def _after_step(self) -> None:
-        # The account lost its live record (destroyed at the limit or deleted): the
-        # secret is gone, and a new registration may start afresh (documented rule 4).
-        if self.app.vault.record(ALICE) is None:
-            self.real = dict.fromkeys(PASSWORDS, 0)
-            self.secret_of.clear()
+    def _told_no_record(self) -> None:
+        # The client learned that its record is gone (destroyed at the limit or
+        # deleted): the secret is lost, and a registration it starts from now on
+        # may start afresh (documented rule 4). Only now are the counts reset.
+        self.real = dict.fromkeys(PASSWORDS, 0)
+        self.secret_of.clear()
+        self.known_generation = 0
 
     # --- registration -------------------------------------------------------------
 
-    @rule(password=st.sampled_from(PASSWORDS), limit=st.integers(1, 3), n=st.integers(0, 9))
-    def register_finish(self, password: bytes, limit: int, n: int) -> None:
-        """RegisterStart + RegisterFinish; the answer may or may not reach the client."""
+    @rule()
+    def status(self) -> None:
+        """The client asks; an answer without a record *tells* it the record is gone."""
+        answer = self.alice.call(StatusRequest())
+        assert isinstance(answer, StatusOk)
+        if not answer.exists:
+            self._told_no_record()
+        else:
+            self.known_generation = answer.generation
+
+    @rule(password=st.sampled_from(PASSWORDS))
+    def register_start(self, password: bytes) -> None:
+        """RegisterStart naming the live record as the client last saw it; finished later."""
         state, request = client_registration_start(password)
-        started = self.alice.call(RegisterStart(request.to_bytes()))
+        inner = RegisterStart(request.to_bytes(), self.known_generation)
+        _request, answer, sent = self._send(self.alice, inner)
+        try:
+            started = self.alice.open(sent.state, answer)
+        except RefusedError:
+            return  # PROTOCOL_STATE: the live record is not the one the client saw
         assert isinstance(started, RegisterStartOk)
         record, _export = client_registration_finish(
             state, CONFIG, RegistrationResponse.from_bytes(started.registration_response)
         )
+        self.started.append(Started(password, started.registration_id, record.to_bytes()))
+
+    @initialize(password=st.sampled_from(PASSWORDS), limit=st.integers(1, 3))
+    def first_registration(self, password: bytes, limit: int) -> None:
+        """Most schedules are about a record that exists: start with one."""
+        self.register_and_expose(password, limit, 0)
+
+    @precondition(lambda self: self.started)
+    @rule(
+        index=st.integers(0, 20),
+        limit=st.integers(1, 3),
+        n=st.integers(0, 9),
+        then_expose=st.booleans(),
+    )
+    def finish_started(self, index: int, limit: int, n: int, then_expose: bool) -> None:
+        """RegisterFinish of any started registration, maybe with its expose right after."""
+        pending = len(self.pending_ids)
+        self.register_finish(index, limit, n)
+        if then_expose and len(self.pending_ids) > pending:
+            self.expose(len(self.pending_ids) - 1)
+
+    def register_finish(self, index: int, limit: int, n: int) -> None:
+        """RegisterFinish of any started registration, however much happened since its start."""
+        started = self.started.pop(index % len(self.started))
+        password = started.password
         secret = b"secret %d of " % n + password
-        finish = RegisterFinish(started.registration_id, record.to_bytes(), secret, limit)
+        finish = RegisterFinish(started.registration_id, started.record, secret, limit)
         _request, answer, sent = self._send(self.alice, finish)
         try:
             done = self.alice.open(sent.state, answer)
@@ -138,9 +202,14 @@ class HsmUnderAttack(RuleBasedStateMachine):
 
     @rule(password=st.sampled_from(PASSWORDS), limit=st.integers(1, 3), n=st.integers(0, 9))
     def register_and_expose(self, password: bytes, limit: int, n: int) -> None:
-        """What the SDK does: finish, and expose once RegisterFinishOk came back."""
+        """What the SDK does in one go: status, start, finish, expose once FinishOk came back."""
+        self.status()
+        started = len(self.started)
+        self.register_start(password)
+        if len(self.started) == started:
+            return
         pending = len(self.pending_ids)
-        self.register_finish(password, limit, n)
+        self.register_finish(len(self.started) - 1, limit, n)
         if len(self.pending_ids) > pending:
             self.expose(len(self.pending_ids) - 1)
 
@@ -148,14 +217,19 @@ class HsmUnderAttack(RuleBasedStateMachine):
     @rule(index=st.integers(0, 20))
     def expose(self, index: int) -> None:
         registration_id = self.pending_ids[index % len(self.pending_ids)]
-        _request, answer, sent = self._send(self.alice, RegisterExpose(registration_id))
+        inner = RegisterExpose(registration_id)
+        _request, answer, sent = self._send(self.alice, inner, exposes=registration_id)
         try:
-            self.alice.open(sent.state, answer)
+            exposed = self.alice.open(sent.state, answer)
         except RefusedError:
             return
+        self._exposed(registration_id, exposed)
+
+    def _exposed(self, registration_id: bytes, exposed: object) -> None:
+        assert isinstance(exposed, RegisterExposeOk)
         password, secret = self.registrations[registration_id]
         self.secret_of = {password: secret}  # the old live record (if any) is gone
-        self._after_step()
+        self.known_generation = exposed.generation
 
     # --- logins ----------------------------------------------------------------------
 
@@ -167,7 +241,15 @@ class HsmUnderAttack(RuleBasedStateMachine):
         assert isinstance(started, RecoverStartOk)
         login = self._open_ke2(password, login_state, started)
         self.logins.append(login)
-        self._after_step()
+
+    @rule(password=st.sampled_from((*PASSWORDS, WRONG)))
+    def spend_to_destruction(self, password: bytes) -> None:
+        """The host's power: KE1s (sessions left open) until alice's live record is gone."""
+        for _ in range(5):  # limits are at most 3: the 4th KE1 destroys
+            if self.app.vault.record(ALICE) is None:
+                return
+            self.ke1(password)
+        raise AssertionError("the record outlived more KE1s than its guess limit")
 
     def _open_ke2(self, password: bytes, login_state: object, started: RecoverStartOk) -> Login:
         try:
@@ -195,14 +277,13 @@ class HsmUnderAttack(RuleBasedStateMachine):
         try:
             released = self.alice.open(sent.state, answer)
         except RefusedError:
-            self._after_step()
             return
         assert isinstance(released, KeyReleased)
         assert ke3 == login.ke3 and login.session_key is not None, "released without a valid KE3"
         secret = release.open_release(login.session_key, request, released.sealed_secret)
         assert secret == self.secret_of[login.password]
         self.real = dict.fromkeys(PASSWORDS, 0)  # a successful login resets the counter
-        self._after_step()
+        self.known_generation = released.generation
 
     @precondition(lambda self: self.logins)
     @rule(index=st.integers(0, 20))
@@ -211,7 +292,6 @@ class HsmUnderAttack(RuleBasedStateMachine):
         _request, answer, sent = self._send(self.alice, RecoverAbort(login.session_id))
         with contextlib.suppress(RefusedError):  # expired, or lost in a restart
             self.alice.open(sent.state, answer)
-        self._after_step()
 
     @precondition(lambda self: self.logins)
     @rule(index=st.integers(0, 20), finish=st.booleans())
@@ -238,7 +318,6 @@ class HsmUnderAttack(RuleBasedStateMachine):
     def time_passes(self, ms: int) -> None:
         self.host.now_ms += ms
         self.host.tick()
-        self._after_step()
 
     @rule()
     def restart(self) -> None:
@@ -248,7 +327,6 @@ class HsmUnderAttack(RuleBasedStateMachine):
         self.app = HsmApp.load(blob, self.sealer)
         self.host = InProcessHost(self.app, now_ms=self.host.now_ms, stored=self.host.stored)
         self.host.tick()
-        self._after_step()
 
     @precondition(lambda self: self.sent)
     @rule(index=st.integers(0, 200))
@@ -259,10 +337,16 @@ class HsmUnderAttack(RuleBasedStateMachine):
         try:
             inner = self.alice.open(sent.state, answer)
         except RefusedError:
-            self._after_step()
             return
         assert not isinstance(inner, KeyReleased), "a replayed KE3 released the key"
-        assert kind in {RequestKind.RECOVER_START, RequestKind.REGISTER_START}, kind
+        assert kind in {
+            RequestKind.RECOVER_START,
+            RequestKind.REGISTER_START,
+            RequestKind.REGISTER_EXPOSE,  # idempotent: the same answer, or a late expose
+            RequestKind.STATUS,
+        }, kind
+        if sent.exposes is not None:
+            self._exposed(sent.exposes, inner)
         if isinstance(inner, RecoverStartOk):
             # A replayed KE1 is a new, counted attempt whose KE2 only the client can open;
             # the client's original login state is gone here, so count it as a real check
@@ -272,11 +356,61 @@ class HsmUnderAttack(RuleBasedStateMachine):
                 for password in self.real:
                     self.real[password] += 1
                     assert self.real[password] <= record.guess_limit
-        self._after_step()
 
 
 HsmUnderAttack.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
 test_hsm_under_attack = pytest.mark.slow(HsmUnderAttack.TestCase)  # ~8 s on one core
+
+
+class ReRegistrationUnderAttack(RuleBasedStateMachine):
+    """The same client, host and invariants, with only the re-registration moves.
+
+    Fewer rules make the schedules the big machine finds only rarely (a step of
+    a registration held across a destroy) come up in most runs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.m = HsmUnderAttack()
+
+    @initialize(password=st.sampled_from(PASSWORDS), limit=st.integers(1, 3))
+    def first_registration(self, password: bytes, limit: int) -> None:
+        self.m.first_registration(password, limit)
+
+    @rule()
+    def status(self) -> None:
+        self.m.status()
+
+    @rule(password=st.sampled_from(PASSWORDS))
+    def register_start(self, password: bytes) -> None:
+        self.m.register_start(password)
+
+    @precondition(lambda self: self.m.started)
+    @rule(index=st.integers(0, 20), limit=st.integers(1, 3), then_expose=st.booleans())
+    def finish_started(self, index: int, limit: int, then_expose: bool) -> None:
+        self.m.finish_started(index, limit, 0, then_expose)
+
+    @precondition(lambda self: self.m.pending_ids)
+    @rule(index=st.integers(0, 20))
+    def expose(self, index: int) -> None:
+        self.m.expose(index)
+
+    @rule(password=st.sampled_from(PASSWORDS))
+    def spend_to_destruction(self, password: bytes) -> None:
+        self.m.spend_to_destruction(password)
+
+    @rule(password=st.sampled_from(PASSWORDS))
+    def ke1(self, password: bytes) -> None:
+        self.m.ke1(password)
+
+    def teardown(self) -> None:
+        self.m.teardown()
+
+
+ReRegistrationUnderAttack.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=12, deadline=None
+)
+test_reregistration_under_attack = ReRegistrationUnderAttack.TestCase
 
 
 def test_the_review_attack_sequence_runs_in_the_machine() -> None:
@@ -286,6 +420,26 @@ def test_the_review_attack_sequence_runs_in_the_machine() -> None:
     machine.ke1(PASSWORDS[0])  # the only allowed check; the session stays open
     machine.register_and_expose(PASSWORDS[0], 1, 1)  # a retry: refused, the counter is spent
     machine.ke1(PASSWORDS[0])  # destroys the locked record; fake KE2
-    machine.register_finish(PASSWORDS[0], 1, 2)  # (rule 4: after destruction, afresh)
+    assert machine.real[PASSWORDS[0]] == 1  # not told yet: the count stands
+    machine.status()  # told: no record
     assert machine.real[PASSWORDS[0]] == 0 and machine.app.vault.record(ALICE) is None
+    machine.register_and_expose(PASSWORDS[0], 1, 2)  # (rule 4: after being told, afresh)
+    assert machine.app.vault.record(ALICE) is not None
+    machine.teardown()
+
+
+def test_the_rereview_finish_after_destroy_sequence_runs_in_the_machine() -> None:
+    """A registration started before a destroy, finished after it: refused (re-review F1)."""
+    machine = HsmUnderAttack()
+    machine.register_and_expose(PASSWORDS[0], 1, 0)
+    machine.register_start(PASSWORDS[0])  # names generation 1, the live record
+    machine.ke1(PASSWORDS[0])  # the only allowed check
+    machine.ke1(PASSWORDS[0])  # destroys the record; the client is not told
+    pending = len(machine.pending_ids)
+    machine.register_finish(0, 1, 1)  # refused: the slot's generation moved on
+    assert len(machine.pending_ids) == pending
+    machine.register_start(PASSWORDS[0])  # still names generation 1: refused at the start
+    assert not machine.started
+    machine.ke1(PASSWORDS[0])  # a fake KE2: the password got exactly its one check
+    assert machine.real[PASSWORDS[0]] == 1
     machine.teardown()

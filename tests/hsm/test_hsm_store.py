@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -337,6 +338,47 @@ def test_serve_refuses_a_key_dir_other_users_can_open(
         load_hsm(software_config)
 
 
+def test_serve_refuses_a_key_dir_another_user_owns(
+    software_config: HsmConfig, software_node: HsmNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    software_node.close()
+    owner = software_config.key_dir.stat().st_uid
+    with load_hsm(software_config):
+        pass  # owned by this user, mode 0700: fine
+    # The process now runs as someone else than the directory's owner.
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)
+    with pytest.raises(KeystoreError, match="not owned by this user"):
+        load_hsm(software_config)
+
+
+def test_a_second_software_counter_for_the_same_key_cannot_roll_the_state_back(
+    software_config: HsmConfig, software_node: HsmNode, tmp_path: Path
+) -> None:
+    """The software form of the re-review's F2: a copied key file next to a fresh counter."""
+    client = _client(software_node)
+    client.register(PASSWORD, SECRET, guess_limit=3)
+    fresh = software_node.store.read()
+    with pytest.raises(WrongPasswordError):
+        client.recover(WRONG)
+    software_node.close()
+    other = tmp_path / "other-key-dir"
+    other.mkdir(mode=0o700)
+    assert software_config.sealer.key_file is not None
+    (other / "sealing.key").write_bytes(software_config.sealer.key_file.read_bytes())
+    (other / "sealing.key").chmod(0o600)
+    counter = FileCounter.create(other / COUNTER_FILE_NAME)
+    counter.advance(counter.read().next(peek_version(fresh) - 1, bytes(32)))
+    config = dataclasses.replace(
+        software_config,
+        key_dir=other,
+        state_dir=tmp_path / "other-state",
+        sealer=dataclasses.replace(software_config.sealer, key_file=other / "sealing.key"),
+    )
+    StateStore(config.state_dir).write(fresh)
+    with pytest.raises(SealingError):
+        load_hsm(config)
+
+
 def test_a_key_from_bkv_keystore_loads_in_the_hsm(tmp_path: Path) -> None:
     # One key-file format: `bkv keystore gen-sealing-key --key-file` output is what
     # `bkv hsm init` adopts and `bkv hsm serve` loads.
@@ -351,7 +393,12 @@ def test_a_key_from_bkv_keystore_loads_in_the_hsm(tmp_path: Path) -> None:
         pass
     with load_hsm(config) as node:
         assert node.app.version == 1
-    open_snapshot(SoftwareSealer(read_key_file(key_file)), StateStore(config.state_dir).read())
+        counter_id = node.device.counter_id
+    sealer = SoftwareSealer(read_key_file(key_file))
+    blob = StateStore(config.state_dir).read()
+    assert open_snapshot(sealer, blob, counter_id).version == 1
+    with pytest.raises(SealingError):
+        open_snapshot(sealer, blob)  # bound to its NV counter's id, not to any other
 
 
 def test_a_raw_32_byte_key_file_is_refused(tmp_path: Path) -> None:
@@ -605,7 +652,44 @@ def test_softhsm2_init_adopts_a_provisioned_token_key(token_config: HsmConfig) -
         pass  # provisioned as in the operations guide, then closed
     with init_hsm(token_config) as node:
         blob = node.store.read()
+        counter_id = node.device.counter_id
     with pkcs11.load_sealing_key(token, token_config.sealer.key_label) as provisioned:
-        assert open_snapshot(provisioned, blob).version == 1
-    with pytest.raises(NvCounterError, match="exists"), open_device(token_config, create=True):
+        assert open_snapshot(provisioned, blob, counter_id).version == 1
+    with pytest.raises(NvCounterError, match="NV counter"), open_device(token_config, create=True):
         pass  # a second init finds the counter: it never resets one
+
+
+@pytest.mark.softhsm
+def test_softhsm2_a_second_counter_for_the_same_key_cannot_roll_the_state_back(
+    token_config: HsmConfig, tmp_path: Path
+) -> None:
+    """The re-review's rollback: a fresh NV counter (new label) next to the same token key."""
+    with init_hsm(token_config) as node:
+        client = _client(node)
+        client.register(PASSWORD, SECRET, guess_limit=3)
+        fresh = node.store.read()  # attempts_left == 3
+        with pytest.raises(WrongPasswordError):
+            client.recover(WRONG)
+    # 1. `bkv hsm init` with another state_dir and counter label refuses to adopt the key.
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    (second_dir / "pkcs11.json").write_bytes((tmp_path / "pkcs11.json").read_bytes())
+    second = load_config(
+        _write_config(
+            second_dir,
+            'backend = "pkcs11"\npkcs11_config = "pkcs11.json"\nuser_pin_env = "BKV_TEST_HSM_PIN"\n'
+            'key_label = "hsm-seal"\ncounter_label = "second-counter"\n',
+        )
+    )
+    with pytest.raises(NvCounterError, match="already holds an NV counter"):
+        init_hsm(second)
+    # 2. Made by hand anyway (whoever has the PIN can), the new counter has its own id,
+    #    and the old blob was sealed for the first counter's: it does not open.
+    assert second.sealer.pkcs11_config is not None
+    token = pkcs11.Pkcs11Config.load(second.sealer.pkcs11_config, "user-pin-1234")
+    with pkcs11.create_counter(token, "second-counter") as counter:
+        start = counter.read()
+        counter.advance(start.next(peek_version(fresh) - 1, bytes(32)))
+    StateStore(second.state_dir).write(fresh)
+    with pytest.raises(SealingError):
+        load_hsm(second)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -35,6 +36,7 @@ from bkv.hsm.messages import (
     RecoverStart,
     RecoverStartOk,
     RegisterExpose,
+    RegisterExposeOk,
     RegisterFinish,
     RegisterStart,
     RegisterStartOk,
@@ -121,16 +123,17 @@ def test_transcript_holds_no_secret_and_no_guessing_aid() -> None:
     attempts_before = app.vault.record(b"alice").attempts_used  # type: ignore[union-attr]
     for request, state in exchanges:
         outer = decode(HsmRequest, request)
+        version_before = app.version
         response = host(request)
-        if outer.kind.name in {
-            "RECOVER_FINISH",
-            "RECOVER_ABORT",
-            "REGISTER_FINISH",
-            "REGISTER_EXPOSE",
-        }:
+        if outer.kind.name in {"RECOVER_FINISH", "RECOVER_ABORT", "REGISTER_FINISH"}:
             with pytest.raises(RefusedError) as refused:
                 client.open(state, response)
             assert refused.value.code is ErrorCode.PROTOCOL_STATE
+        if outer.kind.name == "REGISTER_EXPOSE":
+            # Idempotent while that record is live, else refused; never a state change.
+            with contextlib.suppress(RefusedError):
+                assert isinstance(client.open(state, response), RegisterExposeOk)
+            assert app.version == version_before
         # Without the client's per-request secret, no response opens.
         forged = dataclasses.replace(state, response_secret=os.urandom(32))
         with pytest.raises(DecryptionError):

@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 
 from bkv.errors import NvCounterError
 from bkv.keystore.counter import (
+    COUNTER_ID_SIZE,
     COUNTER_SIZE,
-    INITIAL_VALUE,
+    EMPTY_DIGEST,
     CounterValue,
     FileCounter,
     MonotonicCounter,
+    initial_value,
 )
 from bkv.keystore.pkcs11 import (
     COUNTER_APPLICATION,
@@ -24,22 +26,45 @@ from bkv.keystore.pkcs11 import (
     create_counter,
     init_token,
     load_counter,
+    token_has_counter,
 )
 
 DIGEST_A, DIGEST_B = b"\xaa" * 32, b"\xbb" * 32
+ID_A, ID_B = b"\x0a" * COUNTER_ID_SIZE, b"\x0b" * COUNTER_ID_SIZE
 
 
 def test_counter_value_round_trip_and_strict_decoding() -> None:
-    value = CounterValue(2**64 - 1, DIGEST_A)
+    value = CounterValue(2**64 - 1, DIGEST_A, counter_id=ID_A)
     assert CounterValue.from_bytes(value.to_bytes()) == value
     assert len(value.to_bytes()) == COUNTER_SIZE
     encoded = value.to_bytes()
     for bad in (b"", encoded[:-1], encoded + b"\x00", b"X" + encoded[1:]):
         with pytest.raises(NvCounterError):
             CounterValue.from_bytes(bad)
-    for version, digest in ((-1, DIGEST_A), (2**64, DIGEST_A), (1, b"short")):
+    for version, digest, counter_id in (
+        (-1, DIGEST_A, ID_A),
+        (2**64, DIGEST_A, ID_A),
+        (1, b"short", ID_A),
+        (1, DIGEST_A, b"short id"),
+    ):
         with pytest.raises(ValueError):
-            CounterValue(version, digest)
+            CounterValue(version, digest, counter_id=counter_id)
+    assert CounterValue.from_bytes(value.to_bytes()).counter_id == ID_A
+
+
+def test_new_counters_draw_distinct_ids_and_refuse_another_counters_value(
+    tmp_path: Path,
+) -> None:
+    first = initial_value()
+    assert first.version == 0 and first.digest == EMPTY_DIGEST
+    assert initial_value().counter_id != first.counter_id
+    counter = FileCounter.create(tmp_path / "nv-counter")
+    own = counter.read()
+    foreign = CounterValue(1, DIGEST_A, counter_id=ID_B)
+    assert own.counter_id != ID_B
+    with pytest.raises(ValueError, match="another counter"):
+        counter.advance(foreign)  # a value of another counter never lands here
+    assert counter.read() == own
 
 
 @given(st.binary(max_size=2 * COUNTER_SIZE))
@@ -55,13 +80,14 @@ def test_file_counter_moves_only_forward_and_survives_reopening(tmp_path: Path) 
     path = tmp_path / "nv-counter"
     counter = FileCounter.create(path)
     assert isinstance(counter, MonotonicCounter)
-    assert counter.read() == INITIAL_VALUE
-    counter.advance(CounterValue(1, DIGEST_A))
-    counter.advance(CounterValue(5, DIGEST_B))
-    for stale in (CounterValue(5, DIGEST_A), CounterValue(4, DIGEST_B)):
+    start = counter.read()
+    assert (start.version, start.digest) == (0, EMPTY_DIGEST)
+    counter.advance(start.next(1, DIGEST_A))
+    counter.advance(start.next(5, DIGEST_B))
+    for stale in (start.next(5, DIGEST_A), start.next(4, DIGEST_B)):
         with pytest.raises(ValueError, match="higher"):
             counter.advance(stale)
-    assert FileCounter(path).read() == CounterValue(5, DIGEST_B)
+    assert FileCounter(path).read() == start.next(5, DIGEST_B)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(NvCounterError, match="exists"):
         FileCounter.create(path)  # never reset
@@ -80,7 +106,7 @@ def test_file_counter_refuses_missing_malformed_linked_and_oversized_files(tmp_p
         FileCounter(path).read()
     path.unlink()
     target = tmp_path / "target"
-    target.write_bytes(INITIAL_VALUE.to_bytes())
+    target.write_bytes(initial_value().to_bytes())
     path.symlink_to(target)
     with pytest.raises(NvCounterError, match="symbolic link"):
         FileCounter(path).read()
@@ -122,19 +148,22 @@ def _raw_objects(config: Pkcs11Config, label: str) -> list[dict[str, object]]:
 def test_token_counter_is_one_private_token_object_that_moves_forward(
     token: Pkcs11Config,
 ) -> None:
+    assert not token_has_counter(token)
     with create_counter(token, "nv") as counter:
         assert isinstance(counter, MonotonicCounter)
-        assert counter.read() == INITIAL_VALUE
-        counter.advance(CounterValue(1, DIGEST_A))
-        counter.advance(CounterValue(2, DIGEST_B))
+        start = counter.read()
+        assert (start.version, start.digest) == (0, EMPTY_DIGEST)
+        counter.advance(start.next(1, DIGEST_A))
+        counter.advance(start.next(2, DIGEST_B))
         with pytest.raises(ValueError, match="higher"):
-            counter.advance(CounterValue(2, DIGEST_A))
+            counter.advance(start.next(2, DIGEST_A))
+    assert token_has_counter(token)
     [stored] = _raw_objects(token, "nv")
-    assert stored["value"] == CounterValue(2, DIGEST_B).to_bytes()
+    assert stored["value"] == start.next(2, DIGEST_B).to_bytes()
     assert stored["private"] is True and stored["token"] is True
     assert stored["application"] in (COUNTER_APPLICATION, COUNTER_APPLICATION.encode())
     with load_counter(token, "nv") as again:
-        assert again.read() == CounterValue(2, DIGEST_B)
+        assert again.read() == start.next(2, DIGEST_B)
     with pytest.raises(NvCounterError, match="exists"):
         create_counter(token, "nv")  # never reset
 
@@ -144,7 +173,8 @@ def test_token_counter_after_a_crash_between_create_and_destroy_reads_the_newest
     token: Pkcs11Config,
 ) -> None:
     with create_counter(token, "nv") as counter:
-        counter.advance(CounterValue(3, DIGEST_A))
+        start = counter.read()
+        counter.advance(start.next(3, DIGEST_A))
         # What a crash inside advance() leaves: the new object made, the old not yet gone.
         counter._session.create_object(  # the backend's own session, as advance() uses
             {
@@ -152,13 +182,13 @@ def test_token_counter_after_a_crash_between_create_and_destroy_reads_the_newest
                 p11.Attribute.TOKEN: True,
                 p11.Attribute.PRIVATE: True,
                 p11.Attribute.LABEL: "nv",
-                p11.Attribute.VALUE: CounterValue(4, DIGEST_B).to_bytes(),
+                p11.Attribute.VALUE: start.next(4, DIGEST_B).to_bytes(),
             }
         )
     with load_counter(token, "nv") as counter:
-        assert counter.read() == CounterValue(4, DIGEST_B)
-        counter.advance(CounterValue(5, DIGEST_A))  # cleans both old objects up
-    assert [o["value"] for o in _raw_objects(token, "nv")] == [CounterValue(5, DIGEST_A).to_bytes()]
+        assert counter.read() == start.next(4, DIGEST_B)
+        counter.advance(start.next(5, DIGEST_A))  # cleans both old objects up
+    assert [o["value"] for o in _raw_objects(token, "nv")] == [start.next(5, DIGEST_A).to_bytes()]
 
 
 @pytest.mark.softhsm
@@ -166,14 +196,20 @@ def test_token_counter_missing_or_ambiguous_is_refused(token: Pkcs11Config) -> N
     with pytest.raises(NvCounterError, match="no NV counter"):
         load_counter(token, "absent")
     with create_counter(token, "nv") as counter:
-        counter._session.create_object(
-            {
-                p11.Attribute.CLASS: p11.ObjectClass.DATA,
-                p11.Attribute.TOKEN: True,
-                p11.Attribute.PRIVATE: True,
-                p11.Attribute.LABEL: "nv",
-                p11.Attribute.VALUE: CounterValue(0, DIGEST_A).to_bytes(),
-            }
-        )
+        start = counter.read()
+        forged = {
+            p11.Attribute.CLASS: p11.ObjectClass.DATA,
+            p11.Attribute.TOKEN: True,
+            p11.Attribute.PRIVATE: True,
+            p11.Attribute.LABEL: "nv",
+            p11.Attribute.VALUE: start.next(0, DIGEST_A).to_bytes(),
+        }
+        obj = counter._session.create_object(forged)
         with pytest.raises(NvCounterError, match="same version"):
+            counter.read()
+        obj.destroy()
+        # Another counter's value under this label (a higher version, a foreign id).
+        forged[p11.Attribute.VALUE] = CounterValue(7, DIGEST_A, counter_id=ID_B).to_bytes()
+        counter._session.create_object(forged)
+        with pytest.raises(NvCounterError, match="different ids"):
             counter.read()

@@ -323,6 +323,26 @@ def test_bad_public_key() -> None:
         Ed25519Verifier("a.example", b"\x00" * 31)
 
 
+#: Identity, a small-order point, a non-canonical encoding (y = p) and a point off the curve.
+WEAK_KEYS = [
+    bytes([1]) + bytes(31),
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    b"\xff" * 32,
+]
+
+
+@pytest.mark.parametrize("weak", WEAK_KEYS)
+def test_weak_public_keys_are_refused_by_every_note_verifier(weak: bytes) -> None:
+    # Under the identity key, (R = identity, S = 0) verifies for every text: a note
+    # verifier holding such a key would accept forged checkpoints.
+    with pytest.raises(NoteError):
+        Ed25519Verifier("a.example", weak)
+    vkey = note.format_verifier_key("a.example", note.ALG_ED25519, weak)
+    with pytest.raises(NoteError):
+        parse_verifier_key(vkey)
+
+
 @given(st.binary(max_size=400))
 def test_random_bytes_raise_only_note_error(data: bytes) -> None:
     _, verifier = _signed()

@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pysodium
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
-from witness_helpers import NS, Clock, db_dump, fixed_signer, running_server, submission
+from witness_helpers import (
+    NS,
+    ORIGIN,
+    T0,
+    Clock,
+    db_dump,
+    fixed_signer,
+    running_server,
+    submission,
+)
 
+from bkv.cli.operator import WitnessClient, countersign_epoch
+from bkv.client.trust import TrustRoots
 from bkv.errors import (
     CodecError,
     CounterSignatureError,
     CountersignatureExistsError,
+    TimestampError,
     UnknownEpochError,
     UnknownNamespaceError,
 )
 from bkv.keystore import SoftwareSigner
+from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.witness import api, core
 from bkv.witness.countersign import (
     COUNTERSIGNATURE_CONTEXT,
@@ -28,6 +45,7 @@ from bkv.witness.countersign import (
     countersignature_message,
     verify_countersignature,
 )
+from bkv.witness.plexi import WitnessKey
 from bkv.witness.service import WitnessService
 
 
@@ -165,3 +183,68 @@ def test_random_bodies_raise_only_codec_errors(body: bytes) -> None:
         api.countersignature_from_json(json.dumps(api.countersignature_to_json(signature)).encode())
         == signature
     )
+
+
+_GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493  # RFC 8032 §5.1, L
+
+
+def _another_valid_signature(seed: bytes, message: bytes, nonce: int) -> bytes:
+    """An RFC 8032 signature with a chosen nonce: valid, but not the deterministic one."""
+    digest = hashlib.sha512(seed).digest()
+    scalar = bytearray(digest[:32])
+    scalar[0] &= 248
+    scalar[31] &= 127
+    scalar[31] |= 64
+    secret = int.from_bytes(scalar, "little")
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    r = nonce % _GROUP_ORDER
+    out = ctypes.create_string_buffer(32)
+    base_noclamp = pysodium.sodium.crypto_scalarmult_ed25519_base_noclamp
+    assert base_noclamp(out, r.to_bytes(32, "little")) == 0
+    big_r = out.raw
+    k = int.from_bytes(hashlib.sha512(big_r + public + message).digest(), "little")
+    s = (r + k * secret) % _GROUP_ORDER
+    return big_r + s.to_bytes(32, "little")
+
+
+def test_a_different_valid_second_counter_signature_is_a_409(
+    client: httpx.Client, operator: SoftwareSigner, clock: Clock
+) -> None:
+    witness_signature = _witnessed(client, operator, clock, 1)
+    first = countersign(operator, witness_signature)
+    assert _post(client, 1, api.countersignature_to_json(first)).status_code == 201
+    seed = bytes([0x0A]) * 32
+    assert SoftwareSigner(seed).public_key() == operator.public_key()
+    second = _another_valid_signature(seed, countersignature_message(witness_signature), 12345)
+    assert second != first
+    verify_countersignature(operator.public_key(), witness_signature, second)  # valid, yet...
+    response = _post(client, 1, api.countersignature_to_json(second))
+    assert response.status_code == 409
+    assert response.json()["error"] == "CountersignatureExistsError"
+    served = client.get(f"/namespaces/{NS}/audits/1").json()["counter_signature"]
+    assert bytes.fromhex(served) == first
+
+
+def test_operator_cli_posts_no_counter_signature_for_a_bundle_clients_refuse(
+    service: WitnessService, operator: SoftwareSigner, clock: Clock
+) -> None:
+    # The epoch's artifact expires at T0 * 2: counter-signing it later builds a bundle
+    # every client refuses, so the full client validation runs before anything is posted.
+    service.submit(submission(operator, 1, clock))
+    roots = TrustRoots(
+        witness_keys=(WitnessKey(fixed_signer(0x51).public_key(), 0),),
+        operator_keys=(operator.public_key(),),
+        namespace=NS,
+        log_origin=ORIGIN,
+        log_verifier_key=NoteSigner(ORIGIN, fixed_signer(0x52)).verifier().verifier_key(),
+    )
+    with running_server(service) as url:
+        witness = WitnessClient(url)
+        try:
+            with pytest.raises(TimestampError, match="expired"):
+                countersign_epoch(roots, 1, operator, witness, T0 * 2 + 1)
+            assert service.store.countersignature(NS, 1) is None
+            countersign_epoch(roots, 1, operator, witness, clock())
+        finally:
+            witness.close()
+    assert service.store.countersignature(NS, 1) is not None

@@ -9,10 +9,11 @@ import pytest
 
 from bkv.audit.verify import AuditPins
 from bkv.client.trust import TrustRoots
-from bkv.errors import WitnessSignatureError
+from bkv.errors import NoteError, UnknownLogOriginError, WitnessSignatureError
 from bkv.keystore import SoftwareSigner
-from bkv.tlog.cosignature import CosignatureVerifier, CosignerPolicy
-from bkv.tlog.note import ALG_ED25519, format_verifier_key
+from bkv.tlog.checkpoint import Checkpoint
+from bkv.tlog.cosignature import CosignatureVerifier
+from bkv.tlog.note import ALG_ED25519, NoteSignature, format_note, format_verifier_key, key_id
 from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.witness import plexi
 from bkv.witness.countersign import verify_countersignature
@@ -101,20 +102,34 @@ def test_ed25519_verify_raises_instead_of_returning_false() -> None:
 
 def test_weak_log_and_cosigner_keys_are_refused() -> None:
     weak_log = format_verifier_key("log.test", ALG_ED25519, IDENTITY)
-    with pytest.raises(ValueError, match="log verifier key"):
+    with pytest.raises(ValueError, match=r"log_verifier_key.*prime-order"):
         _roots(log_verifier_key=weak_log)
-    weak = CosignatureVerifier("cosigner.test", SMALL_ORDER[5])
-    policy = CosignerPolicy(1, [weak])
-    with pytest.raises(ValueError, match="cosigner key"):
-        _roots(cosigner_policy=policy)
-    with pytest.raises(ValueError, match="cosigner key"):
-        AuditPins(
-            witness_keys=(plexi.WitnessKey(GOOD),),
-            operator_keys=(GOOD,),
-            log_origin="log.test",
-            log_verifier_key=_roots().log_verifier_key,
-            cosigner_policy=policy,
-        )
+    # The note layer itself refuses weak cosigner keys, so no policy can hold one.
+    with pytest.raises(NoteError, match="prime-order"):
+        CosignatureVerifier("cosigner.test", SMALL_ORDER[5])
+    with pytest.raises(NoteError, match="prime-order"):
+        CosignatureVerifier("cosigner.test", mixed_order_key())
+
+
+def test_the_witness_refuses_to_cosign_a_log_with_a_weak_key(service: WitnessService) -> None:
+    # /tmp/rereview-witness/weak_cosigned_log.py: a log configured with the identity
+    # as its key let anyone get forged checkpoints cosigned (R = identity, S = 0).
+    for weak in (IDENTITY, SMALL_ORDER[6], mixed_order_key()):
+        with pytest.raises(NoteError, match="prime-order"):
+            service.add_cosigned_log(
+                "other.example/log", [format_verifier_key("other.example/log", ALG_ED25519, weak)]
+            )
+    forged = Checkpoint("other.example/log", 5, b"\x11" * 32).text()
+    note = format_note(
+        forged,
+        [
+            NoteSignature(
+                "other.example/log", key_id("other.example/log", 1, IDENTITY), IDENTITY + bytes(32)
+            )
+        ],
+    )
+    with pytest.raises(UnknownLogOriginError):
+        service.add_checkpoint(b"old 0\n\n" + note)
 
 
 def test_audit_pins_and_witness_refuse_weak_operator_keys(service: WitnessService) -> None:

@@ -19,10 +19,13 @@ The auditor trusts nothing it fetches. Given a :class:`WitnessSource` (HTTP in
    - ``SHA-256(artifact) == digest`` (``DigestMismatchError``);
    - the witness signature verifies under a pinned key valid at the statement
      time (``UnknownKeyError`` / ``WitnessSignatureError``);
-   - the artifact parses strictly (``ArtifactError``);
+   - the artifact parses strictly (``ArtifactError``) and the statement was made
+     inside its validity, ``not_before - skew <= timestamp <= not_after``
+     (``TimestampError``; the client's own check, with the default skew);
    - the log entry at ``log_index`` (from the authenticated tiles) records
-     exactly this statement (``InclusionProofError``), and its recorded
-     operator submission signature verifies under a pinned operator key
+     exactly this statement (``InclusionProofError``), names the deployment
+     evidence the artifact names (``BundleError``, the client's check), and its
+     recorded operator submission signature verifies under a pinned operator key
      (``SubmissionSignatureError``);
    - epochs are consecutive, digests never repeat (``AuditError``), statement
      timestamps never go backwards (``TimestampError``);
@@ -63,8 +66,8 @@ from bkv.client.artifact import MAX_ARTIFACT_SIZE, FleetKeyArtifact, parse_artif
 from bkv.client.bundle import decode_bundle
 from bkv.client.operator import proof_from_json, statement_from_json
 from bkv.client.state import ClientState
-from bkv.client.trust import TrustRoots, check_strong_note_keys
-from bkv.client.validation import validate_bundle
+from bkv.client.trust import DEFAULT_MAX_CLOCK_SKEW_MS, TrustRoots, check_strong_note_keys
+from bkv.client.validation import check_logged_evidence, check_signed_while_valid, validate_bundle
 from bkv.errors import (
     AuditError,
     BundleError,
@@ -367,7 +370,9 @@ def _verify_epoch(
         pins.witness_keys,
     )
     artifact = parse_artifact(served.artifact)
-    _check_logged(served, epoch, pins, log)
+    # What a client checks of the artifact, the auditor checks too (same functions).
+    check_signed_while_valid(message.timestamp_ms, artifact, DEFAULT_MAX_CLOCK_SKEW_MS)
+    _check_logged(served, epoch, pins, log, artifact)
     countersigned = served.counter_signature is not None
     if served.counter_signature is not None:
         _check_served_countersignature(
@@ -391,7 +396,13 @@ def _verify_epoch(
     )
 
 
-def _check_logged(served: _Served, epoch: int, pins: AuditPins, log: _AuthenticatedLog) -> None:
+def _check_logged(
+    served: _Served,
+    epoch: int,
+    pins: AuditPins,
+    log: _AuthenticatedLog,
+    artifact: FleetKeyArtifact,
+) -> None:
     if not served.log_index < log.size:
         raise InclusionProofError(f"epoch {epoch}: log index {served.log_index} is not in the log")
     entry_bytes = log.entries[served.log_index]
@@ -402,6 +413,7 @@ def _check_logged(served: _Served, epoch: int, pins: AuditPins, log: _Authentica
         entry.check_statement(served.statement)
     except BundleError:
         raise InclusionProofError(f"epoch {epoch}: log entry records another statement") from None
+    check_logged_evidence(entry, artifact)
     _check_operator_submission(entry, epoch, pins.operator_keys)
 
 

@@ -6,7 +6,8 @@ Usage::
         --witness-key <64 hex>[@<not_before_ms>] --operator-key <64 hex> \\
         --log-key <C2SP vkey> --origin <log origin> \\
         [--cosigner VKEY ... [--cosigners-required K]] \\
-        [--bundles DIR] [--require-countersignatures] [--state FILE] [--trust-on-first-use]
+        [--bundles DIR] [--require-countersignatures] [--state FILE [--init-state]]
+        [--trust-on-first-use]
 
 Operator counter-signatures are read from the witness (it serves the one the
 operator posted with each epoch); ``--bundles DIR`` adds the operator's
@@ -22,7 +23,12 @@ the record's internal consistency only.
 requires K of those cosigners (C2SP tlog-cosignature) on the checkpoint. Without
 a cosigner policy the witness's log key alone vouches for the checkpoint, and
 the output notes that a split view (the witness showing clients another log
-than the one audited) is not excluded. Exit status 0 when every check passed; 1 with
+than the one audited) is not excluded.
+
+``--state FILE`` remembers the newest epoch and checkpoint across runs; the file
+must exist (a deleted state file would silently forget what was audited and let
+a rolled-back or forked log pass), except on the first run, which says so with
+``--init-state``. Exit status 0 when every check passed; 1 with
 ``bkv: <ErrorClass>: <what failed>`` on stderr otherwise; 2 on usage errors.
 """
 
@@ -78,7 +84,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "witness or in a bundle from --bundles"
         ),
     )
-    log.add_argument("--state", type=Path, help="file remembering the last audited checkpoint")
+    log.add_argument(
+        "--state",
+        type=Path,
+        help="file remembering the last audited epoch and checkpoint (must exist)",
+    )
+    log.add_argument(
+        "--init-state",
+        action="store_true",
+        help="first run: create the --state file if it does not exist yet",
+    )
     log.add_argument(
         "--cosigner",
         action="append",
@@ -242,7 +257,13 @@ def _text(value: object, name: str) -> str:
 
 def run_audit_log(args: argparse.Namespace) -> int:
     """Handler of ``bkv audit log``: raises a BkvError naming the failed check."""
-    store = None if args.state is None else JsonFileStateStore(args.state)
+    if args.init_state and args.state is None:
+        raise ConfigError("--init-state needs --state FILE")
+    store = (
+        None
+        if args.state is None
+        else JsonFileStateStore(args.state, must_exist=not args.init_state)
+    )
     with HttpWitnessSource(args.witness) as source:
         pins, unpinned = _from_witness(source, args)
         if store is not None:

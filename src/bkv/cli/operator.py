@@ -32,12 +32,13 @@ of band, like a client's; the witness's own ``/info`` is never trusted for them.
 3. checks the receipt against the pins (:func:`bkv.client.operator.verify_receipt`:
    the statement is of this artifact, namespace and epoch, signed by a pinned witness
    key, logged with this submission's operator signature, included under a checkpoint
-   of the pinned log key) and only then counter-signs the witness's signature and
-   posts the counter-signature
-   (``POST /namespaces/{ns}/audits/{epoch}/countersignature``), which the witness
-   verifies and serves to auditors;
-4. assembles the validation bundle, validates it as a client would (against the
-   pins and this operator key) and writes it to ``--out`` (refusing to overwrite).
+   of the pinned log key, timestamped after the submission, not in the future and
+   inside the artifact's validity) and only then counter-signs the witness's signature;
+4. assembles the validation bundle and validates it as a fresh client would (against
+   the pins and this operator key); only if that passes does it post the
+   counter-signature (``POST /namespaces/{ns}/audits/{epoch}/countersignature``),
+   which the witness verifies and serves to auditors, and write the bundle to
+   ``--out`` (refusing to overwrite).
 
 The PKCS#11 user PIN comes from ``BKV_PKCS11_PIN`` (never the command line). A
 refusal by the witness is raised as the witness's own error class
@@ -56,7 +57,7 @@ from typing import Any, Final
 import httpx
 
 from bkv import errors
-from bkv.client.bundle import encode_bundle
+from bkv.client.bundle import ValidationBundle, encode_bundle
 from bkv.client.operator import artifact_from_public_keys, bundle_from_receipt, next_epoch
 from bkv.client.state import ClientState
 from bkv.client.trust import TrustRoots
@@ -280,16 +281,10 @@ def publish(
         raise FetchError("the witness's receipt is not a JSON object")
     # Counter-sign only what was submitted, as signed and logged under the pinned keys.
     bundle = bundle_from_receipt(
-        artifact, receipt, signer, roots=roots, epoch=epoch, submission=submission
+        artifact, receipt, signer, roots=roots, epoch=epoch, now_ms=now_ms, submission=submission
     )
-    witness.expect(
-        "POST",
-        f"/namespaces/{ns}/audits/{epoch}/countersignature",
-        (200, 201),
-        api.countersignature_to_json(bundle.counter_signature),
-    )
-    data = encode_bundle(bundle)
-    validate_bundle(data, roots, ClientState(), now_ms)
+    data = _validated(bundle, roots, now_ms)
+    _post_countersignature(witness, ns, epoch, bundle)
     return epoch, data
 
 
@@ -306,16 +301,33 @@ def countersign_epoch(
     artifact = api.parse_hex(audit.get("artifact"), "artifact", max_bytes=core.MAX_ARTIFACT_BYTES)
     # The logged entry must carry this operator's own submission signature: the
     # operator counter-signs only an epoch it asked for.
-    bundle = bundle_from_receipt(artifact, audit, signer, roots=roots, epoch=epoch)
+    bundle = bundle_from_receipt(artifact, audit, signer, roots=roots, epoch=epoch, now_ms=now_ms)
+    data = _validated(bundle, roots, now_ms)
+    _post_countersignature(witness, namespace, epoch, bundle)
+    return data
+
+
+def _validated(bundle: ValidationBundle, roots: TrustRoots, now_ms: int) -> bytes:
+    """The bundle's bytes, after every check a fresh client makes (typed error otherwise).
+
+    Run *before* the counter-signature leaves this process: the witness serves a
+    posted counter-signature to everyone, so the operator must not endorse a
+    statement that any client would refuse (future timestamp, expired artifact, ...).
+    """
+    data = encode_bundle(bundle)
+    validate_bundle(data, roots, ClientState(), now_ms)
+    return data
+
+
+def _post_countersignature(
+    witness: WitnessClient, namespace: str, epoch: int, bundle: ValidationBundle
+) -> None:
     witness.expect(
         "POST",
         f"/namespaces/{namespace}/audits/{epoch}/countersignature",
         (200, 201),
         api.countersignature_to_json(bundle.counter_signature),
     )
-    data = encode_bundle(bundle)
-    validate_bundle(data, roots, ClientState(), now_ms)
-    return data
 
 
 def _countersign(args: argparse.Namespace) -> int:

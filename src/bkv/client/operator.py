@@ -42,6 +42,11 @@ from bkv.client.bundle import (
 )
 from bkv.client.countersign import Ed25519Signer, countersign
 from bkv.client.trust import TrustRoots
+from bkv.client.validation import (
+    check_logged_evidence,
+    check_not_future,
+    check_signed_while_valid,
+)
 from bkv.errors import (
     ArtifactError,
     BundleError,
@@ -51,6 +56,7 @@ from bkv.errors import (
     NamespaceMismatchError,
     SizeLimitError,
     SubmissionSignatureError,
+    TimestampError,
 )
 from bkv.tlog.checkpoint import open_checkpoint
 from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES, leaf_hash, verify_inclusion
@@ -118,6 +124,7 @@ def verify_receipt(
     *,
     operator_public_key: bytes,
     epoch: int,
+    now_ms: int,
     submission: Submission | None = None,
 ) -> VerifiedReceipt:
     """Check a witness receipt (or audit record) before the operator counter-signs it.
@@ -139,10 +146,18 @@ def verify_receipt(
        (``SubmissionSignatureError``): with ``submission`` (``publish``) the very
        signature, time and evidence digest just submitted; the evidence digest is
        the artifact's (``BundleError``);
-    5. the checkpoint is signed by the pinned log key for the pinned origin (and
+    5. time (``TimestampError``), with the pinned ``max_clock_skew_ms``: the
+       witness timestamped no earlier than the logged submission time (minus the
+       skew) and no later than ``now_ms`` (plus the skew), and inside the
+       artifact's validity, ``not_before_ms - skew <= timestamp <= not_after_ms``
+       (the client's own checks, :mod:`bkv.client.validation`); a statement
+       every client would refuse is never counter-signed;
+    6. the checkpoint is signed by the pinned log key for the pinned origin (and
        the cosigner policy, if any) and the entry is included in it
        (``NoteError`` / ``CheckpointError`` / ``InclusionProofError``).
     """
+    if isinstance(now_ms, bool) or not isinstance(now_ms, int) or now_ms < 0:
+        raise ValueError("now_ms must be a non-negative int")
     statement = statement_from_json(receipt)
     entry_bytes, index, proof, note = proof_from_json(receipt)
     message = plexi.decode_signature_message(statement.message_bytes)
@@ -158,7 +173,9 @@ def verify_receipt(
         statement.message_bytes, statement.signature, statement.key_id, roots.witness_keys
     )
     entry = _logged_entry(entry_bytes, statement)
-    _check_own_submission(entry, artifact, operator_public_key, submission)
+    parsed = parse_artifact(artifact)
+    _check_own_submission(entry, parsed, operator_public_key, submission)
+    _check_times(message, entry, parsed, roots.max_clock_skew_ms, now_ms)
     checkpoint = open_checkpoint(
         note, roots.log_origin, [parse_verifier_key(roots.log_verifier_key)]
     )
@@ -182,7 +199,7 @@ def _logged_entry(entry_bytes: bytes, statement: plexi.SignedStatement) -> Audit
 
 def _check_own_submission(
     entry: AuditEntry,
-    artifact: bytes,
+    artifact: FleetKeyArtifact,
     operator_public_key: bytes,
     submission: Submission | None,
 ) -> None:
@@ -193,9 +210,21 @@ def _check_own_submission(
         and hmac.compare_digest(entry.evidence_digest, submission.evidence_digest)
     ):
         raise SubmissionSignatureError("the log entry does not carry the submission just made")
-    expected_evidence = parse_artifact(artifact).evidence_digest or b""
-    if not hmac.compare_digest(entry.evidence_digest, expected_evidence):
-        raise BundleError("the log entry names other deployment evidence than the artifact")
+    check_logged_evidence(entry, artifact)
+
+
+def _check_times(
+    message: plexi.SignatureMessage,
+    entry: AuditEntry,
+    artifact: FleetKeyArtifact,
+    skew_ms: int,
+    now_ms: int,
+) -> None:
+    # The witness signs after it received the submission; the entry logs both times.
+    if message.timestamp_ms + skew_ms < entry.submitted_at_ms:
+        raise TimestampError("the witness timestamped its statement before the submission")
+    check_not_future(message.timestamp_ms, now_ms, skew_ms)
+    check_signed_while_valid(message.timestamp_ms, artifact, skew_ms)
 
 
 @dataclass(frozen=True)
@@ -216,6 +245,7 @@ def bundle_from_receipt(
     *,
     roots: TrustRoots,
     epoch: int,
+    now_ms: int,
     submission: Submission | None = None,
 ) -> ValidationBundle:
     """Verify ``receipt`` (:func:`verify_receipt`), then counter-sign and assemble the bundle."""
@@ -225,6 +255,7 @@ def bundle_from_receipt(
         roots,
         operator_public_key=operator.public_key(),
         epoch=epoch,
+        now_ms=now_ms,
         submission=submission,
     )
     return build_bundle(

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -111,8 +111,11 @@ REQUEST_PATH = "/v1/request"
 BUNDLE_PATH = "/v1/bundle"
 BUNDLE_EPOCH_HEADER = "bkv-bundle-epoch"
 OCTET_STREAM = "application/octet-stream"
+IDENTITY = "identity"
 MAX_ANSWER_SIZE = 4096
 """The largest answer to /v1/request the SDK reads (the HSM's answers are far smaller)."""
+EXPOSE_TRIES = 3
+"""How many times :meth:`VaultClient.register` sends RegisterExpose when its answer is lost."""
 MAX_ERROR_MESSAGE = 200
 """How much of a host's error message the SDK keeps."""
 #: A uint64 in decimal has at most 20 digits.
@@ -170,13 +173,23 @@ def _send(
     """One HTTP exchange whose body is read only up to ``limit`` bytes.
 
     The host is untrusted: it must not be able to make the phone buffer an
-    unbounded answer, so the body is streamed and refused past the limit.
+    unbounded answer, so the body is streamed and refused past the limit. The
+    limit counts the bytes *on the wire* (``iter_raw``): the request asks for
+    ``Accept-Encoding: identity`` and an answer with any other
+    ``Content-Encoding`` is refused unread (:class:`CodecError`), so no
+    decompressor ever runs (a gzip answer of a few hundred KiB can inflate to
+    hundreds of MB).
     """
+    headers = dict(kwargs.pop("headers", None) or {})
+    headers["accept-encoding"] = IDENTITY
     try:
-        with http.stream(method, path, **kwargs) as response:
+        with http.stream(method, path, headers=headers, **kwargs) as response:
+            encoding = response.headers.get("content-encoding", IDENTITY).strip().lower()
+            if encoding != IDENTITY:
+                raise CodecError(f"{what} has a content encoding other than identity")
             chunks: list[bytes] = []
             size = 0
-            for chunk in response.iter_bytes():
+            for chunk in _raw_chunks(response):
                 size += len(chunk)
                 if size > limit:
                     raise CodecError(f"{what} is over {limit} bytes")
@@ -188,6 +201,16 @@ def _send(
             f"cannot reach the host for {what}: {type(exc).__name__}"
         ) from None
     return response, b"".join(chunks)
+
+
+def _raw_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body as it came (no decoding); identity-encoded, so raw is the body itself."""
+    if response.is_stream_consumed:
+        # An in-process transport (tests, embedding) handed over a body that is
+        # already in memory; nothing more can be allocated by reading it.
+        yield response.content
+        return
+    yield from response.iter_raw()
 
 
 class VaultClient:
@@ -347,18 +370,46 @@ class VaultClient:
     ) -> VaultStatus:
         """Store ``backup_key`` under ``password``. A live record's counter carries over.
 
-        Two phases (docs, "Re-registration rule"): RegisterFinish stores the new
-        record as *pending* (not guessable); only after RegisterFinishOk came back
-        does the client send RegisterExpose, which makes it live and carries over
-        the attempts the replaced record spent. If the answer to either step is
-        lost, call ``register`` again: a new registration replaces the pending one.
+        Steps (docs, "Re-registration rule"): Status (which live record, if any,
+        this replaces) -> RegisterStart naming that record's generation ->
+        RegisterFinish, which stores the new record as *pending* (not guessable)
+        -> RegisterExpose, sent only after RegisterFinishOk came back, which makes
+        it live and carries over the attempts the replaced record spent. The
+        expose is idempotent and is retried up to :data:`EXPOSE_TRIES` times when
+        its answer is lost.
+
+        What a caller does on each error:
+
+        - :class:`FleetUnreachableError`: the outcome is unknown, but no record
+          with a fresh counter can have gone live behind your back. Call
+          ``register`` again later (a new registration replaces a pending one;
+          an exposed one is replaced in turn, its counter carried over).
+        - :class:`ProtocolStateError`: the account's live record changed while
+          registering (destroyed at its guess limit, deleted, or replaced by
+          another registration), or the pending record expired. Call
+          :meth:`status`: if it shows no record and your app had one, tell the
+          user their backup under the vault is gone, then register afresh only
+          if they choose to.
+        - :class:`RecordExistsError`: the live record's spent attempts reach the
+          new guess limit; recover it first (a right password resets its counter).
+        - :class:`RetryAfterError` / :class:`UnauthorizedError`: the host's
+          rate limit / the account token; nothing changed.
         """
+        return self._register(password, backup_key, guess_limit, must_replace=False)
+
+    def _register(
+        self, password: bytes, backup_key: bytes, guess_limit: int, *, must_replace: bool
+    ) -> VaultStatus:
         if len(backup_key) != vault.BACKUP_KEY_SIZE:
             raise ValueError(f"a backup key is {vault.BACKUP_KEY_SIZE} bytes")
         self._refresh_if_announced()
+        current = self._status()
+        if must_replace and not current.exists:
+            raise RecordDestroyedError("no record for this account (destroyed, deleted or none)")
+        replaces = current.generation if current.exists else 0
         registration_state, registration_request = client_registration_start(password, self._rng)
         started = vault.expect(
-            self._call(RegisterStart(registration_request.to_bytes())), RegisterStartOk
+            self._call(RegisterStart(registration_request.to_bytes(), replaces)), RegisterStartOk
         )
         response = RegistrationResponse.from_bytes(started.registration_response)
         vault.check_server_key(self.fleet, response.server_public_key)
@@ -368,10 +419,18 @@ class VaultClient:
         secret = vault.wrap_backup_key(export_key, self.account_id, backup_key, self._rng)
         finish = RegisterFinish(started.registration_id, record.to_bytes(), secret, guess_limit)
         vault.expect(self._call(finish), RegisterFinishOk)
-        exposed = vault.expect(
-            self._call(RegisterExpose(started.registration_id)), RegisterExposeOk
-        )
+        exposed = self._expose(started.registration_id)
         return VaultStatus(True, exposed.generation, exposed.guess_limit, exposed.attempts_left)
+
+    def _expose(self, registration_id: bytes) -> RegisterExposeOk:
+        """RegisterExpose, retried when its answer is lost (the HSM answers a repeat the same)."""
+        for attempt in range(1, EXPOSE_TRIES + 1):
+            try:
+                return vault.expect(self._call(RegisterExpose(registration_id)), RegisterExposeOk)
+            except FleetUnreachableError:
+                if attempt == EXPOSE_TRIES:
+                    raise
+        raise AssertionError("unreachable: the loop returns or raises")
 
     def recover(self, password: bytes) -> bytes:
         """The backup key; costs one attempt, refunded by the vault if the password is right."""
@@ -389,9 +448,22 @@ class VaultClient:
         vault.expect(self._call(RecoverFinish(session_id, ke3, FinishAction.DELETE)), RecordDeleted)
 
     def change_password(self, old_password: bytes, new_password: bytes) -> VaultStatus:
-        """Recover with the old password, then register the same backup key under the new one."""
+        """Recover with the old password, then register the same backup key under the new one.
+
+        What a caller does on each error:
+
+        - :class:`WrongPasswordError` / :class:`RecordDestroyedError` (from the
+          recover step, or no record left to replace): as for :meth:`recover`.
+        - :class:`FleetUnreachableError` after the recover step: unknown whether
+          the new password went live (the expose was sent and every answer was
+          lost). Call :meth:`status`; if its generation is not the one your app
+          last saw, the new password is live: recover with it. Otherwise call
+          ``change_password`` again. Any wrong guess costs an attempt.
+        - :class:`ProtocolStateError`, :class:`RecordExistsError`: as for
+          :meth:`register`.
+        """
         backup_key = self.recover(old_password)
-        return self.register(new_password, backup_key)
+        return self._register(new_password, backup_key, DEFAULT_GUESS_LIMIT, must_replace=True)
 
     def _login(self, password: bytes) -> tuple[bytes, bytes, bytes, bytes]:
         """OPAQUE login up to KE3: ``(session_id, ke3, session_key, export_key)``."""

@@ -28,7 +28,8 @@ typed error from :mod:`bkv.errors`, and nothing is returned unless all pass):
     digest (``EpochRollbackError``);
  9. statement timestamp not beyond ``now + max_clock_skew``; the artifact's
     validity window contains ``now`` (with the skew allowed on ``not_before``)
-    and the statement was not made after ``not_after`` (``TimestampError``);
+    and the statement was made inside it, ``not_before - skew <= timestamp <=
+    not_after`` (``TimestampError``);
 10. the checkpoint is a C2SP signed note by the pinned log key for the pinned
     origin (``NoteError`` / ``CheckpointError``), with at least k of the n
     pinned cosigners when a policy is set (``CosignerPolicyError``);
@@ -175,11 +176,41 @@ def _check_time(
     roots: TrustRoots,
     now_ms: int,
 ) -> None:
-    if statement.timestamp_ms > now_ms + roots.max_clock_skew_ms:
-        raise TimestampError("witness statement is timestamped in the future")
-    if statement.timestamp_ms > artifact.not_after_ms:
-        raise TimestampError("witness signed the artifact after its not_after_ms")
+    check_not_future(statement.timestamp_ms, now_ms, roots.max_clock_skew_ms)
     check_validity_window(artifact, now_ms, roots.max_clock_skew_ms)
+    check_signed_while_valid(statement.timestamp_ms, artifact, roots.max_clock_skew_ms)
+
+
+def check_not_future(timestamp_ms: int, now_ms: int, skew_ms: int) -> None:
+    """Raise :class:`TimestampError` if the witness's timestamp is beyond ``now + skew``."""
+    if timestamp_ms > now_ms + skew_ms:
+        raise TimestampError("witness statement is timestamped in the future")
+
+
+def check_signed_while_valid(timestamp_ms: int, artifact: FleetKeyArtifact, skew_ms: int) -> None:
+    """Raise :class:`TimestampError` unless the witness signed inside the artifact's validity.
+
+    ``not_before_ms - skew <= timestamp <= not_after_ms``: a statement made after
+    expiry, or before the artifact's validity began, endorses keys nobody should
+    have been using then. Shared by the client, the operator's receipt check
+    (:func:`bkv.client.operator.verify_receipt`) and the auditor.
+    """
+    if timestamp_ms > artifact.not_after_ms:
+        raise TimestampError("witness signed the artifact after its not_after_ms")
+    if timestamp_ms + skew_ms < artifact.not_before_ms:
+        raise TimestampError("witness signed the artifact before its not_before_ms")
+
+
+def check_logged_evidence(entry: AuditEntry, artifact: FleetKeyArtifact) -> None:
+    """Raise :class:`BundleError` unless the log entry names the artifact's evidence digest.
+
+    The witness checked (and logged) the evidence the operator submitted; the
+    artifact must name that same evidence (none: the empty digest), or the
+    deployment evidence anyone can check is not the one behind these keys.
+    """
+    expected_evidence = artifact.evidence_digest or b""
+    if not hmac.compare_digest(entry.evidence_digest, expected_evidence):
+        raise BundleError("log entry and artifact name different deployment evidence")
 
 
 # --- steps 10-12: the witness's log ----------------------------------------------
@@ -208,9 +239,7 @@ def _check_inclusion(
     except BundleError:
         raise InclusionProofError("the log entry does not record this witness statement") from None
     # The evidence the witness checked (entry) is the evidence the artifact names.
-    expected_evidence = artifact.evidence_digest or b""
-    if not hmac.compare_digest(entry.evidence_digest, expected_evidence):
-        raise BundleError("log entry and artifact name different deployment evidence")
+    check_logged_evidence(entry, artifact)
     _check_logged_submission(entry, roots)
     verify_inclusion(
         leaf_hash(bundle.log_entry),

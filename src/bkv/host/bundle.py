@@ -10,17 +10,30 @@ saw before (RFC 9162 §2.1.4; :func:`bkv.client.bundle.with_consistency_proof`).
   operator replaces it with ``mv`` when a new epoch is published), and decoded
   strictly; a file that is not a bundle is a 503, never served.
 - Proofs are fetched from the witness (``GET {witness_url}/log/consistency?old=M&size=N``,
-  M < N the two sizes, in either order: a cached bundle may be older than what
-  the client saw) and cached: a proof between two tree sizes of an append-only
-  log never changes. The proof is not verified here (the client does); a wrong
-  one only makes validation fail.
-- Without ``witness_url``, or when the witness does not answer, the bundle goes
-  out without a proof (``consistency_size`` 0). A client that saw another tree
-  size then refuses it (``ConsistencyProofError``): availability only.
+  M = ``since`` < N = the bundle's tree size), each answer read as a stream and
+  dropped past :data:`MAX_PROOF_RESPONSE` bytes. A proof is served (and cached:
+  a proof between two tree heads of an append-only log never changes) only
+  after it verifies (RFC 9162 §2.1.4.2) from the root of the checkpoint the
+  witness signed at size M (``GET {witness_url}/checkpoints/M``: same origin,
+  size M, signed by the key that signed the bundle's checkpoint -- verified
+  with ``log_verifier_key`` when the host is given one, else matched by key
+  name and ID) to the root of the bundle's own checkpoint. The cache is keyed
+  by both sizes *and* the bundle's root, so a garbled or lying answer is never
+  cached and never outlives the bundle it was checked against. The client
+  still verifies everything itself; this only keeps one bad answer from being
+  served to every client.
+- A ``since`` above the bundle's tree size (the client saw a newer log than
+  this bundle's) gets the bundle without a proof and the witness is not asked:
+  a client-chosen size must not make the host fetch arbitrary proofs.
+- Without ``witness_url``, or when the witness does not answer or its answer
+  does not verify, the bundle goes out without a proof (``consistency_size``
+  0). A client that saw another tree size then refuses it
+  (``ConsistencyProofError``): availability only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +49,9 @@ from bkv.client.bundle import (
     with_consistency_proof,
 )
 from bkv.errors import BkvError, CodecError, StorageError
-from bkv.tlog.checkpoint import parse_checkpoint
-from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES
-from bkv.tlog.note import parse_note
+from bkv.tlog.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
+from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES, verify_consistency
+from bkv.tlog.note import MAX_NOTE_SIZE, parse_note, parse_verifier_key
 
 #: Most cached consistency proofs (each at most 63 hashes); the cache is cleared when full.
 MAX_CACHED_PROOFS: Final = 1024
@@ -68,32 +81,48 @@ class LoadedBundle:
 
     stamp: tuple[int, int, int]
     bundle: ValidationBundle
-    tree_size: int
+    checkpoint: Checkpoint
+    #: (key name, key ID) of every signature on the bundle's checkpoint.
+    signers: frozenset[tuple[str, int]]
 
     @property
     def epoch(self) -> int:
         return self.bundle.epoch
 
+    @property
+    def tree_size(self) -> int:
+        return self.checkpoint.size
 
-def _tree_size(bundle: ValidationBundle) -> int:
+
+def _checkpoint(bundle: ValidationBundle) -> tuple[Checkpoint, frozenset[tuple[str, int]]]:
     try:
-        text, _signatures = parse_note(bundle.checkpoint)
-        return parse_checkpoint(text).size
+        text, signatures = parse_note(bundle.checkpoint)
+        checkpoint = parse_checkpoint(text)
     except BkvError as exc:
         raise StorageError(f"the bundle's checkpoint is malformed: {exc}") from None
+    return checkpoint, frozenset((s.name, s.key_id) for s in signatures)
 
 
 class BundleSource:
     """Serves the configured bundle with consistency proofs attached."""
 
     def __init__(
-        self, path: Path, witness_url: str | None, *, timeout_seconds: float = 10.0
+        self,
+        path: Path,
+        witness_url: str | None,
+        *,
+        timeout_seconds: float = 10.0,
+        log_verifier_key: str | None = None,
     ) -> None:
         self._path = path
         self._witness_url = witness_url
         self._client = httpx.AsyncClient(timeout=timeout_seconds)
         self._loaded: LoadedBundle | None = None
-        self._proofs: dict[tuple[int, int], tuple[bytes, ...]] = {}
+        # Keyed by (old size, new size, new root): only proofs verified against that root.
+        self._proofs: dict[tuple[int, int, bytes], tuple[bytes, ...]] = {}
+        self._log_verifier = (
+            None if log_verifier_key is None else parse_verifier_key(log_verifier_key)
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -117,7 +146,8 @@ class BundleSource:
             bundle = decode_bundle(data)
         except CodecError as exc:
             raise StorageError(f"bundle file is not a validation bundle: {exc}") from None
-        self._loaded = LoadedBundle(stamp, bundle, _tree_size(bundle))
+        checkpoint, signers = _checkpoint(bundle)
+        self._loaded = LoadedBundle(stamp, bundle, checkpoint, signers)
         return self._loaded
 
     async def for_client(self, since: int) -> tuple[bytes, int]:
@@ -126,41 +156,78 @@ class BundleSource:
         return await self._with_proof(loaded, since), loaded.epoch
 
     async def _with_proof(self, loaded: LoadedBundle, since: int) -> bytes:
-        if since in (0, loaded.tree_size):
-            # Nothing seen yet, or the same tree: the client compares roots, no proof.
+        if since in (0, loaded.tree_size) or since > loaded.tree_size:
+            # Nothing seen yet, or the same tree (the client compares roots): no proof.
+            # Above the bundle's size: the witness is not asked (see the module doc).
             return encode_bundle(loaded.bundle)
-        proof = await self._consistency_proof(
-            min(since, loaded.tree_size), max(since, loaded.tree_size)
-        )
+        proof = await self._consistency_proof(loaded, since)
         if proof is None:
             return encode_bundle(loaded.bundle)
         return encode_bundle(with_consistency_proof(loaded.bundle, since, proof))
 
-    async def _consistency_proof(self, old: int, new: int) -> tuple[bytes, ...] | None:
-        cached = self._proofs.get((old, new))
+    async def _consistency_proof(self, loaded: LoadedBundle, old: int) -> tuple[bytes, ...] | None:
+        new, new_root = loaded.tree_size, loaded.checkpoint.root_hash
+        cached = self._proofs.get((old, new, new_root))
         if cached is not None or self._witness_url is None:
             return cached
-        url = f"{self._witness_url}/log/consistency"
-        try:
-            response = await self._client.get(url, params={"old": str(old), "size": str(new)})
-        except httpx.HTTPError:
+        old_note = await self._get_capped(f"/checkpoints/{old}", {}, MAX_NOTE_SIZE)
+        old_root = None if old_note is None else self._old_root(old_note, loaded, old)
+        if old_root is None:
             return None
-        if response.status_code != 200 or len(response.content) > MAX_PROOF_RESPONSE:
-            return None
-        proof = _proof_from_json(response)
+        body = await self._get_capped(
+            "/log/consistency", {"old": str(old), "size": str(new)}, MAX_PROOF_RESPONSE
+        )
+        proof = None if body is None else _proof_from_json(body)
         if proof is None:
             return None
+        try:
+            verify_consistency(old, new, proof, old_root, new_root)
+        except BkvError:
+            return None  # a wrong proof is never cached nor served
         if len(self._proofs) >= MAX_CACHED_PROOFS:
             self._proofs.clear()
-        self._proofs[(old, new)] = proof
+        self._proofs[(old, new, new_root)] = proof
         return proof
 
+    def _old_root(self, note: bytes, loaded: LoadedBundle, old: int) -> bytes | None:
+        """Root of the witness's checkpoint at size ``old``, if it is the same log's."""
+        origin = loaded.checkpoint.origin
+        try:
+            if self._log_verifier is not None:
+                checkpoint = open_checkpoint(note, origin, [self._log_verifier])
+            else:
+                text, signatures = parse_note(note)
+                checkpoint = parse_checkpoint(text)
+                if not any((s.name, s.key_id) in loaded.signers for s in signatures):
+                    return None
+        except BkvError:
+            return None
+        if checkpoint.origin != origin or checkpoint.size != old:
+            return None
+        return checkpoint.root_hash
 
-def _proof_from_json(response: httpx.Response) -> tuple[bytes, ...] | None:
+    async def _get_capped(self, path: str, params: dict[str, str], cap: int) -> bytes | None:
+        """The witness's 200 answer at ``path``, read as a stream; None past ``cap`` bytes."""
+        url = f"{self._witness_url}{path}"
+        body = bytearray()
+        try:
+            async with self._client.stream("GET", url, params=params) as response:
+                if response.status_code != 200:
+                    return None
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > cap:
+                        return None
+        except httpx.HTTPError:
+            return None
+        return bytes(body)
+
+
+def _proof_from_json(body: bytes) -> tuple[bytes, ...] | None:
     """The hashes of a ``{"proof": [hex, ...]}`` answer, or None if it is not one."""
     try:
-        data = response.json()
-    except ValueError:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         return None
     hashes = data.get("proof") if isinstance(data, dict) else None
     if not isinstance(hashes, list) or len(hashes) > MAX_PROOF_HASHES:

@@ -39,9 +39,12 @@ request, so every request is safe to replay by construction:
   The OPRF key of a record is derived from its registration id, which the HSM
   drew at random, so an old registration can never be re-installed. What it
   installs is a *pending* record that answers no password check.
-- RegisterExpose: single-use too; the pending record it named is live (or was
-  replaced, expired or destroyed) -> a replay gets ``PROTOCOL_STATE``.
+- RegisterExpose: idempotent. While the record it exposed is the live one, a
+  replay (or the client's retry after a lost RegisterExposeOk) gets the same
+  RegisterExposeOk and changes nothing; once that record was replaced, expired
+  or destroyed -> ``PROTOCOL_STATE``.
 - RegisterStart: draws a new registration id; the newest one of an account wins.
+  It names the live record it replaces; once that one is gone -> ``PROTOCOL_STATE``.
 - Status: reads only.
 
 Status and enumeration. ``STATUS`` answers whether the account has a live
@@ -119,7 +122,7 @@ from bkv.hsm.messages import (
     VaultFailure,
     request_aad,
 )
-from bkv.hsm.sealing import open_snapshot, seal_snapshot
+from bkv.hsm.sealing import UNBOUND_COUNTER_ID, open_snapshot, seal_snapshot
 from bkv.hsm.state import (
     Command,
     CommandEnvelope,
@@ -127,6 +130,7 @@ from bkv.hsm.state import (
     Counted,
     DeleteRecord,
     DestroyRecord,
+    ExpirePending,
     ExposeRecord,
     HsmSecrets,
     InstallRecord,
@@ -136,7 +140,9 @@ from bkv.hsm.state import (
     VaultState,
     applied_slot,
     apply,
+    is_exposed,
     live_record_of,
+    pending_expired,
 )
 from bkv.keystore import Sealer
 from bkv.wire import canonical_json, decode, decode_any, encode
@@ -255,6 +261,7 @@ class HsmApp:
         *,
         rng: Rng = default_rng,
         session_ttl_ms: int = SESSION_TTL_MS,
+        counter_id: bytes = UNBOUND_COUNTER_ID,
     ) -> None:
         self._secrets = snapshot.secrets
         self._opaque = ServerSecrets.from_bytes(snapshot.secrets.opaque)
@@ -265,6 +272,7 @@ class HsmApp:
         self._version = snapshot.version
         self._blob = blob
         self._sealer = sealer
+        self._counter_id = counter_id  # bound into every sealed state's AAD
         self._rng = rng
         self._session_ttl_ms = session_ttl_ms
         # The server never runs the KSF (RFC 9807 section 6): Identity says so.
@@ -278,6 +286,10 @@ class HsmApp:
             slot.account_id
             for slot in self._vault.accounts
             if slot.record is not None and slot.record.attempts_left == 0
+        }
+        # Accounts with a pending record (tick() zeroizes it once it expired).
+        self._with_pending: set[bytes] = {
+            slot.account_id for slot in self._vault.accounts if slot.pending is not None
         }
 
     def __repr__(self) -> str:
@@ -293,8 +305,12 @@ class HsmApp:
         *,
         max_guess_limit: int = 10,
         rng: Rng = default_rng,
+        counter_id: bytes = UNBOUND_COUNTER_ID,
     ) -> HsmApp:
-        """Generate fleet secrets and an empty vault at version 1 (``sealed_state()`` to store)."""
+        """Generate fleet secrets and an empty vault at version 1 (``sealed_state()`` to store).
+
+        ``counter_id``: the id of the NV counter that guards this HSM's states.
+        """
         opaque = ServerSecrets.generate(rng)
         channel_private, channel_public = channel.generate_channel_key_pair(rng)
         secrets = HsmSecrets(
@@ -304,17 +320,27 @@ class HsmApp:
             fake_key=draw(rng, 32),
         )
         snapshot = Snapshot(1, secrets, VaultState(fleet_id, max_guess_limit))
-        return cls(snapshot, seal_snapshot(sealer, snapshot), sealer, rng=rng)
+        blob = seal_snapshot(sealer, snapshot, counter_id)
+        return cls(snapshot, blob, sealer, rng=rng, counter_id=counter_id)
 
     @classmethod
     def load(
-        cls, blob: bytes, sealer: Sealer, *, fleet_id: str | None = None, rng: Rng = default_rng
+        cls,
+        blob: bytes,
+        sealer: Sealer,
+        *,
+        fleet_id: str | None = None,
+        rng: Rng = default_rng,
+        counter_id: bytes = UNBOUND_COUNTER_ID,
     ) -> HsmApp:
-        """Open a sealed state; raises :class:`SealingError` / :class:`StorageError`."""
-        snapshot = open_snapshot(sealer, blob)
+        """Open a sealed state; raises :class:`SealingError` / :class:`StorageError`.
+
+        A blob sealed under another NV counter's id is a :class:`SealingError`.
+        """
+        snapshot = open_snapshot(sealer, blob, counter_id)
         if fleet_id is not None and snapshot.vault.fleet_id != fleet_id:
             raise StorageError("sealed state belongs to another fleet")
-        return cls(snapshot, blob, sealer, rng=rng)
+        return cls(snapshot, blob, sealer, rng=rng, counter_id=counter_id)
 
     @property
     def fleet_id(self) -> str:
@@ -415,7 +441,8 @@ class HsmApp:
     def tick(self, now_ms: int) -> Effects:
         """Housekeeping, for the adapter to call every few seconds (and once after loading).
 
-        Expires sessions and pending registrations, then destroys one record that
+        Expires sessions and pending registrations, zeroizes one pending record
+        past :data:`~bkv.hsm.state.PENDING_RECORD_TTL_MS`, or destroys one record that
         used its last attempt and has no open session left on this HSM to prove
         the password with (the client vanished, the session expired, or the HSM
         restarted): such a record can never answer a check again, so its secret
@@ -426,6 +453,14 @@ class HsmApp:
         if self._staged is not None:
             raise ValueError("a persist is outstanding: call persisted() or abandon() first")
         self._expire(now_ms)
+        for account in sorted(self._with_pending):
+            slot = self._vault.slot(account)
+            if slot is None or slot.pending is None:
+                self._with_pending.discard(account)
+                continue
+            if pending_expired(slot.pending, now_ms):
+                # An expired pending record can never go live: its secret goes now.
+                return self._stage(_Change(ExpirePending(account, now_ms), None), None)
         for account in sorted(self._locked):
             record = self._vault.record(account)
             if record is None or record.attempts_left > 0:
@@ -487,7 +522,8 @@ class HsmApp:
                 raise
             return Effects(response=self._seal_answer(channel_state, VaultFailure(_code_for(exc))))
         version = self._version + 1
-        blob = seal_snapshot(self._sealer, Snapshot(version, self._secrets, vault))
+        snapshot = Snapshot(version, self._secrets, vault)
+        blob = seal_snapshot(self._sealer, snapshot, self._counter_id)
         response = None
         if channel_state is not None and answer is not None:
             response = self._seal_answer(channel_state, answer)
@@ -533,6 +569,13 @@ class HsmApp:
             self._opaque, request, credential_identifier(account, registration_id)
         )
         slot = self._vault.slot(account)
+        live_generation = 0 if slot is None or slot.record is None else slot.record.generation
+        if inner.replaces_generation != live_generation:
+            # The client means to replace a record that is not the live one: it was
+            # destroyed or deleted (or replaced) since the client last looked, maybe
+            # while the host held this request back. Starting anyway would give the
+            # same password a record with a fresh counter behind the client's back.
+            raise ProtocolStateError("the live record is not the one this registration replaces")
         self._pending.pop(account, None)
         if len(self._pending) >= MAX_PENDING_REGISTRATIONS:
             self._pending.pop(next(iter(self._pending)))
@@ -572,10 +615,24 @@ class HsmApp:
 
         return _Change(command, answer)
 
-    def _register_expose(self, account: bytes, inner: RegisterExpose, now_ms: int) -> _Change:
+    def _register_expose(
+        self, account: bytes, inner: RegisterExpose, now_ms: int
+    ) -> InnerResponse | _Change:
         # Everything is checked inside apply (the pending record is durable state,
         # replicated like the rest): unknown, replaced, expired or replayed ids
         # are ProtocolStateError; a carried-over counter at the limit RecordExistsError.
+        slot = self._vault.slot(account)
+        live = None if slot is None else slot.record
+        pending = None if slot is None else slot.pending
+        if (
+            live is not None
+            and is_exposed(slot, inner.registration_id)
+            and (pending is None or pending.registration_id != inner.registration_id)
+        ):
+            # Idempotent (the client lost RegisterExposeOk and retries): answer
+            # again without a state change, so no new version is persisted.
+            return RegisterExposeOk(live.generation, live.guess_limit, live.attempts_left)
+
         def answer(outcome: Outcome) -> InnerResponse:
             live = live_record_of(outcome)
             return RegisterExposeOk(live.generation, live.guess_limit, live.attempts_left)
@@ -696,11 +753,16 @@ class HsmApp:
         return digest[:REGISTRATION_ID_SIZE]
 
     def _track_locked(self, account: bytes) -> None:
-        record = self._vault.record(account)
+        slot = self._vault.slot(account)
+        record = None if slot is None else slot.record
         if record is not None and record.attempts_left == 0:
             self._locked.add(account)
         else:
             self._locked.discard(account)
+        if slot is not None and slot.pending is not None:
+            self._with_pending.add(account)
+        else:
+            self._with_pending.discard(account)
 
     def _all_attempts_failed(self, failed: _Session) -> bool:
         """Whether ``failed`` (already closed) was the record's last hope.

@@ -44,6 +44,9 @@ Inner requests (client -> HSM, sealed) and their responses (HSM -> client, seale
   ever evaluates the OPRF key of an existing record (that would be an
   unmetered OPRF oracle, i.e. an offline guessing aid). Volatile, single-use;
   the latest RegisterStart of an account replaces an older pending one.
+  ``replaces_generation`` must name the account's live record (0: none), else
+  ``PROTOCOL_STATE``; RegisterFinish is refused in turn if the slot's
+  generation moved since (another install, a destroy or a delete).
 - ``REGISTER_FINISH`` :class:`RegisterFinish` (registration_id,
   RegistrationRecord, the client's secret = backup key data, guess_limit)
   -> :class:`RegisterFinishOk` (generation of the new record, guess limit, the
@@ -57,9 +60,11 @@ Inner requests (client -> HSM, sealed) and their responses (HSM -> client, seale
   (generation, guess limit, attempts left). The pending record becomes the
   live record, replacing the old one and carrying over *all* of its spent
   attempts (refused with ``RECORD_EXISTS`` when they reach the new limit).
-  Single-use; refused with ``PROTOCOL_STATE`` for an unknown, replaced or
-  expired (:data:`bkv.hsm.state.PENDING_RECORD_TTL_MS`) registration id. See
-  docs: "Re-registration rule".
+  Idempotent: when the live record already is the one of ``registration_id``
+  (the client lost the first RegisterExposeOk) it answers RegisterExposeOk
+  again and changes nothing. Refused with ``PROTOCOL_STATE`` for an unknown,
+  replaced, destroyed or expired (:data:`bkv.hsm.state.PENDING_RECORD_TTL_MS`)
+  registration id. See docs: "Re-registration rule".
 - ``RECOVER_START``   :class:`RecoverStart` (KE1)
   -> :class:`RecoverStartOk` (session_id, KE2). The attempt is counted and
   made durable **before** KE2 leaves the HSM. For an account without a live
@@ -221,11 +226,19 @@ def request_aad(fleet_id: str, kind: RequestKind, account_id: bytes) -> bytes:
 # --- inner requests (sealed client -> HSM) ----------------------------------------
 
 
-@message(tag=0x0201, version=1)
+@message(tag=0x0201, version=2)
 class RegisterStart:
-    """RFC 9807 RegistrationRequest (blinded password element)."""
+    """RFC 9807 RegistrationRequest, and the generation of the live record it replaces.
+
+    ``replaces_generation`` is the generation of the account's live record as
+    the client last saw it (``StatusOk``), 0 when it saw none. The HSM refuses
+    (``PROTOCOL_STATE``) when the live record is not that one: a host that
+    holds a RegisterStart back while it spends the live record to destruction
+    cannot then deliver it to start a record with a fresh counter.
+    """
 
     registration_request: Annotated[bytes, Fixed(REGISTRATION_REQUEST_SIZE)]
+    replaces_generation: U32 = 0
 
 
 @message(tag=0x0202, version=1)

@@ -3,7 +3,8 @@
 Layout: a :class:`SealedState` wire message::
 
     fleet_id || version (u64) || Sealer.seal(encode(Snapshot), aad)
-    aad = "bkv.hsm.state.v1" || len(fleet_id) (1) || fleet_id || version (8, big-endian)
+    aad = "bkv.hsm.state.v2" || len(fleet_id) (1) || fleet_id || version (8, big-endian)
+          || counter_id (16)
 
 The clear ``version`` lets the host keep the newest blob without opening it;
 it is bound by the AAD and repeated inside the snapshot, so a blob whose
@@ -14,7 +15,11 @@ Sealing alone cannot show a *rollback*: an older blob, untouched, opens fine.
 The HSM therefore keeps a monotonic NV counter inside its own boundary
 (:mod:`bkv.keystore.counter`): the version and SHA-256 of the newest state
 whose dependent response may have left the HSM. :func:`check_freshness` is the
-rule applied when a state is loaded.
+rule applied when a state is loaded. The AAD binds the counter's random id
+(:attr:`bkv.keystore.counter.CounterValue.counter_id`): a blob opens only with
+the id of the counter that guarded it, so a second counter made for the same
+sealing key (fresh, at version 0) cannot make an old blob look fresh; loading
+it fails with :class:`bkv.errors.SealingError`.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ from typing import Annotated
 from bkv.errors import CodecError, SealingError, StateRollbackError, StorageError
 from bkv.hsm.messages import MAX_FLEET_ID
 from bkv.hsm.state import MAX_STATE_SIZE, Snapshot
-from bkv.keystore import Sealer
+from bkv.keystore import COUNTER_ID_SIZE, Sealer
 from bkv.wire import U64, Bytes, Text, decode, encode, message
 
-STATE_AAD_LABEL = b"bkv.hsm.state.v1"
+STATE_AAD_LABEL = b"bkv.hsm.state.v2"
+
+UNBOUND_COUNTER_ID = bytes(COUNTER_ID_SIZE)
+"""The counter id of an app run without a device (unit tests, benchmarks).
+
+The HSM process (:mod:`bkv.hsm.server`) always passes its counter's real id."""
 
 SEAL_OVERHEAD = 64
 """Room for the Sealer's algorithm byte, nonce and tag (29 bytes today)."""
@@ -50,16 +60,27 @@ class SealedState:
     sealed: Annotated[bytes, Bytes(max_len=MAX_SEALED_STATE, min_len=1)]
 
 
-def state_aad(fleet_id: str, version: int) -> bytes:
-    """The AAD that binds a sealed snapshot to its fleet and version."""
+def state_aad(fleet_id: str, version: int, counter_id: bytes) -> bytes:
+    """The AAD that binds a sealed snapshot to its fleet, version and NV counter."""
+    if len(counter_id) != COUNTER_ID_SIZE:
+        raise ValueError(f"counter id must be {COUNTER_ID_SIZE} bytes")
     fleet = fleet_id.encode("utf-8")
-    return STATE_AAD_LABEL + len(fleet).to_bytes(1, "big") + fleet + version.to_bytes(8, "big")
+    return (
+        STATE_AAD_LABEL
+        + len(fleet).to_bytes(1, "big")
+        + fleet
+        + version.to_bytes(8, "big")
+        + counter_id
+    )
 
 
-def seal_snapshot(sealer: Sealer, snapshot: Snapshot) -> bytes:
-    """The wire bytes of the sealed snapshot."""
+def seal_snapshot(
+    sealer: Sealer, snapshot: Snapshot, counter_id: bytes = UNBOUND_COUNTER_ID
+) -> bytes:
+    """The wire bytes of the sealed snapshot, bound to the counter ``counter_id``."""
     fleet_id = snapshot.vault.fleet_id
-    sealed = sealer.seal(encode(snapshot), state_aad(fleet_id, snapshot.version))
+    aad = state_aad(fleet_id, snapshot.version, counter_id)
+    sealed = sealer.seal(encode(snapshot), aad)
     return encode(SealedState(fleet_id, snapshot.version, sealed))
 
 
@@ -71,13 +92,17 @@ def peek_version(blob: bytes) -> int:
         raise StorageError("sealed state is malformed") from None
 
 
-def open_snapshot(sealer: Sealer, blob: bytes) -> Snapshot:
-    """Open and check a sealed state; :class:`SealingError` if it was tampered with."""
+def open_snapshot(sealer: Sealer, blob: bytes, counter_id: bytes = UNBOUND_COUNTER_ID) -> Snapshot:
+    """Open and check a sealed state; :class:`SealingError` if it was tampered with.
+
+    Also :class:`SealingError` for a blob sealed under another NV counter's id.
+    """
     try:
         header = decode(SealedState, blob)
     except CodecError:
         raise StorageError("sealed state is malformed") from None
-    plaintext = sealer.open(header.sealed, state_aad(header.fleet_id, header.version))
+    aad = state_aad(header.fleet_id, header.version, counter_id)
+    plaintext = sealer.open(header.sealed, aad)
     try:
         snapshot = decode(Snapshot, plaintext)
     except CodecError:

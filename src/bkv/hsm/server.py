@@ -90,7 +90,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bkv.errors import ConfigError, HsmFailedError, KeyNotFoundError, KeystoreError, StorageError
+from bkv.errors import (
+    ConfigError,
+    HsmFailedError,
+    KeyNotFoundError,
+    KeystoreError,
+    NvCounterError,
+    StorageError,
+)
 from bkv.hsm.app import HsmApp, Persist
 from bkv.hsm.messages import MAX_GUESS_LIMIT, MAX_REQUEST_SIZE, ErrorCode, HsmRejected
 from bkv.hsm.sealing import Freshness, blob_digest, check_freshness
@@ -258,6 +265,12 @@ class HsmDevice:
     ) -> None:
         self.sealer = sealer
         self.counter = counter
+        # Bound into the AAD of every state this device seals (bkv.hsm.sealing).
+        try:
+            self.counter_id = counter.read().counter_id
+        except BaseException:
+            _close_all(closers)
+            raise
         self._closers = closers
         self._closed = False
 
@@ -309,6 +322,9 @@ def _software_device(config: HsmConfig, *, create: bool) -> HsmDevice:
     counter_path = config.key_dir / COUNTER_FILE_NAME
     if create:
         make_private_directory(config.key_dir)
+        if counter_path.exists():
+            # The key here is already guarded by a counter: never give it a second one.
+            raise NvCounterError(f"NV counter {counter_path} already exists; refusing to re-init")
         if key_file.exists():
             # Pre-provisioned with `bkv keystore gen-sealing-key --key-file` (same format).
             sealer = SoftwareSealer(read_key_file(key_file))
@@ -332,6 +348,9 @@ def _check_private_directory(directory: Path) -> None:
         raise KeystoreError(f"HSM key directory {directory} is not a directory")
     if info.st_mode & 0o077:
         raise KeystoreError(f"HSM key directory {directory} is accessible to other users")
+    if info.st_uid != os.getuid():
+        # Its owner could change the mode back and forth, or replace the files.
+        raise KeystoreError(f"HSM key directory {directory} is not owned by this user")
 
 
 def _pkcs11_device(config: HsmConfig, *, create: bool) -> HsmDevice:
@@ -354,6 +373,13 @@ def _pkcs11_device(config: HsmConfig, *, create: bool) -> HsmDevice:
             raise
         # Not pre-provisioned with `bkv keystore gen-sealing-key --pkcs11-config`.
         sealer = pkcs11.generate_sealing_key(token, sealer_config.key_label)
+    else:
+        if create and pkcs11.token_has_counter(token):
+            # Adopting a key that a counter already guards would give it a second
+            # counter at version 0 (under another label). The counter id in the
+            # state AAD already makes old blobs unusable with it; refuse anyway.
+            sealer.close()
+            raise NvCounterError("the token already holds an NV counter; refusing to adopt its key")
     try:
         if create:
             counter = pkcs11.create_counter(token, sealer_config.counter_label)
@@ -416,7 +442,10 @@ class HsmNode:
         try:
             self.store.write(persist.blob)
             pause("persisted")
-            self.device.counter.advance(CounterValue(persist.version, blob_digest(persist.blob)))
+            value = CounterValue(
+                persist.version, blob_digest(persist.blob), counter_id=self.device.counter_id
+            )
+            self.device.counter.advance(value)
         except BaseException as exc:
             self.app.abandon(persist.version)
             self.fail(exc)
@@ -482,14 +511,19 @@ def init_hsm(config: HsmConfig) -> HsmNode:
     device = open_device(config, create=True)
     try:
         app = HsmApp.initialize(
-            config.fleet_id, device.sealer, max_guess_limit=config.max_guess_limit
+            config.fleet_id,
+            device.sealer,
+            max_guess_limit=config.max_guess_limit,
+            counter_id=device.counter_id,
         )
         node = HsmNode(app, device, store)
         # Version 1 is not staged (no response depends on it), but it goes through
         # the same two steps: on disk first, then the counter covers it.
         blob = app.sealed_state()
         store.write(blob)
-        device.counter.advance(CounterValue(app.version, blob_digest(blob)))
+        device.counter.advance(
+            CounterValue(app.version, blob_digest(blob), counter_id=device.counter_id)
+        )
         write_atomically(config.state_dir / PUBLIC_KEYS_FILE, app.public_keys_json())
     except BaseException:
         device.close()
@@ -508,13 +542,15 @@ def load_hsm(config: HsmConfig) -> HsmNode:
     try:
         store = StateStore(config.state_dir)
         blob = store.read()
-        app = HsmApp.load(blob, device.sealer, fleet_id=config.fleet_id)
+        app = HsmApp.load(
+            blob, device.sealer, fleet_id=config.fleet_id, counter_id=device.counter_id
+        )
         # app.version is the authenticated one (bound by the AAD, equal to the
         # snapshot's own); the clear header alone would be the host's word.
         digest = blob_digest(blob)
         trusted = device.counter.read()
         if check_freshness(app.version, digest, trusted.version, trusted.digest) is Freshness.NEXT:
-            device.counter.advance(CounterValue(app.version, digest))
+            device.counter.advance(CounterValue(app.version, digest, counter_id=device.counter_id))
     except BaseException:
         device.close()
         raise

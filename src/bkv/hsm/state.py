@@ -62,6 +62,9 @@ MAX_STATE_SIZE = 48 * 1024 * 1024
 CHANNEL_KEY_SIZE = 32
 FAKE_KEY_SIZE = 32
 
+MAX_GENERATION = 0xFFFFFFFF
+"""The highest slot generation (u32). A slot there takes no new registration, ever."""
+
 PENDING_RECORD_TTL_MS = 10 * 60 * 1000
 """How long after RegisterFinish a pending record may still be exposed (then it is refused)."""
 
@@ -98,9 +101,11 @@ class Record:
 class AccountSlot:
     """An account: its live record, its pending record, and how many records it ever had.
 
-    ``generation`` never decreases, also when the record is destroyed or
-    deleted (the slot stays as a tombstone), so every record an account ever
-    had has a distinct generation. ``pending`` is a finished registration not
+    ``generation`` never decreases; it moves on at every install and at every
+    destroy or delete (the slot stays as a tombstone), so every record an
+    account ever had has a distinct generation, and a registration started
+    before a destroy (it names the generation it started at) cannot finish
+    after it. ``pending`` is a finished registration not
     yet exposed: it answers no password check (KE1 gets the fake-record KE2)
     and always has ``attempts_used == 0``.
     """
@@ -239,7 +244,23 @@ class ExposeRecord:
     now_ms: U64 = 0
 
 
-Command = CountAttempt | ResetAttempts | DestroyRecord | DeleteRecord | InstallRecord | ExposeRecord
+@message(tag=0x0408, version=1)
+class ExpirePending:
+    """Housekeeping: the pending record of ``account_id`` expired at ``now_ms``; zeroize it."""
+
+    account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
+    now_ms: U64
+
+
+Command = (
+    CountAttempt
+    | ResetAttempts
+    | DestroyRecord
+    | DeleteRecord
+    | InstallRecord
+    | ExposeRecord
+    | ExpirePending
+)
 
 
 @message(tag=0x0406, version=1)
@@ -312,6 +333,8 @@ def apply(state: VaultState, command: Command) -> tuple[VaultState, Outcome]:
         return _install_record(state, command)
     if isinstance(command, ExposeRecord):
         return _expose_record(state, command)
+    if isinstance(command, ExpirePending):
+        return _expire_pending(state, command)
     raise TypeError(f"not a command: {type(command).__name__}")
 
 
@@ -369,7 +392,12 @@ def _without_records(slot: AccountSlot) -> AccountSlot:
     it at zero (a host could withhold the client's RegisterExpose, spend the
     live record's attempts, then deliver it).
     """
-    return dataclasses.replace(slot, record=None, pending=None)
+    # The generation moves on too (saturating: at MAX_GENERATION no registration
+    # can install any more, see _install_record), so a registration started
+    # against the destroyed record (InstallRecord.expected_generation) can never
+    # finish afterwards with a fresh counter: it gets PROTOCOL_STATE.
+    generation = min(slot.generation + 1, MAX_GENERATION)
+    return dataclasses.replace(slot, generation=generation, record=None, pending=None)
 
 
 def _carried_attempts(slot: AccountSlot) -> int:
@@ -390,7 +418,7 @@ def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultSta
     # what the expose would refuse anyway (ExposeRecord checks again).
     if _carried_attempts(slot) >= command.guess_limit:
         raise RecordExistsError("the live record's spent attempts reach the new guess limit")
-    if slot.generation >= 0xFFFFFFFF:
+    if slot.generation >= MAX_GENERATION:
         raise RecordExistsError("the account has used up its record generations")
     pending = Record(
         generation=slot.generation + 1,
@@ -407,6 +435,20 @@ def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultSta
     return state.with_slot(new_slot), Applied(new_slot)
 
 
+def pending_expired(record: Record, now_ms: int) -> bool:
+    """Whether a pending record is past :data:`PENDING_RECORD_TTL_MS` at ``now_ms``."""
+    return now_ms >= record.created_ms + PENDING_RECORD_TTL_MS
+
+
+def is_exposed(slot: AccountSlot | None, registration_id: bytes) -> bool:
+    """Whether the live record of ``slot`` is the one registered as ``registration_id``."""
+    return (
+        slot is not None
+        and slot.record is not None
+        and hmac.compare_digest(slot.record.registration_id, registration_id)
+    )
+
+
 def _expose_record(state: VaultState, command: ExposeRecord) -> tuple[VaultState, Outcome]:
     slot = state.slot(command.account_id)
     pending = None if slot is None else slot.pending
@@ -415,8 +457,12 @@ def _expose_record(state: VaultState, command: ExposeRecord) -> tuple[VaultState
         or pending is None
         or not hmac.compare_digest(pending.registration_id, command.registration_id)
     ):
+        if is_exposed(slot, command.registration_id) and slot is not None:
+            # Idempotent: the client lost the first RegisterExposeOk and asks again.
+            # Nothing changes (no attempt, no counter move); it hears the same news.
+            return state, Applied(slot)
         raise ProtocolStateError("no pending record with this registration id")
-    if command.now_ms >= pending.created_ms + PENDING_RECORD_TTL_MS:
+    if pending_expired(pending, command.now_ms):
         raise ProtocolStateError("the pending record expired; register again")
     # Re-registration rule: the new live record carries over *every* attempt the
     # record it replaces has spent, also when that record is at its limit (then
@@ -427,4 +473,14 @@ def _expose_record(state: VaultState, command: ExposeRecord) -> tuple[VaultState
         raise RecordExistsError("the live record's spent attempts reach the new guess limit")
     live = dataclasses.replace(pending, attempts_used=carried)
     new_slot = dataclasses.replace(slot, record=live, pending=None)
+    return state.with_slot(new_slot), Applied(new_slot)
+
+
+def _expire_pending(state: VaultState, command: ExpirePending) -> tuple[VaultState, Outcome]:
+    slot = state.slot(command.account_id)
+    if slot is None or slot.pending is None or not pending_expired(slot.pending, command.now_ms):
+        raise ProtocolStateError("no expired pending record for this account")
+    # The generation stays: nothing was exposed, and no started registration
+    # names the pending record's generation (InstallRecord moved the slot to it).
+    new_slot = dataclasses.replace(slot, pending=None)
     return state.with_slot(new_slot), Applied(new_slot)

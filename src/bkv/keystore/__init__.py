@@ -28,6 +28,12 @@ from typing import Protocol, runtime_checkable
 
 from bkv.keystore.software import SoftwareSealer, SoftwareSigner
 
+COUNTER_ID_SIZE = 16
+"""Bytes of an NV counter's random id, which the sealed state binds (``bkv.keystore.counter``).
+
+Defined here, in the backend-free part of the package, so that the HSM core can
+name it without importing the counter's file and token adapters."""
+
 ED25519_PUBLIC_KEY_SIZE = 32
 """Raw Ed25519 public key (RFC 8032 section 5.1.5)."""
 
@@ -62,6 +68,7 @@ class Sealer(Protocol):
 
 
 __all__ = [
+    "COUNTER_ID_SIZE",
     "ED25519_PUBLIC_KEY_SIZE",
     "ED25519_SIGNATURE_SIZE",
     "Sealer",

@@ -11,55 +11,65 @@ but it cannot rewind the counter. bkv emulates that with two backends behind
 - :class:`bkv.keystore.pkcs11.Pkcs11Counter` (PKCS#11 backend): a private
   token data object, next to the sealing key inside the token.
 
-What the counter holds (:class:`CounterValue`): the version of the newest
+What the counter holds (:class:`CounterValue`): its own random 16-byte id,
+drawn once when the counter is created, the version of the newest
 sealed state whose dependent response may have left the HSM, and the SHA-256
 of that exact sealed blob. The digest matters: after a crash between "blob
 written" and "counter advanced", the host can make the HSM stage several
 different blobs with the same next version; only one of them is ever
 committed, and the digest tells it apart from its unreleased siblings. The
 comparison rules live in :func:`bkv.hsm.sealing.check_freshness` (pure).
+The id matters too: the HSM binds it into the AAD of every state it seals, so a
+blob sealed while this counter guarded it opens only next to this counter. A
+second, fresh counter made later for the same sealing key (at version 0, so
+every old blob would look fresh to it) cannot vouch for any existing blob.
 
-Stored layout (:data:`COUNTER_SIZE` bytes): ``MAGIC (8) || version (u64 BE) ||
-digest (32)``, read strictly.
+Stored layout (:data:`COUNTER_SIZE` bytes): ``MAGIC (8) || counter_id (16) ||
+version (u64 BE) || digest (32)``, read strictly.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
+from bkv.crypto.rng import Rng, default_rng, draw
 from bkv.errors import NvCounterError, StorageError
+from bkv.keystore import COUNTER_ID_SIZE
 from bkv.keystore.files import fsync_directory, read_small_file, replace_file
 
-COUNTER_MAGIC: Final = b"bkvnvc01"
-"""Domain and format tag of a stored counter value."""
+COUNTER_MAGIC: Final = b"bkvnvc02"
+"""Domain and format tag of a stored counter value (02: with the counter id)."""
 
 DIGEST_SIZE: Final = 32
 MAX_COUNTER_VERSION: Final = 2**64 - 1
-COUNTER_SIZE: Final = len(COUNTER_MAGIC) + 8 + DIGEST_SIZE
+COUNTER_SIZE: Final = len(COUNTER_MAGIC) + COUNTER_ID_SIZE + 8 + DIGEST_SIZE
 EMPTY_DIGEST: Final = bytes(DIGEST_SIZE)
 """The digest of a counter that has committed no state yet (version 0)."""
 
 
 @dataclass(frozen=True)
 class CounterValue:
-    """A committed state version and the SHA-256 of its exact sealed blob."""
+    """A committed state version, the SHA-256 of its exact sealed blob, and the counter's id."""
 
     version: int
     digest: bytes
+    counter_id: bytes = field(kw_only=True)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.counter_id, bytes) or len(self.counter_id) != COUNTER_ID_SIZE:
+            raise ValueError(f"counter id must be {COUNTER_ID_SIZE} bytes")
         if type(self.version) is not int or not 0 <= self.version <= MAX_COUNTER_VERSION:
             raise ValueError("counter version must be an int in 0..2^64-1")
         if not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_SIZE:
             raise ValueError("counter digest must be 32 bytes")
 
     def to_bytes(self) -> bytes:
-        """The stored layout: magic, version, digest."""
-        return COUNTER_MAGIC + self.version.to_bytes(8, "big") + self.digest
+        """The stored layout: magic, counter id, version, digest."""
+        return COUNTER_MAGIC + self.counter_id + self.version.to_bytes(8, "big") + self.digest
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CounterValue:
@@ -67,11 +77,19 @@ class CounterValue:
         if len(data) != COUNTER_SIZE or not data.startswith(COUNTER_MAGIC):
             raise NvCounterError("NV counter value is malformed")
         start = len(COUNTER_MAGIC)
+        counter_id = data[start : start + COUNTER_ID_SIZE]
+        start += COUNTER_ID_SIZE
         version = int.from_bytes(data[start : start + 8], "big")
-        return cls(version, data[start + 8 :])
+        return cls(version, data[start + 8 :], counter_id=counter_id)
+
+    def next(self, version: int, digest: bytes) -> CounterValue:
+        """The value of this counter (same id) at ``version`` / ``digest``."""
+        return CounterValue(version, digest, counter_id=self.counter_id)
 
 
-INITIAL_VALUE: Final = CounterValue(0, EMPTY_DIGEST)
+def initial_value(rng: Rng = default_rng) -> CounterValue:
+    """A new counter's value: version 0, no digest, a fresh random id."""
+    return CounterValue(0, EMPTY_DIGEST, counter_id=draw(rng, COUNTER_ID_SIZE))
 
 
 @runtime_checkable
@@ -93,6 +111,8 @@ class MonotonicCounter(Protocol):
 
 def check_advance(current: CounterValue, new: CounterValue) -> None:
     """Refuse a move that is not strictly forward: the counter never goes back or repeats."""
+    if new.counter_id != current.counter_id:
+        raise ValueError("a counter value carries another counter's id")
     if new.version <= current.version:
         raise ValueError("an NV counter only moves to a higher version")
 
@@ -107,8 +127,8 @@ class FileCounter:
         self._path = Path(path)
 
     @classmethod
-    def create(cls, path: Path) -> FileCounter:
-        """Create the counter at version 0; refuse if one exists (that would be a reset).
+    def create(cls, path: Path, rng: Rng = default_rng) -> FileCounter:
+        """Create the counter at version 0 with a fresh id; refuse if one exists (a reset).
 
         Written to a temporary file first and then hard-linked into place:
         ``link`` fails if the name exists, so creation is exclusive *and* the
@@ -117,7 +137,7 @@ class FileCounter:
         path = Path(path)
         tmp = path.parent / f".{path.name}.new-{os.getpid()}"
         try:
-            replace_file(tmp, INITIAL_VALUE.to_bytes())
+            replace_file(tmp, initial_value(rng).to_bytes())
             try:
                 os.link(tmp, path)
             finally:
@@ -168,10 +188,11 @@ class FileCounter:
 
 __all__ = [
     "COUNTER_FILE_NAME",
+    "COUNTER_ID_SIZE",
     "COUNTER_SIZE",
-    "INITIAL_VALUE",
     "CounterValue",
     "FileCounter",
     "MonotonicCounter",
     "check_advance",
+    "initial_value",
 ]

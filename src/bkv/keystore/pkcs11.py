@@ -54,7 +54,7 @@ from bkv.errors import (
     SealingError,
 )
 from bkv.keystore import sealed
-from bkv.keystore.counter import INITIAL_VALUE, CounterValue, check_advance
+from bkv.keystore.counter import CounterValue, check_advance, initial_value
 from bkv.keystore.sealed import SealAlgorithm
 
 DEFAULT_MODULE_PATH: Final = "/usr/lib/softhsm/libsofthsm2.so"
@@ -583,6 +583,8 @@ def _newest(found: list[tuple[CounterValue, Any]]) -> tuple[CounterValue, Any]:
     newest = max(found, key=lambda item: item[0].version)
     if any(v.version == newest[0].version and v != newest[0] for v, _ in found):
         raise NvCounterError("two different NV counter values with the same version")
+    if any(v.counter_id != newest[0].counter_id for v, _ in found):
+        raise NvCounterError("NV counter objects with the same label carry different ids")
     return newest
 
 
@@ -603,8 +605,8 @@ def _create_counter_object(session: Any, label: str, value: CounterValue) -> Non
         raise NvCounterError(f"token refused to store the counter: {type(exc).__name__}") from None
 
 
-def create_counter(config: Pkcs11Config, label: str) -> Pkcs11Counter:
-    """Create the NV counter (version 0) in the token; refuse if the label is in use."""
+def create_counter(config: Pkcs11Config, label: str, rng: Rng = default_rng) -> Pkcs11Counter:
+    """Create the NV counter (version 0, fresh random id); refuse if the label is in use."""
     _check_label(label, MAX_KEY_LABEL_SIZE, "counter label")
     session = _Runtime.acquire(config)
     try:
@@ -612,10 +614,33 @@ def create_counter(config: Pkcs11Config, label: str) -> Pkcs11Counter:
             if _label_in_use(session, label):
                 # Never reset a counter: re-initializing would make older states fresh again.
                 raise NvCounterError(f"an object labelled {label!r} already exists in the token")
-            _create_counter_object(session, label, INITIAL_VALUE)
+            _create_counter_object(session, label, initial_value(rng))
     finally:
         _Runtime.release(config)
     return Pkcs11Counter(config, label)
+
+
+def token_has_counter(config: Pkcs11Config) -> bool:
+    """Whether the token holds any bkv NV counter object (under any label).
+
+    ``bkv hsm init`` uses it to refuse adopting a sealing key that a counter
+    already guards: a second counter for the same key would start at version 0.
+    """
+    session = _Runtime.acquire(config)
+    try:
+        with _Runtime.lock:
+            # Read the search to its end: an unfinished one is finalized later, on
+            # a session that may be closed by then.
+            found = list(
+                session.get_objects(
+                    {Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: COUNTER_APPLICATION}
+                )
+            )
+            return bool(found)
+    except PKCS11Error as exc:
+        raise NvCounterError(f"cannot list the token's objects: {type(exc).__name__}") from None
+    finally:
+        _Runtime.release(config)
 
 
 def load_counter(config: Pkcs11Config, label: str) -> Pkcs11Counter:

@@ -49,6 +49,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from bkv.crypto.ed25519 import is_strong_ed25519_key
 from bkv.errors import NoteError, SignatureError
 
 ALG_ED25519 = 0x01
@@ -185,9 +186,20 @@ class SoftwareEd25519Key:
 
 
 def load_ed25519_public_key(public_key: bytes) -> Ed25519PublicKey:
-    """Load a raw 32-byte Ed25519 public key (NoteError if it is not one)."""
+    """Load a raw 32-byte Ed25519 public key (NoteError if it is not a strong one).
+
+    Small-order, identity, mixed-order and non-canonical encodings are refused
+    (:mod:`bkv.crypto.ed25519`): RFC 8032 would accept them, and under a
+    small-order key one signature verifies for every note, so a log or cosigner
+    configured with one would let anyone forge its checkpoints.
+    """
     if len(public_key) != ED25519_PUBLIC_KEY_SIZE:
         raise NoteError("Ed25519 public key is not 32 bytes")
+    if not is_strong_ed25519_key(public_key):
+        raise NoteError(
+            "Ed25519 public key is not a prime-order point (small-order, identity or "
+            "non-canonical keys accept forged signatures)"
+        )
     try:
         return Ed25519PublicKey.from_public_bytes(public_key)
     except ValueError:

@@ -17,29 +17,16 @@ has prime order), which is what lets the operator counter-sign the witness's
 *signature* bytes (:mod:`bkv.witness.countersign`) and thereby endorse exactly
 one statement.
 
-The libsodium handle is pysodium's (as in :mod:`bkv.crypto.ristretto`).
+The point check itself lives in :mod:`bkv.crypto.ed25519` so that the log core
+(:mod:`bkv.tlog.note`, every note and cosigner key) uses the same check without
+depending on the witness package.
 """
 
 from __future__ import annotations
 
-import ctypes
-from typing import Final
+from bkv.crypto.ed25519 import ED25519_PUBLIC_KEY_SIZE, is_strong_ed25519_key
 
-import pysodium
-
-ED25519_PUBLIC_KEY_SIZE: Final = 32
-
-_is_valid_point = pysodium.sodium["crypto_core_ed25519_is_valid_point"]
-_is_valid_point.restype = ctypes.c_int
-_is_valid_point.argtypes = [ctypes.c_char_p]
-
-
-def is_strong_ed25519_key(public_key: bytes) -> bool:
-    """True iff ``public_key`` is a canonical prime-order, non-small-order point."""
-    if not isinstance(public_key, bytes) or len(public_key) != ED25519_PUBLIC_KEY_SIZE:
-        return False
-    # libsodium reads exactly 32 bytes from the pointer; the length is checked above.
-    return bool(_is_valid_point(public_key) == 1)
+__all__ = ["ED25519_PUBLIC_KEY_SIZE", "check_ed25519_public_key", "is_strong_ed25519_key"]
 
 
 def check_ed25519_public_key(public_key: bytes, what: str = "Ed25519 public key") -> bytes:
