@@ -17,7 +17,7 @@ from host_world import pinned
 from bkv.client import sdk
 from bkv.client.sdk import MAX_ANSWER_SIZE, VaultClient
 from bkv.crypto import channel
-from bkv.errors import CodecError, FleetUnreachableError, UnauthorizedError
+from bkv.errors import CodecError, FleetUnreachableError, RetryAfterError, UnauthorizedError
 
 _, PK = channel.derive_channel_key_pair(bytes(range(32)))
 FLEET = pinned("fleet-1", PK, bytes(32))
@@ -152,3 +152,23 @@ def test_the_limit_counts_bytes_on_the_wire_not_after_decoding() -> None:
         )
     assert host.accept_encoding == ["identity"]  # the SDK's header wins
     assert host.chunks_sent <= 1
+
+
+def test_non_ascii_digit_headers_do_not_crash_the_sdk() -> None:
+    # "²" passes str.isdigit() but int() refuses it: a hostile host must get a
+    # typed error (or be ignored), never an untyped ValueError from the SDK.
+    def limited(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers=[(b"retry-after", "²".encode())], json={})
+
+    with client(httpx.MockTransport(limited)) as vault, pytest.raises(RetryAfterError) as err:
+        vault.status()
+    assert err.value.retry_after_seconds is None
+
+
+def test_retry_after_in_ascii_digits_is_passed_on() -> None:
+    def limited(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"retry-after": "7"}, json={})
+
+    with client(httpx.MockTransport(limited)) as vault, pytest.raises(RetryAfterError) as err:
+        vault.status()
+    assert err.value.retry_after_seconds == 7

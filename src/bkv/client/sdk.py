@@ -144,6 +144,17 @@ class _OverTheAir:
         return keys
 
 
+def _ascii_decimal(text: str, max_digits: int) -> int | None:
+    """A header's value as a number, or None: only ASCII digits count.
+
+    ``str.isdigit`` alone accepts characters such as "²" that ``int`` refuses,
+    and a hostile host must not be able to crash the SDK with a header.
+    """
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def _http_client(
     base_url: str, token: str, timeout_seconds: float, transport: httpx.BaseTransport | None
 ) -> httpx.Client:
@@ -310,10 +321,8 @@ class VaultClient:
 
     def _note_bundle_epoch(self, response: httpx.Response) -> None:
         """Remember a newer epoch announced by the host (``bkv-bundle-epoch``)."""
-        text = response.headers.get(BUNDLE_EPOCH_HEADER, "")
-        if self._ota is None or not text.isdigit() or len(text) > _MAX_EPOCH_DIGITS:
-            return
-        if int(text) > (self.fleet.epoch or 0):
+        epoch = _ascii_decimal(response.headers.get(BUNDLE_EPOCH_HEADER, ""), _MAX_EPOCH_DIGITS)
+        if self._ota is not None and epoch is not None and epoch > (self.fleet.epoch or 0):
             self._newer_epoch_seen = True
 
     def close(self) -> None:
@@ -498,7 +507,7 @@ def _http_error(response: httpx.Response, body: bytes) -> VaultError | CodecErro
         return UnauthorizedError(message or f"HTTP {status}")
     if status == 429:
         retry = response.headers.get("retry-after", "")
-        return RetryAfterError(message or "rate limited", int(retry) if retry.isdigit() else None)
+        return RetryAfterError(message or "rate limited", _ascii_decimal(retry, 6))
     if status in (400, 413):
         return CodecError(message or f"the host refused the request: HTTP {status}")
     return FleetUnreachableError(message or f"the vault answered HTTP {status}")
