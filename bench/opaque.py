@@ -78,7 +78,7 @@ VARIANT_PREFIX = "bkv["
 
 CREDENTIAL_ID = b"bench@example.org"
 PASSWORD = b"correct horse battery staple"
-# opaque-ke's KSF as both wrappers configure it (docs/parts/interop.md). Only the client runs it,
+# opaque-ke's KSF as both wrappers configure it (docs/audit.md, interop). Only the client runs it,
 # once, to make the record; no timed step runs a KSF.
 CONFIG = Config(
     context=b"", ksf=Argon2id(memory_kib=19 * 1024, iterations=2, lanes=1, salt=bytes(16))

@@ -15,7 +15,7 @@ functions alone (``server_registration_response``; ``server_login_start`` +
 
 Two state sizes: an empty vault, and one preloaded with 1000 accounts (the
 whole state is re-encoded and re-sealed on every durable change, so that cost
-grows with the number of records: see docs/parts/hsm.md, "Scale").
+grows with the number of records: see docs/architecture.md, "Scale").
 Samples are interleaved; GC paused while timing; medians.
 """
 

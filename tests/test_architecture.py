@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from bkv.hsm import messages
+from bkv.witness import artifact
+
 SRC = Path(__file__).resolve().parent.parent / "src" / "bkv"
 
 # Modules whose import means the code does I/O or reads the clock by itself.
@@ -166,3 +169,8 @@ def test_detector_catches_io_import(tmp_path: Path) -> None:
     assert roots & IO_MODULES == {"sqlite3", "http"}
     assert "<adapter bkv.tlog.store_sqlite>" in roots
     assert "<adapter store>" in roots
+
+
+def test_artifact_and_hsm_agree_on_the_guess_limit_cap() -> None:
+    # The witness package must not import the HSM's, so the cap is written twice.
+    assert artifact.MAX_GUESS_LIMIT == messages.MAX_GUESS_LIMIT

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bkv.client.artifact import (
     MAX_ARTIFACT_SIZE,
+    MAX_GUESS_LIMIT,
     FleetKeyArtifact,
     artifact_digest,
     parse_artifact,
@@ -95,6 +96,7 @@ _DELETE = object()
         (["policy", "quorum"], 1, "strict majority"),
         (["policy", "quorum"], 4, "strict majority"),
         (["policy", "guess_limit"], 0, "guess_limit"),
+        (["policy", "guess_limit"], MAX_GUESS_LIMIT + 1, "guess_limit"),
         (["policy", "guess_limit"], -1, "out of range"),
         (["validity", "not_after_ms"], 0, "validity window is empty"),
         (["evidence_digest"], "00" * 31, "lowercase hex"),
@@ -187,7 +189,7 @@ def test_random_bytes_raise_only_artifact_error(data: bytes) -> None:
 
 @given(
     st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, max_size=5, unique=True),
-    st.integers(min_value=1, max_value=1000),
+    st.integers(min_value=1, max_value=MAX_GUESS_LIMIT),
     st.integers(min_value=0, max_value=2**52),
     st.one_of(st.none(), st.binary(min_size=32, max_size=32)),
     st.text(alphabet="abcdefghij0123456789-._", min_size=0, max_size=20),

@@ -1,7 +1,7 @@
 """Interop: bkv's OPAQUE against Meta's opaque-ke, through two independent Python wrappers.
 
 Both wrappers (PyPI ``opaque-snake`` 0.1.1 over opaque-ke 4.1.0-pre.1, and ``opaque-ke-py``
-0.1.0 over opaque-ke 4.0.1) hard-code the same cipher suite (docs/parts/interop.md):
+0.1.0 over opaque-ke 4.0.1) hard-code the same cipher suite (docs/audit.md, interop):
 OPRF ristretto255-SHA512, 3DH over ristretto255 with SHA-512, KSF = ``argon2::Argon2::default()``
 = Argon2id v0x13, m = 19456 KiB, t = 2, p = 1, salt = 16 zero bytes, 64-byte output; empty
 context; identities default to the public keys (RFC 9807 section 4.1.2). The KSF cannot be

@@ -23,7 +23,7 @@ Sub-commands::
 The witness pins (statement key(s), log verifier key, log origin) are obtained out
 of band, like a client's; the witness's own ``/info`` is never trusted for them.
 
-``publish``, in order (docs/parts/ota.md):
+``publish``, in order (docs/operations.md, "Publishing the fleet's keys"):
 
 1. builds the fleet-key artifact (canonical JSON) from the HSMs' public keys and the
    declared metadata (:func:`bkv.client.operator.artifact_from_public_keys`);

@@ -20,7 +20,7 @@ A bundle is one :mod:`bkv.wire` message (tag ``0x0301``, version 1; the
     }
 
 The log entry is the witness's :class:`bkv.witness.core.AuditEntry` (wire tag
-``0x5701``): the statement's fields, the witness signature and key id, and the
+``0x0501``): the statement's fields, the witness signature and key id, and the
 operator's submission signature. It is shipped as exact bytes because the leaf
 hash covers fields the statement does not (evidence digest, submission time,
 operator submission signature); the client checks it records exactly this

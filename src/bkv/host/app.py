@@ -25,7 +25,9 @@ request it:
 Endpoints: ``POST /v1/request`` (octet-stream in and out), ``GET
 /v1/bundle?since=<tree size>`` (the validation bundle, :mod:`bkv.host.bundle`),
 ``GET /v1/fleet-keys``, ``GET /healthz``, ``GET /openapi.json``. Errors are JSON
-``{"error": <bkv error class>, "message": ...}``; 429 carries ``Retry-After``.
+``{"error": <name>, "message": ...}``, where the name is a :mod:`bkv.errors`
+class or one of the host's own (``NotConfigured``, ``WrongFleet``); 429 carries
+``Retry-After``.
 
 When a bundle is configured, every ``/v1/request`` answer carries the header
 ``bkv-bundle-epoch: <epoch of the bundle now served>``, so that an over-the-air
@@ -333,7 +335,10 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error", "message"],
                     "properties": {
-                        "error": {"type": "string", "description": "bkv error class name"},
+                        "error": {
+                            "type": "string",
+                            "description": "a bkv.errors class name, or NotConfigured / WrongFleet",
+                        },
                         "message": {"type": "string"},
                     },
                 }

@@ -411,10 +411,11 @@ def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultSta
     slot = state.slot(command.account_id) or AccountSlot(command.account_id, 0, None)
     if slot.generation != command.expected_generation:
         raise ProtocolStateError("another registration finished first; start again")
-    # Re-registration rule (docs/parts/hsm.md): the new record is stored as
-    # *pending*. It answers no password check until the client exposes it, so
-    # an install whose RegisterFinishOk the host dropped is worth nothing to
-    # the host, and a retried RegisterFinish just replaces it. Refuse early
+    # Re-registration rule (docs/threat-model.md, "The re-registration rule"):
+    # the new record is stored as *pending*. It answers no password check until
+    # the client exposes it, so an install whose RegisterFinishOk the host
+    # dropped is worth nothing to the host, and a retried RegisterFinish just
+    # replaces it. Refuse early
     # what the expose would refuse anyway (ExposeRecord checks again).
     if _carried_attempts(slot) >= command.guess_limit:
         raise RecordExistsError("the live record's spent attempts reach the new guess limit")

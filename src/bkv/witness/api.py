@@ -16,7 +16,7 @@ Plexi (cloudflare/plexi at 0108f7d2, ``plexi_core``) serializes with serde:
   ``{"job_id": uuid, "epoch", "start_hash": hex, "end_hash": hex, "timestamp"}``.
 
 Our additions are extra keys (serde ignores unknown fields): see
-docs/parts/witness.md. Hex is lowercase (Rust ``hex::encode``); the decoder here
+docs/protocol.md. Hex is lowercase (Rust ``hex::encode``); the decoder here
 accepts lowercase only, so each value has one encoding.
 
 Submission request body (``POST /namespaces/{ns}/submissions``)::

@@ -68,8 +68,10 @@ MAX_ID_LENGTH: Final = 64
 #: Largest integer in the artifact: beyond 2**53 - 1 JSON numbers are not portable
 #: (RFC 8785 §3.2.2.3).
 MAX_JSON_INT: Final = 2**53 - 1
-#: Largest guess limit a fleet may declare.
-MAX_GUESS_LIMIT: Final = 1000
+#: Largest guess limit a fleet may declare: the HSMs' own cap
+#: (``bkv.hsm.messages.MAX_GUESS_LIMIT``; a test keeps the two equal), so that no
+#: artifact promises a policy the HSM application would refuse.
+MAX_GUESS_LIMIT: Final = 100
 
 #: Public key length in bytes for each algorithm.
 KEY_LENGTHS: Final[Mapping[str, int]] = {"ed25519": 32, "x25519": 32, "ristretto255": 32}

@@ -1,6 +1,6 @@
 """The witness HTTP API (Starlette on uvicorn): Plexi auditor shape, tlog-tiles, tlog-witness.
 
-Routes (JSON shapes in :mod:`bkv.witness.api`, docs in docs/parts/witness.md):
+Routes (JSON shapes in :mod:`bkv.witness.api`, docs in docs/protocol.md):
 
 ====== ============================================= ===========================================
 GET    ``/info``                                     witness keys (``not_before``), log keys
