@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from bkv.errors import CosignerPolicyError, NoteError, SignatureError
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.note import (
+    NamedEd25519Key,
     Note,
     NoteSignature,
-    RawEd25519Signer,
     ed25519_verify,
     format_verifier_key,
     key_id,
@@ -102,22 +102,10 @@ def parse_cosigner_key(vkey: str) -> CosignatureVerifier:
     return CosignatureVerifier(name, public_key)
 
 
-class CosignatureSigner:
+class CosignatureSigner(NamedEd25519Key):
     """Makes cosignature/v1 signatures with any :class:`RawEd25519Signer`."""
 
-    def __init__(self, name: str, key: RawEd25519Signer) -> None:
-        self._name = name
-        self._key = key
-        self._public_key = key.public_key()
-        self._key_id = key_id(name, ALG_COSIGNATURE_V1, self._public_key)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> int:
-        return self._key_id
+    ALG = ALG_COSIGNATURE_V1
 
     def verifier(self) -> CosignatureVerifier:
         """The matching verifier."""
@@ -128,9 +116,6 @@ class CosignatureSigner:
         text = checkpoint.text()
         sig = self._key.sign(cosigned_message(text, timestamp))
         return NoteSignature(self._name, self._key_id, timestamp.to_bytes(8, "big") + sig)
-
-    def __repr__(self) -> str:
-        return f"CosignatureSigner(name={self._name!r}, key_id={self._key_id:08x})"
 
 
 @dataclass(frozen=True)

@@ -236,14 +236,20 @@ class Ed25519Verifier:
         return format_verifier_key(self.name, ALG_ED25519, self.public_key)
 
 
-class Ed25519Signer:
-    """signed-note Ed25519 signer (type 0x01) over any :class:`RawEd25519Signer`."""
+class NamedEd25519Key:
+    """A named Ed25519 key of one signed-note signature type, and its key ID.
+
+    The key itself stays behind :class:`RawEd25519Signer` (software or PKCS#11);
+    the repr names the key, never its material.
+    """
+
+    ALG: int = ALG_ED25519
 
     def __init__(self, name: str, key: RawEd25519Signer) -> None:
         self._name = name
         self._key = key
         self._public_key = key.public_key()
-        self._key_id = key_id(name, ALG_ED25519, self._public_key)
+        self._key_id = key_id(name, self.ALG, self._public_key)
 
     @property
     def name(self) -> str:
@@ -253,15 +259,19 @@ class Ed25519Signer:
     def key_id(self) -> int:
         return self._key_id
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self._name!r}, key_id={self._key_id:08x})"
+
+
+class Ed25519Signer(NamedEd25519Key):
+    """signed-note Ed25519 signer (type 0x01) over any :class:`RawEd25519Signer`."""
+
     def sign(self, text: bytes) -> bytes:
         return self._key.sign(text)
 
     def verifier(self) -> Ed25519Verifier:
         """The matching verifier."""
         return Ed25519Verifier(self._name, self._public_key)
-
-    def __repr__(self) -> str:
-        return f"Ed25519Signer(name={self._name!r}, key_id={self._key_id:08x})"
 
 
 def format_verifier_key(name: str, alg: int, public_key: bytes) -> str:
