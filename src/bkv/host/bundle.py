@@ -49,7 +49,7 @@ from bkv.client.bundle import (
     with_consistency_proof,
 )
 from bkv.errors import BkvError, CodecError, StorageError
-from bkv.tlog.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
+from bkv.tlog.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint, parse_decimal
 from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES, verify_consistency
 from bkv.tlog.note import MAX_NOTE_SIZE, parse_note, parse_verifier_key
 
@@ -57,22 +57,13 @@ from bkv.tlog.note import MAX_NOTE_SIZE, parse_note, parse_verifier_key
 MAX_CACHED_PROOFS: Final = 1024
 #: Largest witness answer to /log/consistency (63 hex hashes and framing).
 MAX_PROOF_RESPONSE: Final = 8192
-#: C2SP tree sizes are below 2**63.
-MAX_TREE_SIZE: Final = (1 << 63) - 1
 
 
 def parse_since(text: str | None) -> int:
     """The ``since`` query parameter: canonical decimal tree size, 0 if absent (CodecError)."""
     if text is None:
         return 0
-    if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
-        raise CodecError("since must be a decimal tree size")
-    if text != "0" and text.startswith("0"):
-        raise CodecError("since has leading zeros")
-    value = int(text)
-    if value > MAX_TREE_SIZE:
-        raise CodecError("since is too large")
-    return value
+    return parse_decimal(text, "since", CodecError)
 
 
 @dataclass(frozen=True)

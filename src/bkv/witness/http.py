@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -57,7 +58,8 @@ from bkv.errors import (
     UnknownNamespaceError,
 )
 from bkv.tlog import tiles, witness_protocol
-from bkv.tlog.merkle import MAX_TREE_SIZE
+from bkv.tlog.checkpoint import parse_decimal
+from bkv.tlog.log import MerkleLog
 from bkv.witness import api, core
 from bkv.witness.service import WitnessService
 
@@ -171,15 +173,8 @@ def _not_found(what: str) -> JSONResponse:
 
 
 def _parse_int(text: str, what: str) -> int:
-    """Canonical decimal (no sign, no leading zeros) below 2**63."""
-    if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
-        raise CodecError(f"{what} is not a decimal")
-    if text != "0" and text.startswith("0"):
-        raise CodecError(f"{what} has leading zeros")
-    value = int(text)
-    if value > MAX_TREE_SIZE:
-        raise CodecError(f"{what} is too large")
-    return value
+    """Canonical decimal (no sign, no leading zeros) below 2**63, as in checkpoints."""
+    return parse_decimal(text, what, CodecError)
 
 
 class _Handlers:
@@ -364,26 +359,28 @@ class _Handlers:
         return a, b
 
     async def inclusion(self, request: Request) -> Response:
-        try:
-            index, size = self._query_ints(request, ("index", "size"))
-            with self.store.reading_log() as log:
-                proof = log.inclusion_proof(index, size)
-        except CodecError as exc:
-            return _error(exc)
-        except ValueError as exc:
-            return _error(CodecError(str(exc)))
-        return JSONResponse({"index": index, "size": size, "proof": [h.hex() for h in proof]})
+        """``GET /log/inclusion?index=I&size=N``."""
+        return self._proof(request, ("index", "size"), lambda log, i, n: log.inclusion_proof(i, n))
 
     async def consistency(self, request: Request) -> Response:
+        """``GET /log/consistency?old=M&size=N``."""
+        return self._proof(request, ("old", "size"), lambda log, m, n: log.consistency_proof(m, n))
+
+    def _proof(
+        self,
+        request: Request,
+        names: tuple[str, str],
+        make: Callable[[MerkleLog, int, int], list[bytes]],
+    ) -> Response:
         try:
-            old, size = self._query_ints(request, ("old", "size"))
+            first, size = self._query_ints(request, names)
             with self.store.reading_log() as log:
-                proof = log.consistency_proof(old, size)
+                proof = make(log, first, size)
         except CodecError as exc:
             return _error(exc)
         except ValueError as exc:
             return _error(CodecError(str(exc)))
-        return JSONResponse({"old": old, "size": size, "proof": [h.hex() for h in proof]})
+        return JSONResponse({names[0]: first, "size": size, "proof": [h.hex() for h in proof]})
 
     async def add_checkpoint(self, request: Request) -> Response:
         body = await request.body()
