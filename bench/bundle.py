@@ -23,20 +23,20 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bkv.client.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
-from bkv.client.bundle import build_bundle, encode_bundle, with_consistency_proof
-from bkv.client.countersign import countersign, countersignature_message
 from bkv.client.state import ClientState
 from bkv.client.trust import TrustRoots
 from bkv.client.validation import validate_bundle
 from bkv.keystore import SoftwareSigner
+from bkv.protocol.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
+from bkv.protocol.bundle import build_bundle, encode_bundle, with_consistency_proof
+from bkv.protocol.countersign import countersign, countersignature_message
+from bkv.protocol.plexi import WitnessKey, sign_statement
+from bkv.protocol.submission import AuditEntry, sign_submission, submission_signing_bytes
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.cosignature import CosignatureSigner, CosignerPolicy, cosigned_message
 from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.tlog.note import NoteSignature, format_note
-from bkv.witness.core import AuditEntry, sign_submission, submission_signing_bytes
-from bkv.witness.plexi import WitnessKey, sign_statement
 
 SAMPLES = 300
 LOG_SIZE = 1000

@@ -44,7 +44,10 @@ from bkv.crypto.opaque import (
     server_registration_response,
 )
 from bkv.hsm.app import HsmApp, credential_identifier
-from bkv.hsm.messages import (
+from bkv.hsm.sealing import seal_snapshot
+from bkv.hsm.state import AccountSlot, Record, Snapshot
+from bkv.keystore import SoftwareSealer
+from bkv.protocol.messages import (
     INNER_RESPONSES,
     KIND_OF_REQUEST,
     OPAQUE_CONTEXT,
@@ -60,9 +63,6 @@ from bkv.hsm.messages import (
     RegisterStartOk,
     request_aad,
 )
-from bkv.hsm.sealing import seal_snapshot
-from bkv.hsm.state import AccountSlot, Record, Snapshot
-from bkv.keystore import SoftwareSealer
 from bkv.wire import decode, decode_any, encode
 
 SAMPLES = 40

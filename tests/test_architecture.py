@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bkv.hsm import messages
-from bkv.witness import artifact
+from bkv.protocol import artifact, messages
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "bkv"
 

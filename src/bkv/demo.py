@@ -25,15 +25,15 @@ from pathlib import Path
 import httpx
 
 from bkv import devnet
-from bkv.client.artifact import ROLE_CHANNEL, PublicKey, parse_artifact
-from bkv.client.bundle import decode_bundle, encode_bundle
 from bkv.client.sdk import VaultClient
 from bkv.client.state import ClientState
 from bkv.client.store_json import JsonFileStateStore
 from bkv.client.validation import validate_bundle
 from bkv.client.vault import DEFAULT_KSF
 from bkv.errors import BkvError, RecordDestroyedError, VerificationError, WrongPasswordError
-from bkv.witness.plexi import key_id_for
+from bkv.protocol.artifact import ROLE_CHANNEL, PublicKey, parse_artifact
+from bkv.protocol.bundle import decode_bundle, encode_bundle
+from bkv.protocol.plexi import key_id_for
 
 FLEET_ID = "bkv-demo"
 GUESS_LIMIT = 10

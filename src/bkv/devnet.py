@@ -25,7 +25,7 @@ from typing import Any, Self
 
 from bkv.client.trust import TrustRoots
 from bkv.host.config import token_digest
-from bkv.witness.plexi import WitnessKey
+from bkv.protocol.plexi import WitnessKey
 
 NAMESPACE = "bkv.fleet_keys.v1"
 """The witness namespace of bkv's fleet keys (the brief's)."""

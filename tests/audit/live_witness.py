@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 
-from bkv.client.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
 from bkv.keystore import SoftwareSigner
-from bkv.witness import api
-from bkv.witness.core import sign_submission
+from bkv.protocol import witness_api
+from bkv.protocol.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
+from bkv.protocol.submission import sign_submission
 
 NAMESPACE = "bkv.fleet_keys.v1"
 DAY_MS = 24 * 3600 * 1000
@@ -86,7 +86,7 @@ class LiveWitness:
         )
         response = self.client.post(
             f"{self.url}/namespaces/{NAMESPACE}/submissions",
-            content=json.dumps(api.submission_to_json(submission)).encode(),
+            content=json.dumps(witness_api.submission_to_json(submission)).encode(),
         )
         assert response.status_code == 201, response.text
         body: dict[str, Any] = response.json()

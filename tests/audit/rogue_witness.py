@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bkv.audit.verify import AuditPins
-from bkv.client.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
 from bkv.errors import FetchError
 from bkv.keystore import SoftwareSigner
+from bkv.protocol.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
+from bkv.protocol.plexi import SignedStatement, WitnessKey, sign_statement
+from bkv.protocol.submission import AuditEntry, sign_submission
 from bkv.tlog import tiles
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.cosignature import CosignatureSigner
 from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.tlog.note import format_note, parse_note
-from bkv.witness.core import AuditEntry, sign_submission
-from bkv.witness.plexi import SignedStatement, WitnessKey, sign_statement
 
 NAMESPACE = "bkv.fleet_keys.v1"
 ORIGIN = "rogue.test/log"

@@ -24,8 +24,6 @@ from live_witness import NAMESPACE, LiveWitness, artifact_bytes, det, live_witne
 
 from bkv.audit.http_source import HttpWitnessSource
 from bkv.audit.verify import AuditPins, audit_namespace
-from bkv.client.bundle import ValidationBundle, encode_bundle, with_consistency_proof
-from bkv.client.countersign import countersign
 from bkv.client.operator import bundle_from_receipt
 from bkv.client.state import ClientState
 from bkv.client.store_json import JsonFileStateStore
@@ -40,9 +38,11 @@ from bkv.errors import (
     TimestampError,
 )
 from bkv.keystore import SoftwareSigner
+from bkv.protocol.bundle import ValidationBundle, encode_bundle, with_consistency_proof
+from bkv.protocol.countersign import countersign
+from bkv.protocol.plexi import WitnessKey
 from bkv.tlog.cosignature import CosignatureSigner
 from bkv.tlog.note import Ed25519Signer as NoteSigner
-from bkv.witness.plexi import WitnessKey
 
 pytestmark = pytest.mark.slow
 

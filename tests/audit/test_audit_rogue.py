@@ -11,8 +11,6 @@ from rogue_witness import NAMESPACE, ORIGIN, T0, RogueWitness, Served, artifact,
 
 from bkv.audit.delta import all_deltas, render_table
 from bkv.audit.verify import audit_namespace
-from bkv.client.bundle import build_bundle, encode_bundle
-from bkv.client.countersign import countersign
 from bkv.client.state import ClientState
 from bkv.errors import (
     AuditError,
@@ -28,11 +26,13 @@ from bkv.errors import (
     UnknownKeyError,
     WitnessSignatureError,
 )
+from bkv.protocol.bundle import build_bundle, encode_bundle
+from bkv.protocol.countersign import countersign
+from bkv.protocol.plexi import WitnessKey, sign_statement
+from bkv.protocol.submission import AuditEntry, sign_submission
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.note import Ed25519Signer as NoteSigner
-from bkv.witness.core import AuditEntry, sign_submission
-from bkv.witness.plexi import WitnessKey, sign_statement
 
 DAY_MS = 24 * 3600 * 1000
 

@@ -9,18 +9,18 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from bkv.client.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
-from bkv.client.bundle import ValidationBundle, build_bundle, with_consistency_proof
-from bkv.client.countersign import Ed25519Signer, countersign
 from bkv.client.trust import TrustRoots
 from bkv.keystore import SoftwareSigner
+from bkv.protocol.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
+from bkv.protocol.bundle import ValidationBundle, build_bundle, with_consistency_proof
+from bkv.protocol.countersign import Ed25519Signer, countersign
+from bkv.protocol.plexi import SignedStatement, WitnessKey, sign_statement
+from bkv.protocol.submission import AuditEntry, sign_submission
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.cosignature import CosignatureSigner, CosignerPolicy
 from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.note import Ed25519Signer as NoteEd25519Signer
 from bkv.tlog.note import NoteSignature, format_note
-from bkv.witness.core import AuditEntry, sign_submission
-from bkv.witness.plexi import SignedStatement, WitnessKey, sign_statement
 
 NOW_MS = 1_790_000_000_000
 DAY_MS = 24 * 3600 * 1000
@@ -72,7 +72,7 @@ def signer(label: str) -> SoftwareSigner:
 
 # --- a witnessed world built from the real parts -------------------------------------
 #
-# The witness side is assembled from bkv.witness.plexi (statements), bkv.witness.core
+# The witness side is assembled from bkv.protocol.plexi (statements), bkv.witness.core
 # (AuditEntry, operator submission signatures) and bkv.tlog (Merkle log, checkpoints,
 # cosignatures) directly, so tests can also make what an honest witness would refuse
 # (future timestamps, a rotated-out key, forks) and check that the client refuses it.

@@ -12,14 +12,14 @@ from client_world import make_artifact
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bkv.client.artifact import (
+from bkv.errors import ArtifactError
+from bkv.protocol.artifact import (
     MAX_ARTIFACT_SIZE,
     MAX_GUESS_LIMIT,
     FleetKeyArtifact,
     artifact_digest,
     parse_artifact,
 )
-from bkv.errors import ArtifactError
 
 
 def _value() -> dict[str, Any]:

@@ -10,7 +10,13 @@ from client_world import DAY_MS, NOW_MS, World, make_artifact, signer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bkv.client.bundle import (
+from bkv.client.operator import bundle_from_receipt, proof_from_json, statement_from_json
+from bkv.client.state import ClientState
+from bkv.client.trust import PinnedFleetKeys
+from bkv.client.validation import validate_bundle
+from bkv.client.vault import build_request
+from bkv.errors import CodecError, DigestMismatchError, SubmissionSignatureError, TimestampError
+from bkv.protocol.bundle import (
     BUNDLE_TAG,
     MAX_BUNDLE_SIZE,
     MAX_CHECKPOINT_SIZE,
@@ -18,13 +24,7 @@ from bkv.client.bundle import (
     decode_bundle,
     encode_bundle,
 )
-from bkv.client.operator import bundle_from_receipt, proof_from_json, statement_from_json
-from bkv.client.state import ClientState
-from bkv.client.trust import PinnedFleetKeys
-from bkv.client.validation import validate_bundle
-from bkv.client.vault import build_request
-from bkv.errors import CodecError, DigestMismatchError, SubmissionSignatureError, TimestampError
-from bkv.hsm.messages import HsmRequest, StatusRequest
+from bkv.protocol.messages import HsmRequest, StatusRequest
 from bkv.wire import decode, schema_of
 
 hashes = st.lists(st.binary(min_size=32, max_size=32), max_size=63).map(tuple)

@@ -8,17 +8,17 @@ import pytest
 from client_world import NOW_MS, World, det_bytes, make_artifact, signer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bkv.client.bundle import encode_bundle
-from bkv.client.countersign import (
+from bkv.client.state import ClientState
+from bkv.client.validation import validate_bundle
+from bkv.errors import CounterSignatureError
+from bkv.keystore.pkcs11 import generate_signing_key, init_token
+from bkv.protocol.bundle import encode_bundle
+from bkv.protocol.countersign import (
     COUNTERSIGNATURE_CONTEXT,
     countersign,
     countersignature_message,
     verify_countersignature,
 )
-from bkv.client.state import ClientState
-from bkv.client.validation import validate_bundle
-from bkv.errors import CounterSignatureError
-from bkv.keystore.pkcs11 import generate_signing_key, init_token
 
 WITNESS_SIG = det_bytes("witness-signature", 64)
 

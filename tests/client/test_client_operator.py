@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from client_world import DAY_MS, NOW_MS, det_bytes
 
-from bkv.client.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE, parse_artifact
 from bkv.client.operator import artifact_from_public_keys, majority, next_epoch
 from bkv.errors import ArtifactError, CodecError
+from bkv.protocol.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE, parse_artifact
 from bkv.wire import canonical_json
 
 CHANNEL = det_bytes("op/channel")

@@ -16,9 +16,6 @@ import pytest
 from client_world import DAY_MS, NAMESPACE, NOW_MS, ORIGIN, World, make_artifact, signer
 
 from bkv.cli.operator import parse_witness_key, pinned_roots
-from bkv.client.artifact import FleetKeyArtifact
-from bkv.client.bundle import build_bundle, encode_bundle
-from bkv.client.countersign import countersign
 from bkv.client.operator import bundle_from_receipt, verify_receipt
 from bkv.client.state import ClientState
 from bkv.client.validation import validate_bundle
@@ -33,11 +30,14 @@ from bkv.errors import (
     TimestampError,
     UnknownKeyError,
 )
+from bkv.protocol.artifact import FleetKeyArtifact
+from bkv.protocol.bundle import build_bundle, encode_bundle
+from bkv.protocol.countersign import countersign
+from bkv.protocol.plexi import SignedStatement, WitnessKey, sign_statement
+from bkv.protocol.submission import AuditEntry, Submission, sign_submission
+from bkv.protocol.witness_api import proof_fields, statement_response
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.note import Ed25519Signer as NoteSigner
-from bkv.witness.api import proof_fields, statement_response
-from bkv.witness.core import AuditEntry, Submission, sign_submission
-from bkv.witness.plexi import SignedStatement, WitnessKey, sign_statement
 
 LEGIT = make_artifact(seed="legit").to_bytes()
 ROGUE = make_artifact(fleet_id="impostor", seed="rogue").to_bytes()

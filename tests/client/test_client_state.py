@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from client_world import NOW_MS, World, make_artifact
 
-from bkv.client.bundle import encode_bundle
 from bkv.client.state import ClientState
 from bkv.client.store_json import MAX_STATE_FILE_SIZE, JsonFileStateStore
 from bkv.client.validation import validate_bundle
 from bkv.errors import ConsistencyProofError, EpochRollbackError, StorageError
+from bkv.protocol.bundle import encode_bundle
 
 
 def test_missing_file_is_fresh_state(tmp_path: Path) -> None:

@@ -20,13 +20,6 @@ from client_world import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bkv.client.bundle import (
-    MAX_BUNDLE_SIZE,
-    ValidationBundle,
-    decode_bundle,
-    encode_bundle,
-)
-from bkv.client.countersign import countersign
 from bkv.client.state import ClientState
 from bkv.client.store_json import JsonFileStateStore
 from bkv.client.validation import validate_bundle
@@ -52,10 +45,17 @@ from bkv.errors import (
     UnknownTagError,
     WitnessSignatureError,
 )
+from bkv.protocol.bundle import (
+    MAX_BUNDLE_SIZE,
+    ValidationBundle,
+    decode_bundle,
+    encode_bundle,
+)
+from bkv.protocol.countersign import countersign
+from bkv.protocol.plexi import WitnessKey
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.tlog.note import NoteSignature, sign_note
-from bkv.witness.plexi import WitnessKey
 
 FRESH = ClientState()
 

@@ -32,9 +32,6 @@ from e2e_world import (
     write_host_config,
 )
 
-from bkv.client.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE
-from bkv.client.bundle import decode_bundle, encode_bundle
-from bkv.client.countersign import countersign
 from bkv.client.sdk import VaultClient
 from bkv.client.state import ClientState
 from bkv.client.store_json import JsonFileStateStore
@@ -45,6 +42,9 @@ from bkv.errors import (
     WrongPasswordError,
 )
 from bkv.keystore import SoftwareSigner
+from bkv.protocol.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE
+from bkv.protocol.bundle import decode_bundle, encode_bundle
+from bkv.protocol.countersign import countersign
 
 pytestmark = pytest.mark.slow
 

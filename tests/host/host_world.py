@@ -11,18 +11,18 @@ from pathlib import Path
 import httpx
 
 from bkv import devnet
-from bkv.client.artifact import (
+from bkv.client.sdk import VaultClient
+from bkv.client.trust import FleetKeys, PinnedFleetKeys
+from bkv.crypto.ksf import Argon2id
+from bkv.host.config import token_digest
+from bkv.hsm.store import PUBLIC_KEYS_FILE
+from bkv.protocol.artifact import (
     ROLE_CHANNEL,
     ROLE_OPAQUE_AKE,
     FleetKeyArtifact,
     FleetPolicy,
     PublicKey,
 )
-from bkv.client.sdk import VaultClient
-from bkv.client.trust import FleetKeys, PinnedFleetKeys
-from bkv.crypto.ksf import Argon2id
-from bkv.host.config import token_digest
-from bkv.hsm.store import PUBLIC_KEYS_FILE
 
 TEST_KSF = Argon2id(memory_kib=256, iterations=1, lanes=1)
 """A real but small Argon2id: the production default costs ~0.2 s per login."""

@@ -6,7 +6,6 @@ import pytest
 from host_world import pinned
 
 from bkv.client import vault
-from bkv.client.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE, FleetKeyArtifact
 from bkv.client.trust import FleetKeys
 from bkv.crypto import channel
 from bkv.errors import (
@@ -20,7 +19,8 @@ from bkv.errors import (
     VaultError,
     VaultFullError,
 )
-from bkv.hsm.messages import (
+from bkv.protocol.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE, FleetKeyArtifact
+from bkv.protocol.messages import (
     ErrorCode,
     HsmRejected,
     HsmRequest,
@@ -66,7 +66,7 @@ def test_build_request_binds_routing_fields() -> None:
 
 def test_read_response_opens_the_answer() -> None:
     pending = vault.build_request(FLEET, ACCOUNT, StatusRequest())
-    answer = vault.read_response(pending, _answer(pending, StatusOk(True, 3, 10, 7)))
+    answer = vault.read_response(pending, _answer(pending, StatusOk(True, 3, 10, 7, 0)))
     status = vault.status_of(vault.expect(answer, StatusOk))
     assert status == vault.VaultStatus(True, 3, 10, 7)
 
@@ -75,7 +75,7 @@ def test_read_response_refuses_an_answer_to_another_request() -> None:
     first = vault.build_request(FLEET, ACCOUNT, StatusRequest())
     second = vault.build_request(FLEET, ACCOUNT, StatusRequest())
     with pytest.raises(DecryptionError):
-        vault.read_response(first, _answer(second, StatusOk(True, 3, 10, 7)))
+        vault.read_response(first, _answer(second, StatusOk(True, 3, 10, 7, 0)))
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_garbage_answers_raise_codec_errors() -> None:
 
 def test_expect_refuses_the_wrong_answer() -> None:
     with pytest.raises(ProtocolStateError):
-        vault.expect(StatusOk(True, 1, 10, 10), VaultFailure)
+        vault.expect(StatusOk(True, 1, 10, 10, 0), VaultFailure)
 
 
 def test_check_server_key() -> None:

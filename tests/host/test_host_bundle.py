@@ -18,16 +18,16 @@ from host_world import ACCOUNTS, running
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bkv.client.bundle import ValidationBundle, build_bundle, decode_bundle, encode_bundle
 from bkv.errors import CodecError, ConfigError
 from bkv.host.bundle import MAX_PROOF_RESPONSE, BundleSource, parse_since
 from bkv.host.config import HostConfig, token_digest
 from bkv.keystore import SoftwareSigner
+from bkv.protocol.bundle import ValidationBundle, build_bundle, decode_bundle, encode_bundle
+from bkv.protocol.plexi import sign_statement
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.merkle import MAX_TREE_SIZE, verify_consistency
 from bkv.tlog.note import Ed25519Signer as NoteSigner
-from bkv.witness.plexi import sign_statement
 
 
 def _config(tmp_path: Path, extra: str) -> Path:

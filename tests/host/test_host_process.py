@@ -31,7 +31,7 @@ from bkv.errors import (
     UnauthorizedError,
     WrongPasswordError,
 )
-from bkv.hsm.messages import MAX_REQUEST_SIZE, HsmRequest, RequestKind, StatusRequest
+from bkv.protocol.messages import MAX_REQUEST_SIZE, HsmRequest, RequestKind, StatusRequest
 from bkv.wire import decode, encode
 
 pytestmark = pytest.mark.slow

@@ -26,13 +26,6 @@ import httpx
 
 from bkv.client import sdk
 from bkv.client import vault as client_vault
-from bkv.client.artifact import (
-    ROLE_CHANNEL,
-    ROLE_OPAQUE_AKE,
-    FleetKeyArtifact,
-    FleetPolicy,
-    PublicKey,
-)
 from bkv.client.trust import FleetKeys, PinnedFleetKeys
 from bkv.client.vault import VaultStatus
 from bkv.crypto import channel
@@ -40,9 +33,17 @@ from bkv.crypto.ksf import Argon2id
 from bkv.crypto.opaque import KE2, ClientLoginState, client_login_finish, client_login_start
 from bkv.crypto.rng import Rng, default_rng
 from bkv.errors import EnvelopeRecoveryError, RecordDestroyedError, VaultError, WrongPasswordError
-from bkv.hsm import release
 from bkv.hsm.app import HsmApp
-from bkv.hsm.messages import (
+from bkv.keystore import SoftwareSealer
+from bkv.protocol import release
+from bkv.protocol.artifact import (
+    ROLE_CHANNEL,
+    ROLE_OPAQUE_AKE,
+    FleetKeyArtifact,
+    FleetPolicy,
+    PublicKey,
+)
+from bkv.protocol.messages import (
     INNER_RESPONSES,
     OUTER_RESPONSES,
     AbortOk,
@@ -59,7 +60,6 @@ from bkv.hsm.messages import (
     RecoverStartOk,
     VaultFailure,
 )
-from bkv.keystore import SoftwareSealer
 from bkv.wire import decode_any
 
 TEST_KSF = Argon2id(memory_kib=256, iterations=1, lanes=1)

@@ -35,7 +35,8 @@ from bkv.errors import (
     WrongPasswordError,
 )
 from bkv.hsm.app import REGISTRATION_TTL_MS, SESSION_TTL_MS, HsmApp
-from bkv.hsm.messages import (
+from bkv.hsm.state import PENDING_RECORD_TTL_MS, CommandEnvelope, CountAttempt, apply
+from bkv.protocol.messages import (
     MAX_REQUEST_SIZE,
     ErrorCode,
     FinishAction,
@@ -54,7 +55,6 @@ from bkv.hsm.messages import (
     StatusRequest,
     request_aad,
 )
-from bkv.hsm.state import PENDING_RECORD_TTL_MS, CommandEnvelope, CountAttempt, apply
 from bkv.wire import decode, encode
 
 PASSWORD = b"correct horse battery staple"

@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bkv.errors import CodecError
-from bkv.hsm import messages as m
 from bkv.hsm import state as s
 from bkv.hsm.sealing import SealedState
+from bkv.protocol import messages as m
 from bkv.wire import Registry, decode, decode_any, encode
 
 
@@ -75,10 +75,17 @@ MESSAGES = st.one_of(
     st.builds(m.RegisterStartOk, fixed(64), fixed(32)),
     st.builds(m.RegisterFinishOk, u32, st.integers(0, 255), st.integers(0, 255)),
     st.builds(m.RecoverStartOk, fixed(16), fixed(320)),
-    st.builds(m.KeyReleased, u32, var(1, m.MAX_SEALED_SECRET)),
+    st.builds(m.KeyReleased, u32, st.integers(0, 255), var(1, m.MAX_SEALED_SECRET)),
     st.builds(m.RecordDeleted, u32),
     st.just(m.AbortOk()),
-    st.builds(m.StatusOk, st.booleans(), u32, st.integers(0, 255), st.integers(0, 255)),
+    st.builds(
+        m.StatusOk,
+        st.booleans(),
+        u32,
+        st.integers(0, 255),
+        st.integers(0, 255),
+        st.integers(0, 255),
+    ),
     st.builds(m.VaultFailure, st.sampled_from(m.ErrorCode)),
     records,
     st.builds(s.AccountSlot, account, u32, st.none() | records, st.none() | pending_records),
@@ -198,7 +205,7 @@ def test_records_ids_and_sealed_bytes_are_not_in_reprs() -> None:
         m.RecoverStartOk(SESSION_ID, SEALED * 8),
         m.RecoverFinish(SESSION_ID, SEALED + bytes(24)),
         m.RecoverAbort(SESSION_ID),
-        m.KeyReleased(1, SEALED),
+        m.KeyReleased(1, 0, SEALED),
         m.HsmRequest("f", m.RequestKind.STATUS, b"a", SEALED),
         m.HsmResponse(SEALED),
     ]

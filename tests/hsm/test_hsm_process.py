@@ -18,10 +18,10 @@ from hsm_world import VaultClient
 
 from bkv.crypto.opaque import client_login_start
 from bkv.errors import WrongPasswordError
-from bkv.hsm.messages import RecoverStart
 from bkv.hsm.sealing import peek_version
 from bkv.hsm.store import PUBLIC_KEYS_FILE, STATE_FILE
 from bkv.keystore.counter import COUNTER_FILE_NAME, FileCounter
+from bkv.protocol.messages import RecoverStart
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from hsm_world import InProcessHost, VaultClient, fleet_keys_of, new_app
 
 from bkv.client.sdk import EXPOSE_TRIES
 from bkv.errors import FleetUnreachableError, ProtocolStateError
-from bkv.hsm.messages import HsmRequest
+from bkv.protocol.messages import HsmRequest
 from bkv.wire import decode
 
 ACCOUNT = b"alice"

@@ -46,9 +46,10 @@ from bkv.crypto.opaque import (
     client_registration_start,
 )
 from bkv.errors import EnvelopeRecoveryError
-from bkv.hsm import release
 from bkv.hsm.app import SESSION_TTL_MS, HsmApp
-from bkv.hsm.messages import (
+from bkv.hsm.state import PENDING_RECORD_TTL_MS
+from bkv.protocol import release
+from bkv.protocol.messages import (
     FinishAction,
     HsmRequest,
     KeyReleased,
@@ -66,7 +67,6 @@ from bkv.hsm.messages import (
     StatusOk,
     StatusRequest,
 )
-from bkv.hsm.state import PENDING_RECORD_TTL_MS
 from bkv.wire import decode
 
 ALICE = b"alice"

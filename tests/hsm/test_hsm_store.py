@@ -30,7 +30,6 @@ from bkv.errors import (
     WrongPasswordError,
 )
 from bkv.hsm.app import HsmApp
-from bkv.hsm.messages import MAX_REQUEST_SIZE, RecoverStart
 from bkv.hsm.sealing import (
     Freshness,
     SealedState,
@@ -53,8 +52,9 @@ from bkv.hsm.store import MAX_STATE_SIZE, PUBLIC_KEYS_FILE, STATE_FILE, StateSto
 from bkv.keystore import SoftwareSealer, pkcs11
 from bkv.keystore.counter import COUNTER_FILE_NAME, FileCounter
 from bkv.keystore.files import read_key_file, write_key_file
+from bkv.protocol.artifact import FleetKeyArtifact, FleetPolicy, PublicKey, parse_artifact
+from bkv.protocol.messages import MAX_REQUEST_SIZE, RecoverStart
 from bkv.wire import decode, encode
-from bkv.witness.artifact import FleetKeyArtifact, FleetPolicy, PublicKey, parse_artifact
 
 PASSWORD = b"pw for the store tests"
 WRONG = b"not the password"

@@ -25,8 +25,8 @@ from bkv.crypto.opaque.registration import (
     client_registration_start,
 )
 from bkv.errors import DecryptionError, EnvelopeRecoveryError
-from bkv.hsm import release
-from bkv.hsm.messages import (
+from bkv.protocol import release
+from bkv.protocol.messages import (
     ErrorCode,
     HsmRequest,
     HsmResponse,

@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.exceptions import AttributeReadOnly, AttributeSensitive, KeyUnextractable
 
-from bkv.client.countersign import countersign, verify_countersignature
 from bkv.errors import (
     ConfigError,
     CounterSignatureError,
@@ -30,6 +29,7 @@ from bkv.keystore.pkcs11 import (
     load_sealing_key,
     load_signing_key,
 )
+from bkv.protocol.countersign import countersign, verify_countersignature
 
 pytestmark = pytest.mark.softhsm
 

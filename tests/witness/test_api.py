@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from witness_helpers import NS, Clock, artifact_for, fixed_signer
 
 from bkv.errors import BkvError, CodecError
-from bkv.witness import api, core
+from bkv.protocol import submission as submission_format
+from bkv.protocol import witness_api
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
@@ -23,22 +24,22 @@ _hexes = st.binary(max_size=80).map(bytes.hex)
 
 
 def _good() -> dict[str, Any]:
-    sub = core.sign_submission(
+    sub = submission_format.sign_submission(
         fixed_signer(0x0A), NS, 1, artifact_for(1), submitted_at_ms=Clock().now
     )
-    return api.submission_to_json(sub)
+    return witness_api.submission_to_json(sub)
 
 
 def test_round_trip() -> None:
     good = _good()
-    parsed = api.submission_from_json(NS, json.dumps(good).encode())
-    assert api.submission_to_json(parsed) == good
+    parsed = witness_api.submission_from_json(NS, json.dumps(good).encode())
+    assert witness_api.submission_to_json(parsed) == good
 
 
 @given(st.binary(max_size=600))
 def test_random_bytes_raise_only_codec_errors(data: bytes) -> None:
     try:
-        api.submission_from_json(NS, data)
+        witness_api.submission_from_json(NS, data)
     except CodecError:
         return
 
@@ -50,12 +51,12 @@ def test_random_bytes_raise_only_codec_errors(data: bytes) -> None:
 def test_any_field_value_is_parsed_or_refused_with_a_typed_error(field: str, value: object) -> None:
     body = _good() | {field: value}
     try:
-        submission = api.submission_from_json(NS, json.dumps(body).encode())
+        submission = witness_api.submission_from_json(NS, json.dumps(body).encode())
     except CodecError:
         return
     # Whatever parses is a well-formed Submission: signing bytes are computable or
     # refused as a typed error by the signature check.
     try:
-        core.verify_submission_signature(submission, fixed_signer(0x0A).public_key())
+        submission_format.verify_submission_signature(submission, fixed_signer(0x0A).public_key())
     except BkvError:
         return

@@ -18,8 +18,8 @@ from witness_helpers import (
 
 from bkv.errors import ArtifactError, DigestMismatchError
 from bkv.keystore import SoftwareSigner
+from bkv.protocol import witness_api
 from bkv.wire import canonical_json
-from bkv.witness import api
 from bkv.witness.service import WitnessService
 
 
@@ -72,11 +72,15 @@ def test_http_answers_422_for_a_non_artifact(
     client: httpx.Client, operator: SoftwareSigner, clock: Clock, db_path: Path
 ) -> None:
     before = db_dump(db_path)
-    body = api.submission_to_json(submission(operator, 1, clock, artifact=b"not an artifact"))
+    body = witness_api.submission_to_json(
+        submission(operator, 1, clock, artifact=b"not an artifact")
+    )
     response = client.post(f"/namespaces/{NS}/submissions", json=body)
     assert response.status_code == 422
     assert response.json()["error"] == "ArtifactError"
     evidence = submission(operator, 1, clock, artifact=artifact_for(1), evidence=b"unnamed")
-    response = client.post(f"/namespaces/{NS}/submissions", json=api.submission_to_json(evidence))
+    response = client.post(
+        f"/namespaces/{NS}/submissions", json=witness_api.submission_to_json(evidence)
+    )
     assert (response.status_code, response.json()["error"]) == (422, "DigestMismatchError")
     assert db_dump(db_path) == before

@@ -39,12 +39,13 @@ from bkv.errors import (
     UnknownNamespaceError,
 )
 from bkv.keystore import SoftwareSigner
+from bkv.protocol import plexi
+from bkv.protocol import submission as submission_format
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
 from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.merkle import leaf_hash, verify_consistency, verify_inclusion
 from bkv.tlog.note import Ed25519Signer, Ed25519Verifier
 from bkv.tlog.witness_protocol import format_add_checkpoint
-from bkv.witness import core, plexi
 from bkv.witness.service import WitnessConfig, WitnessService
 from bkv.witness.store import WitnessStore
 
@@ -82,7 +83,7 @@ def test_accepts_epochs_in_sequence_and_logs_them(
             receipt.inclusion_proof,
             checkpoint.root_hash,
         )
-        entry = core.AuditEntry.from_bytes(receipt.log_entry)
+        entry = submission_format.AuditEntry.from_bytes(receipt.log_entry)
         entry.check_statement(receipt.statement)
         entry.check_operator_signature(operator.public_key())
         checkpoints.append(checkpoint)
@@ -140,40 +141,46 @@ def test_refuses_swapped_and_tampered_fields(
     cases = [
         # the operator signed a different digest
         (
-            core.Submission(NS, 1, other.digest, other.artifact, clock(), good.operator_signature),
+            submission_format.Submission(
+                NS, 1, other.digest, other.artifact, clock(), good.operator_signature
+            ),
             SubmissionSignatureError,
         ),
         # the digest is signed, the artifact is not the one it covers
         (
-            core.Submission(NS, 1, good.digest, b"tampered", clock(), good.operator_signature),
+            submission_format.Submission(
+                NS, 1, good.digest, b"tampered", clock(), good.operator_signature
+            ),
             DigestMismatchError,
         ),
         # the signed epoch differs
         (
-            core.Submission(NS, 2, good.digest, good.artifact, clock(), good.operator_signature),
+            submission_format.Submission(
+                NS, 2, good.digest, good.artifact, clock(), good.operator_signature
+            ),
             SubmissionSignatureError,
         ),
         # evidence added after signing
         (
-            core.Submission(
+            submission_format.Submission(
                 NS, 1, good.digest, good.artifact, clock(), good.operator_signature, evidence=b"x"
             ),
             SubmissionSignatureError,
         ),
         (
-            core.Submission(
+            submission_format.Submission(
                 NS, 1, good.digest, good.artifact, clock(), good.operator_signature[:-1]
             ),
             SubmissionSignatureError,
         ),
         (
-            core.Submission(
+            submission_format.Submission(
                 NS, 1, good.digest[:-1], good.artifact, clock(), good.operator_signature
             ),
             SizeLimitError,
         ),
         (
-            core.Submission(NS, 1, good.digest, b"", clock(), good.operator_signature),
+            submission_format.Submission(NS, 1, good.digest, b"", clock(), good.operator_signature),
             SizeLimitError,
         ),
     ]
@@ -187,10 +194,10 @@ def test_refuses_swapped_and_tampered_fields(
 def test_refuses_oversized_artifact_and_evidence(
     service: WitnessService, operator: SoftwareSigner, clock: Clock
 ) -> None:
-    big = b"x" * (core.MAX_ARTIFACT_BYTES + 1)
+    big = b"x" * (submission_format.MAX_ARTIFACT_BYTES + 1)
     with pytest.raises(SizeLimitError):
         service.submit(submission(operator, 1, clock, artifact=big))
-    huge = b"e" * (core.MAX_EVIDENCE_BYTES + 1)
+    huge = b"e" * (submission_format.MAX_EVIDENCE_BYTES + 1)
     with pytest.raises(SizeLimitError):
         service.submit(submission(operator, 1, clock, evidence=huge))
     with pytest.raises(SizeLimitError):
@@ -207,18 +214,18 @@ def test_refuses_future_and_expired_submissions(
     service: WitnessService, operator: SoftwareSigner, clock: Clock
 ) -> None:
     art = artifact_for(1)
-    future = core.sign_submission(
-        operator, NS, 1, art, submitted_at_ms=clock() + core.SUBMISSION_MAX_SKEW_MS + 1
+    future = submission_format.sign_submission(
+        operator, NS, 1, art, submitted_at_ms=clock() + submission_format.SUBMISSION_MAX_SKEW_MS + 1
     )
     with pytest.raises(TimestampError, match="future"):
         service.submit(future)
-    old = core.sign_submission(
-        operator, NS, 1, art, submitted_at_ms=clock() - core.SUBMISSION_MAX_AGE_MS - 1
+    old = submission_format.sign_submission(
+        operator, NS, 1, art, submitted_at_ms=clock() - submission_format.SUBMISSION_MAX_AGE_MS - 1
     )
     with pytest.raises(TimestampError, match="expired"):
         service.submit(old)
-    edge = core.sign_submission(
-        operator, NS, 1, art, submitted_at_ms=clock() - core.SUBMISSION_MAX_AGE_MS
+    edge = submission_format.sign_submission(
+        operator, NS, 1, art, submitted_at_ms=clock() - submission_format.SUBMISSION_MAX_AGE_MS
     )
     service.submit(edge)
 
@@ -337,7 +344,7 @@ def test_evidence_checker_runs_before_signing(
     with pytest.raises(AttestationError, match="attest"):
         svc.submit(submission(operator, 1, clock, evidence=b"bad evidence"))
     receipt = svc.submit(submission(operator, 1, clock, evidence=b"good evidence"))
-    entry = core.AuditEntry.from_bytes(receipt.log_entry)
+    entry = submission_format.AuditEntry.from_bytes(receipt.log_entry)
     assert entry.evidence_digest == digest(b"good evidence")
     signed = svc.store.signed_epoch(NS, 1)
     assert signed is not None and signed.evidence == b"good evidence"
@@ -358,7 +365,7 @@ def test_audit_entry_checks(
     service: WitnessService, operator: SoftwareSigner, clock: Clock
 ) -> None:
     receipt = service.submit(submission(operator, 1, clock))
-    entry = core.AuditEntry.from_bytes(receipt.log_entry)
+    entry = submission_format.AuditEntry.from_bytes(receipt.log_entry)
     other = plexi.SignedStatement(
         receipt.statement.message_bytes, bytes(64), receipt.statement.key_id
     )
@@ -366,26 +373,26 @@ def test_audit_entry_checks(
         entry.check_statement(other)
     with pytest.raises(SubmissionSignatureError):
         entry.check_operator_signature(fixed_signer(0x0B).public_key())
-    assert core.AuditEntry.from_bytes(entry.to_bytes()) == entry
+    assert submission_format.AuditEntry.from_bytes(entry.to_bytes()) == entry
     with pytest.raises(CodecError):
-        core.AuditEntry.from_bytes(receipt.log_entry + b"\x00")
+        submission_format.AuditEntry.from_bytes(receipt.log_entry + b"\x00")
     with pytest.raises(CodecError):
-        core.AuditEntry.from_bytes(receipt.log_entry[:-1])
+        submission_format.AuditEntry.from_bytes(receipt.log_entry[:-1])
 
 
 def test_submission_signing_bytes_are_domain_separated(operator: SoftwareSigner) -> None:
-    tbs = core.submission_signing_bytes(NS, 1, b"\x11" * 32, b"", 5)
-    assert tbs.startswith(core.SUBMISSION_CONTEXT)
+    tbs = submission_format.submission_signing_bytes(NS, 1, b"\x11" * 32, b"", 5)
+    assert tbs.startswith(submission_format.SUBMISSION_CONTEXT)
     # Never 64 bytes long, so never mistakable for a counter-signed witness signature.
-    assert len(tbs) > 64 + len(core.SUBMISSION_CONTEXT)
+    assert len(tbs) > 64 + len(submission_format.SUBMISSION_CONTEXT)
     with pytest.raises(ValueError):
-        core.submission_signing_bytes(NS, 1, b"\x11" * 32, b"\x01" * 5, 5)
+        submission_format.submission_signing_bytes(NS, 1, b"\x11" * 32, b"\x01" * 5, 5)
 
 
 @given(st.binary(max_size=400))
 def test_audit_entry_decoder_raises_only_codec_errors(data: bytes) -> None:
     try:
-        entry = core.AuditEntry.from_bytes(data)
+        entry = submission_format.AuditEntry.from_bytes(data)
     except CodecError:
         return
     assert entry.to_bytes() == data

@@ -37,15 +37,16 @@ from bkv.errors import (
     UnknownNamespaceError,
 )
 from bkv.keystore import SoftwareSigner
-from bkv.tlog.note import Ed25519Signer as NoteSigner
-from bkv.witness import api, core
-from bkv.witness.countersign import (
+from bkv.protocol import submission as submission_format
+from bkv.protocol import witness_api
+from bkv.protocol.countersign import (
     COUNTERSIGNATURE_CONTEXT,
     countersign,
     countersignature_message,
     verify_countersignature,
 )
-from bkv.witness.plexi import WitnessKey
+from bkv.protocol.plexi import WitnessKey
+from bkv.tlog.note import Ed25519Signer as NoteSigner
 from bkv.witness.service import WitnessService
 
 
@@ -57,7 +58,9 @@ def client(service: WitnessService) -> Iterator[httpx.Client]:
 
 def _witnessed(client: httpx.Client, operator: SoftwareSigner, clock: Clock, epoch: int) -> bytes:
     sub = submission(operator, epoch, clock)
-    response = client.post(f"/namespaces/{NS}/submissions", json=api.submission_to_json(sub))
+    response = client.post(
+        f"/namespaces/{NS}/submissions", json=witness_api.submission_to_json(sub)
+    )
     assert response.status_code == 201, response.text
     return bytes.fromhex(response.json()["signature"])
 
@@ -73,14 +76,14 @@ def test_format_is_context_then_witness_signature() -> None:
         range(64)
     )
     assert COUNTERSIGNATURE_CONTEXT == b"bkv operator countersignature v1\x00"
-    assert not core.SUBMISSION_CONTEXT.startswith(COUNTERSIGNATURE_CONTEXT)
-    assert not COUNTERSIGNATURE_CONTEXT.startswith(core.SUBMISSION_CONTEXT)
+    assert not submission_format.SUBMISSION_CONTEXT.startswith(COUNTERSIGNATURE_CONTEXT)
+    assert not COUNTERSIGNATURE_CONTEXT.startswith(submission_format.SUBMISSION_CONTEXT)
     with pytest.raises(ValueError):
         countersignature_message(bytes(63))
 
 
 def test_client_module_is_the_same_format() -> None:
-    from bkv.client import countersign as client_side  # noqa: PLC0415
+    from bkv.protocol import countersign as client_side  # noqa: PLC0415
 
     assert client_side.countersignature_message is countersignature_message
     assert client_side.verify_countersignature is verify_countersignature
@@ -92,13 +95,13 @@ def test_operator_posts_counter_signature_and_auditors_read_it(
     witness_signature = _witnessed(client, operator, clock, 1)
     assert client.get(f"/namespaces/{NS}/audits/1").json()["counter_signature"] is None
     counter = countersign(operator, witness_signature)
-    response = _post(client, 1, api.countersignature_to_json(counter))
+    response = _post(client, 1, witness_api.countersignature_to_json(counter))
     assert response.status_code == 201, response.text
     served = client.get(f"/namespaces/{NS}/audits/1").json()["counter_signature"]
     assert bytes.fromhex(served) == counter
     verify_countersignature(operator.public_key(), witness_signature, bytes.fromhex(served))
     # A retried post of the same bytes is accepted and changes nothing.
-    again = _post(client, 1, api.countersignature_to_json(counter))
+    again = _post(client, 1, witness_api.countersignature_to_json(counter))
     assert again.status_code == 200
 
 
@@ -126,10 +129,10 @@ def test_bad_counter_signatures_are_refused_and_change_nothing(
     for epoch, body, ns, status, error in cases:
         response = _post(client, epoch, body, ns)
         assert (response.status_code, response.json()["error"]) == (status, error), body
-    big = _post(client, 1, b"x" * (api.MAX_COUNTERSIGNATURE_BODY + 1))
+    big = _post(client, 1, b"x" * (witness_api.MAX_COUNTERSIGNATURE_BODY + 1))
     assert big.status_code == 413
     assert db_dump(db_path) == before
-    assert _post(client, 1, api.countersignature_to_json(good)).status_code == 201
+    assert _post(client, 1, witness_api.countersignature_to_json(good)).status_code == 201
 
 
 def test_core_rules(service: WitnessService, operator: SoftwareSigner, clock: Clock) -> None:
@@ -175,12 +178,14 @@ def test_stored_counter_signatures_are_immutable(
 @given(st.binary(max_size=300))
 def test_random_bodies_raise_only_codec_errors(body: bytes) -> None:
     try:
-        signature = api.countersignature_from_json(body)
+        signature = witness_api.countersignature_from_json(body)
     except CodecError:
         return
     assert len(signature) == 64
     assert (
-        api.countersignature_from_json(json.dumps(api.countersignature_to_json(signature)).encode())
+        witness_api.countersignature_from_json(
+            json.dumps(witness_api.countersignature_to_json(signature)).encode()
+        )
         == signature
     )
 
@@ -212,13 +217,13 @@ def test_a_different_valid_second_counter_signature_is_a_409(
 ) -> None:
     witness_signature = _witnessed(client, operator, clock, 1)
     first = countersign(operator, witness_signature)
-    assert _post(client, 1, api.countersignature_to_json(first)).status_code == 201
+    assert _post(client, 1, witness_api.countersignature_to_json(first)).status_code == 201
     seed = bytes([0x0A]) * 32
     assert SoftwareSigner(seed).public_key() == operator.public_key()
     second = _another_valid_signature(seed, countersignature_message(witness_signature), 12345)
     assert second != first
     verify_countersignature(operator.public_key(), witness_signature, second)  # valid, yet...
-    response = _post(client, 1, api.countersignature_to_json(second))
+    response = _post(client, 1, witness_api.countersignature_to_json(second))
     assert response.status_code == 409
     assert response.json()["error"] == "CountersignatureExistsError"
     served = client.get(f"/namespaces/{NS}/audits/1").json()["counter_signature"]

@@ -25,6 +25,8 @@ from witness_helpers import (
 )
 
 from bkv.keystore import SoftwareSigner
+from bkv.protocol import plexi, witness_api
+from bkv.protocol import submission as submission_format
 from bkv.tlog import tiles
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
 from bkv.tlog.cosignature import CosignatureVerifier
@@ -32,7 +34,6 @@ from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.merkle import leaf_hash, verify_inclusion
 from bkv.tlog.note import Ed25519Signer, Ed25519Verifier, open_note
 from bkv.tlog.witness_protocol import SIZE_CONTENT_TYPE, format_add_checkpoint
-from bkv.witness import api, core, plexi
 from bkv.witness.service import WitnessService
 
 HERE = Path(__file__).parent
@@ -50,8 +51,10 @@ def client(base_url: str) -> Iterator[httpx.Client]:
         yield c
 
 
-def post_submission(client: httpx.Client, sub: core.Submission) -> httpx.Response:
-    return client.post(f"/namespaces/{sub.namespace}/submissions", json=api.submission_to_json(sub))
+def post_submission(client: httpx.Client, sub: submission_format.Submission) -> httpx.Response:
+    return client.post(
+        f"/namespaces/{sub.namespace}/submissions", json=witness_api.submission_to_json(sub)
+    )
 
 
 def test_submission_and_plexi_api(
@@ -129,8 +132,8 @@ def test_unknown_things_are_404(client: httpx.Client) -> None:
     assert ns_info["status"] == "Initialization" and "last_verified_epoch" not in ns_info
 
 
-def _body(sub: core.Submission, **changes: Any) -> dict[str, Any]:
-    body = api.submission_to_json(sub)
+def _body(sub: submission_format.Submission, **changes: Any) -> dict[str, Any]:
+    body = witness_api.submission_to_json(sub)
     body.update(changes)
     return body
 
@@ -160,25 +163,31 @@ def test_bad_submissions_get_clear_errors_and_change_nothing(
         (_body(good, epoch=-2), 400, "CodecError"),
         (_body(good, operator_signature="00" * 64), 403, "SubmissionSignatureError"),
         (_body(good, artifact=b"tampered".hex()), 422, "DigestMismatchError"),
-        (api.submission_to_json(submission(operator, 3, clock)), 409, "EpochConflictError"),
+        (witness_api.submission_to_json(submission(operator, 3, clock)), 409, "EpochConflictError"),
         (
-            api.submission_to_json(submission(operator, 1, clock, artifact=artifact_for("x"))),
+            witness_api.submission_to_json(
+                submission(operator, 1, clock, artifact=artifact_for("x"))
+            ),
             409,
             "EpochConflictError",
         ),
         (
-            api.submission_to_json(submission(operator, 2, clock, artifact=artifact_for(1))),
+            witness_api.submission_to_json(
+                submission(operator, 2, clock, artifact=artifact_for(1))
+            ),
             409,
             "DigestReusedError",
         ),
         (
-            api.submission_to_json(submission(fixed_signer(0x0B), 2, clock)),
+            witness_api.submission_to_json(submission(fixed_signer(0x0B), 2, clock)),
             403,
             "SubmissionSignatureError",
         ),
         (
-            api.submission_to_json(
-                core.sign_submission(operator, NS, 2, artifact_for(2), submitted_at_ms=1)
+            witness_api.submission_to_json(
+                submission_format.sign_submission(
+                    operator, NS, 2, artifact_for(2), submitted_at_ms=1
+                )
             ),
             422,
             "TimestampError",
@@ -201,12 +210,12 @@ def test_bad_submissions_get_clear_errors_and_change_nothing(
 def test_oversized_bodies_get_413(client: httpx.Client, db_path: Path) -> None:
     before = db_dump(db_path)
     url = f"/namespaces/{NS}/submissions"
-    big = b"x" * (api.MAX_SUBMISSION_BODY + 1)
+    big = b"x" * (witness_api.MAX_SUBMISSION_BODY + 1)
     response = client.post(url, content=big)
     assert response.status_code == 413 and response.json()["error"] == "SizeLimitError"
 
     def chunks() -> Iterator[bytes]:
-        for _ in range(api.MAX_SUBMISSION_BODY // 65536 + 2):
+        for _ in range(witness_api.MAX_SUBMISSION_BODY // 65536 + 2):
             yield b"y" * 65536
 
     streamed = client.post(url, content=chunks())

@@ -11,13 +11,13 @@ from bkv.audit.verify import AuditPins
 from bkv.client.trust import TrustRoots
 from bkv.errors import NoteError, UnknownLogOriginError, WitnessSignatureError
 from bkv.keystore import SoftwareSigner
+from bkv.protocol import plexi
+from bkv.protocol.countersign import verify_countersignature
+from bkv.protocol.keycheck import check_ed25519_public_key, is_strong_ed25519_key
 from bkv.tlog.checkpoint import Checkpoint
 from bkv.tlog.cosignature import CosignatureVerifier
 from bkv.tlog.note import ALG_ED25519, NoteSignature, format_note, format_verifier_key, key_id
 from bkv.tlog.note import Ed25519Signer as NoteSigner
-from bkv.witness import plexi
-from bkv.witness.countersign import verify_countersignature
-from bkv.witness.keycheck import check_ed25519_public_key, is_strong_ed25519_key
 from bkv.witness.service import WitnessService
 
 IDENTITY = bytes([1]) + bytes(31)

@@ -21,7 +21,7 @@ from bkv.errors import (
     UnknownTagError,
     WitnessSignatureError,
 )
-from bkv.witness import plexi
+from bkv.protocol import plexi
 
 VECTORS = json.loads(
     (Path(__file__).parent.parent / "vectors" / "plexi" / "test-vectors.json").read_text()

@@ -12,7 +12,7 @@ from witness_helpers import NS, Clock, db_dump, running_server, submission
 
 from bkv.errors import StorageError
 from bkv.keystore import SoftwareSigner
-from bkv.witness import api
+from bkv.protocol import witness_api
 from bkv.witness.service import WitnessService
 
 
@@ -76,7 +76,7 @@ def test_failed_commit_over_http_is_503_and_changes_nothing(
     service: WitnessService, operator: SoftwareSigner, clock: Clock, db_path: Path
 ) -> None:
     before = db_dump(db_path)
-    body = api.submission_to_json(submission(operator, 1, clock))
+    body = witness_api.submission_to_json(submission(operator, 1, clock))
     with running_server(service) as url:
         service.store._conn.set_authorizer(deny("COMMIT"))
         try:

@@ -20,7 +20,8 @@ from witness_helpers import NS, Clock, artifact_for, fixed_signer
 from bkv.cli.witness import main
 from bkv.errors import ConfigError
 from bkv.keystore import SoftwareSigner, pkcs11
-from bkv.witness import api, core, plexi
+from bkv.protocol import plexi, witness_api
+from bkv.protocol import submission as submission_format
 from bkv.witness.keys import load_seed_file
 from bkv.witness.service import WitnessConfig, WitnessService, wall_clock_ms
 
@@ -112,11 +113,11 @@ def serve_process(config_path: Path) -> Iterator[str]:
 
 
 def _post(url: str, operator: SoftwareSigner, epoch: int, artifact: bytes) -> httpx.Response:
-    sub = core.sign_submission(
+    sub = submission_format.sign_submission(
         operator, NS, epoch, artifact, submitted_at_ms=Clock(wall_clock_ms()).now
     )
     return httpx.post(
-        f"{url}/namespaces/{NS}/submissions", json=api.submission_to_json(sub), timeout=10
+        f"{url}/namespaces/{NS}/submissions", json=witness_api.submission_to_json(sub), timeout=10
     )
 
 
@@ -175,7 +176,9 @@ def test_witness_keys_in_softhsm(
         operator = fixed_signer(0x0A)
         service.register_namespace(NS, operator.public_key())
         receipt = service.submit(
-            core.sign_submission(operator, NS, 1, artifact_for(1), submitted_at_ms=clock())
+            submission_format.sign_submission(
+                operator, NS, 1, artifact_for(1), submitted_at_ms=clock()
+            )
         )
         statement_key = bytes.fromhex(info["statement_keys"][0]["public_key"])
         plexi.verify_statement(

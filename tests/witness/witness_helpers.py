@@ -14,13 +14,13 @@ from pathlib import Path
 import uvicorn
 
 from bkv.keystore import SoftwareSigner
-from bkv.witness import core
-from bkv.witness.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
+from bkv.protocol import submission as submission_format
+from bkv.protocol.artifact import FleetKeyArtifact, FleetPolicy, PublicKey
 from bkv.witness.http import create_app
 from bkv.witness.service import WitnessService
 from bkv.witness.store import WitnessStore
 
-NS = core.FLEET_KEYS_NAMESPACE
+NS = submission_format.FLEET_KEYS_NAMESPACE
 ORIGIN = "bkv-witness/test"
 T0 = 1_800_000_000_000
 
@@ -75,8 +75,8 @@ def submission(
     artifact: bytes | None = None,
     namespace: str = NS,
     evidence: bytes | None = None,
-) -> core.Submission:
-    return core.sign_submission(
+) -> submission_format.Submission:
+    return submission_format.sign_submission(
         operator,
         namespace,
         epoch,

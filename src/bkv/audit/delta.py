@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from bkv.audit.verify import AuditedEpoch, AuditReport
-from bkv.client.artifact import FleetKeyArtifact, PublicKey
+from bkv.protocol.artifact import FleetKeyArtifact, PublicKey
 
 Change = Literal["added", "removed", "changed"]
 

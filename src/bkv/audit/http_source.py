@@ -3,7 +3,7 @@
 Every response is read with a byte cap before parsing, every request has a
 timeout, and anything but ``200`` is a :class:`FetchError` naming the path and
 the witness's own error class when it sent one. JSON is parsed strictly
-(:func:`bkv.witness.api.parse_json_object`: one object, no duplicate keys, no
+(:func:`bkv.witness.strict_json.parse_json_object`: one object, no duplicate keys, no
 NaN/Infinity; ``CodecError`` subclasses).
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Final
 import httpx
 
 from bkv.errors import CodecError, FetchError
-from bkv.witness.api import parse_json_object
+from bkv.wire.strict_json import parse_json_object
 
 #: Largest JSON document the auditor reads (an audit response carries a hex artifact).
 MAX_JSON_RESPONSE: Final = 1 << 20

@@ -43,7 +43,7 @@ The auditor trusts nothing it fetches. Given a :class:`WitnessSource` (HTTP in
    operator posted for each epoch (``counter_signature`` in the audit JSON, checked
    by the witness before storing); whenever one is served it must verify under a
    pinned operator key over the epoch's witness signature
-   (:mod:`bkv.witness.countersign`; ``CounterSignatureError``). As an alternative
+   (:mod:`bkv.protocol.countersign`; ``CounterSignatureError``). As an alternative
    source, every validation bundle given (the operator's
    published bundles) is validated like a client would
    (:func:`bkv.client.validation.validate_bundle` at the statement's time), must
@@ -62,9 +62,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
-from bkv.client.artifact import MAX_ARTIFACT_SIZE, FleetKeyArtifact, parse_artifact
-from bkv.client.bundle import decode_bundle
-from bkv.client.operator import proof_from_json, statement_from_json
 from bkv.client.state import ClientState
 from bkv.client.trust import DEFAULT_MAX_CLOCK_SKEW_MS, TrustRoots, check_strong_note_keys
 from bkv.client.validation import check_logged_evidence, check_signed_while_valid, validate_bundle
@@ -82,17 +79,20 @@ from bkv.errors import (
     SubmissionSignatureError,
     TimestampError,
 )
+from bkv.protocol import plexi
+from bkv.protocol.artifact import MAX_ARTIFACT_SIZE, FleetKeyArtifact, parse_artifact
+from bkv.protocol.bundle import decode_bundle
+from bkv.protocol.countersign import ED25519_SIGNATURE_SIZE, verify_countersignature
+from bkv.protocol.keycheck import check_ed25519_public_key
+from bkv.protocol.submission import AuditEntry
+from bkv.protocol.witness_api import proof_from_json, statement_from_json
 from bkv.tlog import tiles
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
 from bkv.tlog.cosignature import CosignerPolicy
 from bkv.tlog.log import MAX_APPEND_BATCH, MemoryHashStore, MerkleLog
 from bkv.tlog.merkle import verify_consistency
 from bkv.tlog.note import MAX_NOTE_SIZE, parse_verifier_key
-from bkv.witness import plexi
-from bkv.witness.api import parse_hex, parse_uint64
-from bkv.witness.core import AuditEntry
-from bkv.witness.countersign import ED25519_SIGNATURE_SIZE, verify_countersignature
-from bkv.witness.keycheck import check_ed25519_public_key
+from bkv.wire.strict_json import parse_hex, parse_uint64
 
 #: Most epochs one audit run walks (bounds the loop; a fleet changes every few years).
 MAX_AUDIT_EPOCHS: Final = 100_000

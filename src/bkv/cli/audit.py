@@ -45,12 +45,12 @@ from typing import Any, Final
 from bkv.audit.delta import render_report
 from bkv.audit.http_source import HttpWitnessSource
 from bkv.audit.verify import AuditPins, audit_namespace
-from bkv.client.bundle import MAX_BUNDLE_SIZE
 from bkv.client.store_json import JsonFileStateStore
 from bkv.errors import AuditError, BkvError, ConfigError, NoteError
+from bkv.protocol.bundle import MAX_BUNDLE_SIZE
+from bkv.protocol.plexi import WitnessKey
 from bkv.tlog.cosignature import CosignerPolicy, parse_cosigner_key
-from bkv.witness.api import parse_hex, parse_uint64
-from bkv.witness.plexi import WitnessKey
+from bkv.wire.strict_json import parse_hex, parse_uint64
 
 _HEX_KEY: Final = re.compile(r"[0-9a-f]{64}")
 _WITNESS_KEY: Final = re.compile(r"([0-9a-f]{64})(?:@([0-9]{1,19}))?")

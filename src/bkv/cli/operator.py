@@ -57,7 +57,6 @@ from typing import Any, Final
 import httpx
 
 from bkv import errors
-from bkv.client.bundle import ValidationBundle, encode_bundle
 from bkv.client.operator import artifact_from_public_keys, bundle_from_receipt, next_epoch
 from bkv.client.state import ClientState
 from bkv.client.trust import TrustRoots
@@ -66,8 +65,11 @@ from bkv.errors import BkvError, ConfigError, FetchError
 from bkv.keystore import Signer
 from bkv.keystore.files import read_key_file, write_key_file
 from bkv.keystore.software import SoftwareSigner
-from bkv.witness import api, core
-from bkv.witness.plexi import WitnessKey
+from bkv.protocol import submission as submission_format
+from bkv.protocol import witness_api
+from bkv.protocol.bundle import ValidationBundle, encode_bundle
+from bkv.protocol.plexi import WitnessKey
+from bkv.wire import strict_json
 
 USER_PIN_ENV: Final = "BKV_PKCS11_PIN"
 DEFAULT_VALID_DAYS: Final = 730
@@ -99,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--valid-days", type=int, default=DEFAULT_VALID_DAYS, help="validity from now"
     )
     publish.add_argument("--witness", required=True, help="witness base URL")
-    publish.add_argument("--namespace", default=core.FLEET_KEYS_NAMESPACE)
+    publish.add_argument("--namespace", default=submission_format.FLEET_KEYS_NAMESPACE)
     key = publish.add_mutually_exclusive_group(required=True)
     key.add_argument("--operator-key", type=Path, help="software operator key file")
     key.add_argument("--pkcs11-config", type=Path, help="pkcs11.json of the operator's token")
@@ -112,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "countersign", help="(re)post the counter-signature of a signed epoch; rebuild its bundle"
     )
     again.add_argument("--witness", required=True, help="witness base URL")
-    again.add_argument("--namespace", default=core.FLEET_KEYS_NAMESPACE)
+    again.add_argument("--namespace", default=submission_format.FLEET_KEYS_NAMESPACE)
     again.add_argument("--epoch", type=int, required=True)
     key = again.add_mutually_exclusive_group(required=True)
     key.add_argument("--operator-key", type=Path, help="software operator key file")
@@ -140,8 +142,8 @@ def parse_witness_key(text: str) -> WitnessKey:
     """``HEX[@NOT_BEFORE_MS]`` -> :class:`WitnessKey` (ConfigError if malformed)."""
     key_hex, _, not_before = text.partition("@")
     try:
-        key = api.parse_hex(key_hex, "--witness-key", max_bytes=32, exact=32)
-        since = api.parse_uint64(int(not_before), "not_before") if not_before else 0
+        key = strict_json.parse_hex(key_hex, "--witness-key", max_bytes=32, exact=32)
+        since = strict_json.parse_uint64(int(not_before), "not_before") if not_before else 0
         if not_before and str(since) != not_before:
             raise ValueError("non-canonical not_before")
         return WitnessKey(key, since)
@@ -152,7 +154,7 @@ def parse_witness_key(text: str) -> WitnessKey:
 def pinned_roots(args: argparse.Namespace, operator_key: bytes) -> TrustRoots:
     """The roots ``publish``/``countersign`` check the witness's answers against."""
     try:
-        core.check_namespace_name(args.namespace)  # it goes into URL paths
+        submission_format.check_namespace_name(args.namespace)  # it goes into URL paths
         return TrustRoots(
             witness_keys=tuple(parse_witness_key(k) for k in args.witness_key),
             operator_keys=(operator_key,),
@@ -212,8 +214,8 @@ class WitnessClient:
         if len(response.content) > MAX_WITNESS_RESPONSE:
             raise FetchError(f"{method} {path}: answer over {MAX_WITNESS_RESPONSE} bytes")
         try:
-            # Strict: no duplicate keys, no NaN (bkv.witness.api.parse_json_object).
-            data = api.parse_json_object(response.content, MAX_WITNESS_RESPONSE)
+            # Strict: no duplicate keys, no NaN (bkv.witness.strict_json.parse_json_object).
+            data = strict_json.parse_json_object(response.content, MAX_WITNESS_RESPONSE)
         except errors.CodecError as exc:
             raise FetchError(
                 f"{method} {path}: HTTP {response.status_code}, not a strict JSON object: {exc}"
@@ -273,9 +275,11 @@ def publish(
     # Pins first: a bad pin must fail before the witness signs anything.
     roots = pinned_roots(args, signer.public_key())
     epoch = next_epoch(_last_verified(witness, ns))
-    submission = core.sign_submission(signer, ns, epoch, artifact, submitted_at_ms=now_ms)
+    submission = submission_format.sign_submission(
+        signer, ns, epoch, artifact, submitted_at_ms=now_ms
+    )
     receipt = witness.expect(
-        "POST", f"/namespaces/{ns}/submissions", (201,), api.submission_to_json(submission)
+        "POST", f"/namespaces/{ns}/submissions", (201,), witness_api.submission_to_json(submission)
     )
     if not isinstance(receipt, Mapping):
         raise FetchError("the witness's receipt is not a JSON object")
@@ -298,7 +302,9 @@ def countersign_epoch(
     audit = witness.expect("GET", f"/namespaces/{namespace}/audits/{epoch}", (200,))
     if not isinstance(audit, Mapping):
         raise FetchError("the witness's audit record is not a JSON object")
-    artifact = api.parse_hex(audit.get("artifact"), "artifact", max_bytes=core.MAX_ARTIFACT_BYTES)
+    artifact = strict_json.parse_hex(
+        audit.get("artifact"), "artifact", max_bytes=submission_format.MAX_ARTIFACT_BYTES
+    )
     # The logged entry must carry this operator's own submission signature: the
     # operator counter-signs only an epoch it asked for.
     bundle = bundle_from_receipt(artifact, audit, signer, roots=roots, epoch=epoch, now_ms=now_ms)
@@ -326,7 +332,7 @@ def _post_countersignature(
         "POST",
         f"/namespaces/{namespace}/audits/{epoch}/countersignature",
         (200, 201),
-        api.countersignature_to_json(bundle.counter_signature),
+        witness_api.countersignature_to_json(bundle.counter_signature),
     )
 
 

@@ -131,7 +131,7 @@ def _add_namespace(args: argparse.Namespace) -> int:
     service = _load(args.config)
     try:
         record = service.register_namespace(args.namespace, bytes.fromhex(key_hex))
-    except ValueError as exc:  # e.g. a small-order key (bkv.witness.keycheck)
+    except ValueError as exc:  # e.g. a small-order key (bkv.protocol.keycheck)
         raise ConfigError(f"cannot register {args.namespace}: {exc}") from None
     finally:
         service.close()

@@ -6,7 +6,7 @@ metadata the operator declares (members, guess limit, quorum, validity).
 :func:`next_epoch` reads the witness's Plexi ``last-verified-epoch`` answer.
 ``bkv operator publish`` (:mod:`bkv.cli.operator`) is the I/O around these.
 
-The operator submits an artifact to the witness (:func:`bkv.witness.core.sign_submission`,
+The operator submits an artifact to the witness (:func:`bkv.witness.submission.sign_submission`,
 ``POST /namespaces/{ns}/submissions``), receives a receipt (the Plexi
 ``SignatureResponse`` JSON plus ``log_index``, ``log_entry``, ``inclusion_proof``
 and ``checkpoint``), counter-signs the witness signature with its operator key
@@ -27,20 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bkv.client.artifact import (
-    DIGEST_SIZE,
-    FleetKeyArtifact,
-    FleetPolicy,
-    PublicKey,
-    parse_artifact,
-)
-from bkv.client.bundle import (
-    MAX_CHECKPOINT_SIZE,
-    MAX_LOG_ENTRY_SIZE,
-    ValidationBundle,
-    build_bundle,
-)
-from bkv.client.countersign import Ed25519Signer, countersign
 from bkv.client.trust import TrustRoots
 from bkv.client.validation import (
     check_logged_evidence,
@@ -54,17 +40,29 @@ from bkv.errors import (
     DigestMismatchError,
     InclusionProofError,
     NamespaceMismatchError,
-    SizeLimitError,
     SubmissionSignatureError,
     TimestampError,
 )
+from bkv.protocol import plexi
+from bkv.protocol.artifact import (
+    DIGEST_SIZE,
+    FleetKeyArtifact,
+    FleetPolicy,
+    PublicKey,
+    parse_artifact,
+)
+from bkv.protocol.bundle import (
+    ValidationBundle,
+    build_bundle,
+)
+from bkv.protocol.countersign import Ed25519Signer, countersign
+from bkv.protocol.submission import AuditEntry, Submission
+from bkv.protocol.witness_api import proof_from_json, statement_from_json
 from bkv.tlog.checkpoint import open_checkpoint
-from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES, leaf_hash, verify_inclusion
+from bkv.tlog.merkle import leaf_hash, verify_inclusion
 from bkv.tlog.note import parse_verifier_key
 from bkv.wire import canonical_json
-from bkv.witness import plexi
-from bkv.witness.api import parse_hex, parse_uint64
-from bkv.witness.core import AuditEntry, Submission
+from bkv.wire.strict_json import parse_uint64
 
 #: Fields of the witness receipt this module reads (others are ignored, as serde does).
 RECEIPT_FIELDS: Final = frozenset(
@@ -78,43 +76,6 @@ RECEIPT_FIELDS: Final = frozenset(
         "checkpoint",
     }
 )
-
-
-def statement_from_json(data: Mapping[str, Any]) -> plexi.SignedStatement:
-    """The witness statement from a Plexi ``SignatureResponse`` JSON object (CodecError)."""
-    _require(data, {"serialized_message", "signature", "key_id"})
-    message = parse_hex(
-        data["serialized_message"],
-        "serialized_message",
-        max_bytes=plexi.MAX_SIGNATURE_MESSAGE_BYTES,
-    )
-    signature = parse_hex(
-        data["signature"], "signature", max_bytes=64, exact=plexi.ED25519_SIGNATURE_SIZE
-    )
-    key_id = parse_uint64(data["key_id"], "key_id")
-    if key_id > 0xFF:
-        raise CodecError("key_id must be one byte")
-    return plexi.SignedStatement(message_bytes=message, signature=signature, key_id=key_id)
-
-
-def proof_from_json(data: Mapping[str, Any]) -> tuple[bytes, int, tuple[bytes, ...], bytes]:
-    """(log entry, log index, inclusion proof, checkpoint note) from receipt/audit JSON."""
-    _require(data, {"log_index", "log_entry", "inclusion_proof", "checkpoint"})
-    entry = parse_hex(data["log_entry"], "log_entry", max_bytes=MAX_LOG_ENTRY_SIZE)
-    index = parse_uint64(data["log_index"], "log_index")
-    hashes = data["inclusion_proof"]
-    if not isinstance(hashes, list) or len(hashes) > MAX_PROOF_HASHES:
-        raise SizeLimitError(f"inclusion_proof must be a list of at most {MAX_PROOF_HASHES}")
-    proof = tuple(
-        parse_hex(h, "inclusion_proof[]", max_bytes=HASH_SIZE, exact=HASH_SIZE) for h in hashes
-    )
-    note = data["checkpoint"]
-    if not isinstance(note, str) or not 0 < len(note) <= MAX_CHECKPOINT_SIZE:
-        raise SizeLimitError(f"checkpoint must be a note of 1..{MAX_CHECKPOINT_SIZE} characters")
-    checkpoint = note.encode("utf-8")
-    if len(checkpoint) > MAX_CHECKPOINT_SIZE:
-        raise SizeLimitError(f"checkpoint over {MAX_CHECKPOINT_SIZE} bytes")
-    return entry, index, proof, checkpoint
 
 
 def verify_receipt(
@@ -367,11 +328,3 @@ def next_epoch(last_verified: Mapping[str, Any] | None) -> int:
     if epoch < 1:
         raise CodecError("last-verified-epoch names epoch 0")
     return epoch + 1
-
-
-def _require(data: Mapping[str, Any], fields: set[str]) -> None:
-    if not isinstance(data, Mapping):
-        raise CodecError("witness response is not a JSON object")
-    missing = fields - set(data)
-    if missing:
-        raise CodecError(f"witness response lacks {sorted(missing)}")

@@ -59,7 +59,6 @@ from typing import Any, Self
 import httpx
 
 from bkv.client import vault
-from bkv.client.bundle import MAX_BUNDLE_SIZE
 from bkv.client.state import ClientStateStore
 from bkv.client.trust import FleetKeys, TrustRoots
 from bkv.client.validation import validate_bundle
@@ -84,8 +83,9 @@ from bkv.errors import (
     VaultError,
     WrongPasswordError,
 )
-from bkv.hsm import release
-from bkv.hsm.messages import (
+from bkv.protocol import release
+from bkv.protocol.bundle import MAX_BUNDLE_SIZE
+from bkv.protocol.messages import (
     DEFAULT_GUESS_LIMIT,
     AbortOk,
     FinishAction,

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from bkv.client.artifact import (
+from bkv.errors import DigestMismatchError, NoteError, TimestampError
+from bkv.protocol.artifact import (
     DIGEST_SIZE,
     ROLE_CHANNEL,
     ROLE_OPAQUE_AKE,
@@ -30,11 +31,10 @@ from bkv.client.artifact import (
     artifact_digest,
     parse_artifact,
 )
-from bkv.errors import DigestMismatchError, NoteError, TimestampError
+from bkv.protocol.keycheck import check_ed25519_public_key
+from bkv.protocol.plexi import WitnessKey
 from bkv.tlog.cosignature import CosignerPolicy
 from bkv.tlog.note import Ed25519Verifier, parse_verifier_key
-from bkv.witness.keycheck import check_ed25519_public_key
-from bkv.witness.plexi import WitnessKey
 
 #: Clock skew tolerated between the client and the witness / fleet (5 minutes).
 DEFAULT_MAX_CLOCK_SKEW_MS: Final = 5 * 60 * 1000
@@ -92,7 +92,7 @@ class TrustRoots:
 
 
 def check_strong_note_keys(log_key: Ed25519Verifier, policy: CosignerPolicy | None) -> None:
-    """Refuse small-order log and cosigner keys (:mod:`bkv.witness.keycheck`; ValueError)."""
+    """Refuse small-order log and cosigner keys (:mod:`bkv.protocol.keycheck`; ValueError)."""
     check_ed25519_public_key(log_key.public_key, "log verifier key")
     for cosigner in () if policy is None else policy.cosigners:
         check_ed25519_public_key(cosigner.public_key, f"cosigner key {cosigner.name}")

@@ -20,7 +20,7 @@ typed error from :mod:`bkv.errors`, and nothing is returned unless all pass):
  5. the witness signature verifies over the exact ``SignatureMessage`` bytes
     (``WitnessSignatureError``);
  6. a pinned operator key counter-signed the witness signature
-    (``CounterSignatureError``; format in :mod:`bkv.client.countersign`);
+    (``CounterSignatureError``; format in :mod:`bkv.protocol.countersign`);
  7. only now, with the bytes authenticated by two independent parties, parse
     the artifact strictly (``ArtifactError``) -- verify before parsing, as TUF
     does, so unauthenticated JSON never reaches the schema code;
@@ -55,9 +55,6 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from bkv.client.artifact import FleetKeyArtifact, parse_artifact
-from bkv.client.bundle import ValidationBundle, decode_bundle
-from bkv.client.countersign import verify_countersignature
 from bkv.client.state import ClientState
 from bkv.client.trust import FleetKeys, TrustRoots, check_validity_window
 from bkv.errors import (
@@ -72,11 +69,14 @@ from bkv.errors import (
     SubmissionSignatureError,
     TimestampError,
 )
+from bkv.protocol import plexi
+from bkv.protocol.artifact import FleetKeyArtifact, parse_artifact
+from bkv.protocol.bundle import ValidationBundle, decode_bundle
+from bkv.protocol.countersign import verify_countersignature
+from bkv.protocol.submission import AuditEntry
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
 from bkv.tlog.merkle import leaf_hash, verify_consistency, verify_inclusion
 from bkv.tlog.note import parse_verifier_key
-from bkv.witness import plexi
-from bkv.witness.core import AuditEntry
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ but the key encrypted under the OPAQUE ``export_key`` (RFC 9807 section 6:
 
 (HKDF-SHA512, the OPAQUE suite's KDF.) The HSM never sees the backup key:
 what it releases after a valid KE3 is this wrapped blob (itself sealed under
-the session key by :mod:`bkv.hsm.release`, inside the channel's response
+the session key by :mod:`bkv.protocol.release`, inside the channel's response
 seal). A stolen HSM state alone therefore does not reveal backup keys, and the
 export key exists only on a client that knows the password.
 """
@@ -45,7 +45,7 @@ from bkv.errors import (
     VaultError,
     VaultFullError,
 )
-from bkv.hsm.messages import (
+from bkv.protocol.messages import (
     INNER_RESPONSES,
     KIND_OF_REQUEST,
     MAX_ACCOUNT_ID,
@@ -86,7 +86,7 @@ Argon2id to stay fast.
 
 
 def opaque_config(ksf: Ksf = DEFAULT_KSF) -> Config:
-    """The OPAQUE parameters of the fleet (context from :mod:`bkv.hsm.messages`) with ``ksf``."""
+    """The fleet's OPAQUE parameters (context: :mod:`bkv.protocol.messages`) with ``ksf``."""
     return Config(context=OPAQUE_CONTEXT, ksf=ksf)
 
 

@@ -8,7 +8,7 @@ libsodium's ``crypto_core_ed25519_is_valid_point`` accepts only canonical
 encodings of points on the curve, in the prime-order subgroup, and not of small
 order; every Ed25519 key bkv verifies with goes through it (the signed-note and
 cosignature keys of :mod:`bkv.tlog`, and the pinned keys checked by
-:mod:`bkv.witness.keycheck`).
+:mod:`bkv.protocol.keycheck`).
 
 This module is neutral ground: :mod:`bkv.tlog` (the log core) and
 :mod:`bkv.witness` both import it, and it imports no I/O. The libsodium handle

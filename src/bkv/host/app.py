@@ -3,11 +3,11 @@
 The host is trusted for availability only and holds no secret. For each client
 request it:
 
-1. refuses bodies over :data:`bkv.hsm.messages.MAX_REQUEST_SIZE` (413);
+1. refuses bodies over :data:`bkv.protocol.messages.MAX_REQUEST_SIZE` (413);
 2. authenticates the bearer token (401) — the configuration lists only the
    SHA-256 of each account's token;
 3. spends one token of the account's bucket (429);
-4. decodes the outer :class:`~bkv.hsm.messages.HsmRequest` strictly (400) and
+4. decodes the outer :class:`~bkv.protocol.messages.HsmRequest` strictly (400) and
    checks it names this fleet (400) and the token's account (403). The host
    can rely on these clear fields without opening anything: the HSM opens the
    seal only under an AAD of the same ``fleet_id``, ``kind`` and
@@ -65,7 +65,7 @@ from bkv.errors import (
 from bkv.host.bundle import BundleSource, parse_since
 from bkv.host.config import HostConfig, token_digest
 from bkv.host.ratelimit import RateLimiter
-from bkv.hsm.messages import MAX_REQUEST_SIZE, OUTER_RESPONSES, HsmRequest, RequestKind
+from bkv.protocol.messages import MAX_REQUEST_SIZE, OUTER_RESPONSES, HsmRequest, RequestKind
 from bkv.wire import decode, decode_any
 
 OCTET_STREAM = "application/octet-stream"
@@ -325,7 +325,8 @@ def openapi_document() -> dict[str, Any]:
             "version": "1",
             "description": (
                 "Front end of the Backup Key Vault. Relays HSM message API bytes "
-                "(bkv.hsm.messages, wire codec) between clients and the fleet; holds no secret."
+                "(bkv.protocol.messages, wire codec) between clients and the fleet; "
+                "holds no secret."
             ),
         },
         "components": {
@@ -382,7 +383,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "The fleet's validation bundle (over-the-air fleet keys)",
                     "description": (
-                        "The ValidationBundle (bkv.client.bundle, wire tag 0x0301) that "
+                        "The ValidationBundle (bkv.protocol.bundle, wire tag 0x0301) that "
                         "`bkv operator publish` wrote, with an RFC 9162 consistency proof "
                         "from the client's last seen tree size `since` to the bundle "
                         "checkpoint's tree size attached (consistency_size = since). The "

@@ -4,7 +4,7 @@ The host is not trusted with the bundle: it only ships the bytes ``bkv operator
 publish`` wrote, plus a consistency proof from the client's last tree size
 (``since``) to the tree size of the bundle's checkpoint, so that the client can
 check, offline and sans-IO, that the witness log it sees now extends the one it
-saw before (RFC 9162 §2.1.4; :func:`bkv.client.bundle.with_consistency_proof`).
+saw before (RFC 9162 §2.1.4; :func:`bkv.protocol.bundle.with_consistency_proof`).
 
 - The bundle file is re-read whenever its size, mtime or inode changes (an
   operator replaces it with ``mv`` when a new epoch is published), and decoded
@@ -41,14 +41,14 @@ from typing import Final
 
 import httpx
 
-from bkv.client.bundle import (
+from bkv.errors import BkvError, CodecError, StorageError
+from bkv.protocol.bundle import (
     MAX_BUNDLE_SIZE,
     ValidationBundle,
     decode_bundle,
     encode_bundle,
     with_consistency_proof,
 )
-from bkv.errors import BkvError, CodecError, StorageError
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint, parse_decimal
 from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES, verify_consistency
 from bkv.tlog.note import MAX_NOTE_SIZE, parse_note, parse_verifier_key

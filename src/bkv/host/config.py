@@ -42,7 +42,7 @@ from typing import Any
 
 from bkv.errors import ConfigError
 from bkv.host.ratelimit import Limit
-from bkv.hsm.messages import MAX_ACCOUNT_ID, MAX_FLEET_ID
+from bkv.protocol.messages import MAX_ACCOUNT_ID, MAX_FLEET_ID
 
 DEFAULT_ACCOUNT_LIMIT = Limit(burst=30, per_period=60, period_ms=60_000)
 """Every request of an account: 30 at once, then one a second."""

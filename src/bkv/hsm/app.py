@@ -65,6 +65,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bkv.crypto import channel
+from bkv.crypto.interfaces import Sealer
 from bkv.crypto.ksf import Identity
 from bkv.crypto.opaque import (
     KE1,
@@ -90,8 +91,30 @@ from bkv.errors import (
     VaultError,
     VaultFullError,
 )
-from bkv.hsm import release
-from bkv.hsm.messages import (
+from bkv.hsm.sealing import UNBOUND_COUNTER_ID, open_snapshot, seal_snapshot
+from bkv.hsm.state import (
+    Command,
+    CommandEnvelope,
+    CountAttempt,
+    Counted,
+    DeleteRecord,
+    DestroyRecord,
+    ExpirePending,
+    ExposeRecord,
+    HsmSecrets,
+    InstallRecord,
+    Outcome,
+    ResetAttempts,
+    Snapshot,
+    VaultState,
+    applied_slot,
+    apply,
+    is_exposed,
+    live_record_of,
+    pending_expired,
+)
+from bkv.protocol import release
+from bkv.protocol.messages import (
     INNER_REQUESTS,
     KIND_OF_REQUEST,
     MAX_REQUEST_SIZE,
@@ -122,29 +145,6 @@ from bkv.hsm.messages import (
     VaultFailure,
     request_aad,
 )
-from bkv.hsm.sealing import UNBOUND_COUNTER_ID, open_snapshot, seal_snapshot
-from bkv.hsm.state import (
-    Command,
-    CommandEnvelope,
-    CountAttempt,
-    Counted,
-    DeleteRecord,
-    DestroyRecord,
-    ExpirePending,
-    ExposeRecord,
-    HsmSecrets,
-    InstallRecord,
-    Outcome,
-    ResetAttempts,
-    Snapshot,
-    VaultState,
-    applied_slot,
-    apply,
-    is_exposed,
-    live_record_of,
-    pending_expired,
-)
-from bkv.keystore import Sealer
 from bkv.wire import canonical_json, decode, decode_any, encode
 
 SESSION_TTL_MS = 5 * 60 * 1000
@@ -374,7 +374,7 @@ class HsmApp:
     def public_keys(self) -> dict[str, object]:
         """The fleet's public keys by role, in the fleet-key artifact's key format.
 
-        Roles and algorithms are those of :mod:`bkv.client.artifact`
+        Roles and algorithms are those of :mod:`bkv.protocol.artifact`
         (``opaque_ake``/``ristretto255``, ``channel``/``x25519``), sorted by role,
         so the operator can copy ``keys`` into the artifact unchanged.
         """
@@ -728,7 +728,7 @@ class HsmApp:
         def answer(outcome: Outcome) -> InnerResponse:
             record = live_record_of(outcome)
             sealed_secret = release.seal_release(session_key, request, record.secret, self._rng)
-            return KeyReleased(record.generation, sealed_secret)
+            return KeyReleased(record.generation, max(record.attempts_used - 1, 0), sealed_secret)
 
         return _Change(ResetAttempts(account, session.generation), answer)
 
@@ -743,8 +743,16 @@ class HsmApp:
     def _status(self, account: bytes) -> InnerResponse:
         record = self._vault.record(account)
         if record is None:
-            return StatusOk(exists=False, generation=0, guess_limit=0, attempts_left=0)
-        return StatusOk(True, record.generation, record.guess_limit, record.attempts_left)
+            return StatusOk(
+                exists=False, generation=0, guess_limit=0, attempts_left=0, failed_attempts=0
+            )
+        return StatusOk(
+            True,
+            record.generation,
+            record.guess_limit,
+            record.attempts_left,
+            record.attempts_used,
+        )
 
     # --- helpers ------------------------------------------------------------------
 

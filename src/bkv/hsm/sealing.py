@@ -29,10 +29,10 @@ import hashlib
 import hmac
 from typing import Annotated
 
+from bkv.crypto.interfaces import COUNTER_ID_SIZE, Sealer
 from bkv.errors import CodecError, SealingError, StateRollbackError, StorageError
-from bkv.hsm.messages import MAX_FLEET_ID
 from bkv.hsm.state import MAX_STATE_SIZE, Snapshot
-from bkv.keystore import COUNTER_ID_SIZE, Sealer
+from bkv.protocol.messages import MAX_FLEET_ID
 from bkv.wire import U64, Bytes, Text, decode, encode, message
 
 STATE_AAD_LABEL = b"bkv.hsm.state.v2"

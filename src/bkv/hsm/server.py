@@ -6,11 +6,11 @@ monotonic NV counter, which a real HSM keeps inside itself), the host-side
 storage adapter for its sealed state (:mod:`bkv.hsm.store`) and this HTTP
 front. Endpoints:
 
-- ``POST /v1/message`` — body: one :class:`~bkv.hsm.messages.HsmRequest`
+- ``POST /v1/message`` — body: one :class:`~bkv.protocol.messages.HsmRequest`
   (``application/octet-stream``, at most ``MAX_REQUEST_SIZE`` bytes, checked
   on ``Content-Length`` and again while streaming); answer:
-  :class:`~bkv.hsm.messages.HsmResponse` (200) or
-  :class:`~bkv.hsm.messages.HsmRejected` (400); 503 once the HSM has failed
+  :class:`~bkv.protocol.messages.HsmResponse` (200) or
+  :class:`~bkv.protocol.messages.HsmRejected` (400); 503 once the HSM has failed
   safe (below).
 - ``GET /v1/public-keys`` — the fleet's public keys (canonical JSON), for
   pinning and for the fleet-key artifact.
@@ -99,12 +99,12 @@ from bkv.errors import (
     StorageError,
 )
 from bkv.hsm.app import HsmApp, Persist
-from bkv.hsm.messages import MAX_GUESS_LIMIT, MAX_REQUEST_SIZE, ErrorCode, HsmRejected
 from bkv.hsm.sealing import Freshness, blob_digest, check_freshness
 from bkv.hsm.store import PUBLIC_KEYS_FILE, StateStore, write_atomically
 from bkv.keystore import Sealer, SoftwareSealer
 from bkv.keystore.counter import COUNTER_FILE_NAME, CounterValue, FileCounter, MonotonicCounter
 from bkv.keystore.files import make_private_directory, read_key_file, write_key_file
+from bkv.protocol.messages import MAX_GUESS_LIMIT, MAX_REQUEST_SIZE, ErrorCode, HsmRejected
 from bkv.wire import encode, peek_tag, schema_of
 
 PAUSE_POINTS: Final = ("request-received", "persisted", "committed")

@@ -44,7 +44,7 @@ from typing import Annotated
 
 from bkv.crypto.opaque import REGISTRATION_RECORD_SIZE, SERVER_SECRETS_SIZE
 from bkv.errors import ProtocolStateError, RecordExistsError, VaultFullError
-from bkv.hsm.messages import (
+from bkv.protocol.messages import (
     MAX_ACCOUNT_ID,
     MAX_FLEET_ID,
     MAX_GUESS_LIMIT,

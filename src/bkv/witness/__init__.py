@@ -2,7 +2,7 @@
 
 Modules:
 
-- :mod:`bkv.witness.plexi` -- Cloudflare Plexi ``SignatureMessage`` codec, sign and
+- :mod:`bkv.protocol.plexi` -- Cloudflare Plexi ``SignatureMessage`` codec, sign and
   verify (sans-IO). Clients and the bundle verifier use this.
 - :mod:`bkv.witness.core` -- the witness state machine: namespace rules, epoch and
   digest uniqueness, audit-log entries (sans-IO, storage behind a protocol).

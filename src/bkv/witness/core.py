@@ -6,7 +6,7 @@ the namespace, the epoch, the fleet-key artifact and its SHA-256 digest, optiona
 deployment evidence and a time of submission, all authenticated by the operator's
 Ed25519 signature over :func:`submission_signing_bytes`.
 
-The witness signs the Plexi ``SignatureMessage`` (:mod:`bkv.witness.plexi`) for a
+The witness signs the Plexi ``SignatureMessage`` (:mod:`bkv.protocol.plexi`) for a
 submission only if every rule holds, checked in this order so the error names the
 first thing that failed:
 
@@ -15,7 +15,7 @@ first thing that failed:
 3. ``submitted_at_ms`` lies within [now - 5 min, now + 1 min] (:class:`TimestampError`):
    a captured submission cannot be replayed later against a rolled-back witness;
 4. ``digest == SHA-256(artifact)`` (:class:`DigestMismatchError`); the artifact
-   parses with the clients' strict parser (:mod:`bkv.witness.artifact`,
+   parses with the clients' strict parser (:mod:`bkv.protocol.artifact`,
    :class:`ArtifactError`); its ``evidence_digest`` is SHA-256 of the submitted
    evidence, or null when none is submitted (:class:`DigestMismatchError`); and
    evidence, when a checker is configured, verifies against the artifact
@@ -38,306 +38,52 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Protocol
+from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from bkv import wire
 from bkv.errors import (
     AttestationError,
-    BundleError,
     CountersignatureExistsError,
     DigestMismatchError,
     DigestReusedError,
     EpochConflictError,
     NamespaceExistsError,
     SizeLimitError,
-    SubmissionSignatureError,
     TimestampError,
     UnknownEpochError,
     UnknownNamespaceError,
 )
+from bkv.protocol import artifact as artifact_format
+from bkv.protocol import plexi
+from bkv.protocol.countersign import verify_countersignature
+from bkv.protocol.submission import (
+    MAX_ARTIFACT_BYTES,
+    MAX_EVIDENCE_BYTES,
+    SHA256_SIZE,
+    SUBMISSION_MAX_AGE_MS,
+    SUBMISSION_MAX_SKEW_MS,
+    AuditEntry,
+    Submission,
+    check_namespace_name,
+    check_operator_key,
+    check_uint64,
+    verify_submission_signature,
+)
 from bkv.tlog.log import MerkleLog
-from bkv.wire import U8, U64, Bytes, Fixed, Text
-from bkv.witness import artifact as artifact_format
-from bkv.witness import plexi
-from bkv.witness.countersign import verify_countersignature
-from bkv.witness.keycheck import check_ed25519_public_key
 
 __all__ = [
-    "AUDIT_ENTRY_TAG",
-    "FLEET_KEYS_NAMESPACE",
-    "MAX_ARTIFACT_BYTES",
-    "MAX_EVIDENCE_BYTES",
-    "SUBMISSION_CONTEXT",
-    "SUBMISSION_MAX_AGE_MS",
-    "SUBMISSION_MAX_SKEW_MS",
-    "AuditEntry",
     "CheckpointSigner",
     "CountersignatureState",
     "EvidenceChecker",
     "NamespaceRecord",
     "Receipt",
     "SignedEpoch",
-    "Submission",
     "WitnessState",
-    "check_namespace_name",
     "process_submission",
     "record_countersignature",
     "register_namespace",
-    "sign_submission",
-    "submission_signing_bytes",
-    "verify_submission_signature",
 ]
-
-#: The namespace of bkv's fleet-key artifacts.
-FLEET_KEYS_NAMESPACE = "bkv.fleet_keys.v1"
-
-SHA256_SIZE = 32
-MAX_NAMESPACE_BYTES = plexi.MAX_NAMESPACE_BYTES
-ED25519_SIGNATURE_SIZE = plexi.ED25519_SIGNATURE_SIZE
-#: The one artifact size limit (defined with the artifact format, re-exported here).
-MAX_ARTIFACT_BYTES = artifact_format.MAX_ARTIFACT_BYTES
-#: Deployment evidence: attestation chains of every HSM of a fleet.
-MAX_EVIDENCE_BYTES = 1024 * 1024
-#: Accepted age of a submission (its ``submitted_at_ms``) at the witness.
-SUBMISSION_MAX_AGE_MS = 5 * 60 * 1000
-#: Accepted clock skew: how far in the witness's future a submission may be.
-SUBMISSION_MAX_SKEW_MS = 60 * 1000
-
-#: Signed-message prefix of operator submissions. NUL-terminated ASCII, like the
-#: operator's counter-signature context (bkv.witness.countersign), so that neither
-#: context is a prefix of the other and no signature of one use verifies as the other.
-SUBMISSION_CONTEXT = b"bkv witness submission v1\x00"
-
-#: Namespaces appear in URL paths (/namespaces/{ns}/...): a conservative alphabet.
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-
-_UINT64_MAX = (1 << 64) - 1
-
-#: wire tags (0x05xx: witness, bkv.wire docstring).
-AUDIT_ENTRY_TAG = 0x0501
-_SUBMISSION_TBS_TAG = 0x0502
-
-
-def check_namespace_name(name: str) -> str:
-    """Refuse namespace names outside ``[A-Za-z0-9][A-Za-z0-9._-]{0,254}`` (ValueError)."""
-    if not isinstance(name, str) or _NAMESPACE_RE.fullmatch(name) is None:
-        raise ValueError("namespace must match [A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-    return name
-
-
-def _check_public_key(public_key: bytes) -> Ed25519PublicKey:
-    # Operator keys: registered, and used to verify submissions; a small-order key
-    # would accept one forged signature for every submission (bkv.witness.keycheck).
-    check_ed25519_public_key(public_key, "operator public key")
-    return Ed25519PublicKey.from_public_bytes(public_key)
-
-
-def _check_uint64(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT64_MAX:
-        raise ValueError(f"{name} must be an integer in [0, 2**64)")
-
-
-# --- operator submissions ---------------------------------------------------------
-
-
-def _check_evidence_digest(evidence_digest: bytes) -> None:
-    if len(evidence_digest) not in (0, SHA256_SIZE):
-        raise ValueError("evidence digest is empty (no evidence) or 32 bytes")
-
-
-@wire.message(tag=_SUBMISSION_TBS_TAG, version=1)
-class _SubmissionTBS:
-    """What the operator signs (after :data:`SUBMISSION_CONTEXT`)."""
-
-    namespace: Annotated[str, Text(max_len=MAX_NAMESPACE_BYTES, min_len=1)]
-    epoch: U64
-    digest: Annotated[bytes, Fixed(SHA256_SIZE)]
-    evidence_digest: Annotated[bytes, Bytes(max_len=SHA256_SIZE)]
-    submitted_at_ms: U64
-
-    def __post_init__(self) -> None:
-        _check_evidence_digest(self.evidence_digest)
-
-
-def submission_signing_bytes(
-    namespace: str,
-    epoch: int,
-    digest: bytes,
-    evidence_digest: bytes,
-    submitted_at_ms: int,
-) -> bytes:
-    """The exact bytes an operator signs to submit (namespace, epoch, digest, evidence).
-
-    ``evidence_digest`` is SHA-256 of the deployment evidence, or ``b""`` if none.
-    The artifact itself is covered through ``digest``, which the witness checks is
-    its SHA-256.
-    """
-    tbs = _SubmissionTBS(
-        namespace=check_namespace_name(namespace),
-        epoch=epoch,
-        digest=digest,
-        evidence_digest=evidence_digest,
-        submitted_at_ms=submitted_at_ms,
-    )
-    return SUBMISSION_CONTEXT + wire.encode(tbs)
-
-
-def _evidence_digest(evidence: bytes | None) -> bytes:
-    return b"" if evidence is None else hashlib.sha256(evidence).digest()
-
-
-@dataclass(frozen=True)
-class Submission:
-    """An operator's request to witness one epoch of a namespace."""
-
-    namespace: str
-    epoch: int
-    digest: bytes
-    artifact: bytes = field(repr=False)
-    submitted_at_ms: int
-    operator_signature: bytes
-    evidence: bytes | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        check_namespace_name(self.namespace)
-        _check_uint64("epoch", self.epoch)
-        _check_uint64("submitted_at_ms", self.submitted_at_ms)
-        for name, value in (
-            ("digest", self.digest),
-            ("artifact", self.artifact),
-            ("operator_signature", self.operator_signature),
-        ):
-            if not isinstance(value, bytes):
-                raise TypeError(f"{name} must be bytes")
-        if self.evidence is not None and not isinstance(self.evidence, bytes):
-            raise TypeError("evidence must be bytes or None")
-
-    @property
-    def evidence_digest(self) -> bytes:
-        return _evidence_digest(self.evidence)
-
-    def signing_bytes(self) -> bytes:
-        return submission_signing_bytes(
-            self.namespace, self.epoch, self.digest, self.evidence_digest, self.submitted_at_ms
-        )
-
-
-def sign_submission(
-    signer: plexi.Ed25519Signer,
-    namespace: str,
-    epoch: int,
-    artifact: bytes,
-    *,
-    submitted_at_ms: int,
-    evidence: bytes | None = None,
-) -> Submission:
-    """Operator side: build and sign a submission (the digest is computed here)."""
-    digest = hashlib.sha256(artifact).digest()
-    tbs = submission_signing_bytes(
-        namespace, epoch, digest, _evidence_digest(evidence), submitted_at_ms
-    )
-    return Submission(
-        namespace=namespace,
-        epoch=epoch,
-        digest=digest,
-        artifact=artifact,
-        submitted_at_ms=submitted_at_ms,
-        operator_signature=signer.sign(tbs),
-        evidence=evidence,
-    )
-
-
-def verify_submission_signature(submission: Submission, operator_public_key: bytes) -> None:
-    """Raise :class:`SubmissionSignatureError` unless the operator signed this submission."""
-    key = _check_public_key(operator_public_key)
-    if len(submission.operator_signature) != plexi.ED25519_SIGNATURE_SIZE:
-        raise SubmissionSignatureError("operator submission signature is not 64 bytes")
-    try:
-        tbs = submission.signing_bytes()
-    except ValueError:
-        # Fields that cannot be encoded (e.g. a digest of the wrong size) were never signed.
-        raise SubmissionSignatureError("submission fields cannot have been signed") from None
-    try:
-        key.verify(submission.operator_signature, tbs)
-    except InvalidSignature:
-        raise SubmissionSignatureError(
-            f"operator signature over the submission for {submission.namespace} "
-            f"epoch {submission.epoch} does not verify"
-        ) from None
-
-
-# --- the audit log entry ------------------------------------------------------------
-
-
-@wire.message(tag=AUDIT_ENTRY_TAG, version=1)
-class AuditEntry:
-    """One leaf of the witness's Merkle log: a statement it signed, and why.
-
-    It holds every field of the Plexi statement (the ``SignatureMessage`` bytes are
-    re-derived with :meth:`message_bytes`), the witness signature and key id, and the
-    operator's authorisation: its submission signature over
-    (namespace, epoch, digest, evidence digest, submitted_at). Anyone holding the
-    operator's public key can re-check that the witness only signed what the
-    operator asked for.
-    """
-
-    namespace: Annotated[str, Text(max_len=MAX_NAMESPACE_BYTES, min_len=1)]
-    epoch: U64
-    timestamp_ms: U64
-    digest: Annotated[bytes, Fixed(SHA256_SIZE)]
-    key_id: U8
-    witness_signature: Annotated[bytes, Fixed(ED25519_SIGNATURE_SIZE)]
-    evidence_digest: Annotated[bytes, Bytes(max_len=SHA256_SIZE)]
-    submitted_at_ms: U64
-    operator_signature: Annotated[bytes, Fixed(ED25519_SIGNATURE_SIZE)]
-
-    def __post_init__(self) -> None:
-        check_namespace_name(self.namespace)
-        if self.epoch == 0:
-            raise ValueError("epoch 0 is never signed")
-        _check_evidence_digest(self.evidence_digest)
-
-    def to_bytes(self) -> bytes:
-        return wire.encode(self)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> AuditEntry:
-        """Strict decode; raises :class:`bkv.errors.CodecError` subclasses."""
-        return wire.decode(cls, data)
-
-    def message_bytes(self) -> bytes:
-        """The exact Plexi ``SignatureMessage`` bytes this entry's signature covers."""
-        return plexi.encode_signature_message(
-            self.namespace, self.timestamp_ms, self.epoch, self.digest
-        )
-
-    def check_statement(self, statement: plexi.SignedStatement) -> None:
-        """Raise :class:`BundleError` unless this entry logs exactly ``statement``."""
-        if not (
-            hmac.compare_digest(self.message_bytes(), statement.message_bytes)
-            and hmac.compare_digest(self.witness_signature, statement.signature)
-            and self.key_id == statement.key_id
-        ):
-            raise BundleError("the log entry does not record this witness statement")
-
-    def check_operator_signature(self, operator_public_key: bytes) -> None:
-        """Re-check the operator's submission signature recorded in this entry."""
-        tbs = submission_signing_bytes(
-            self.namespace, self.epoch, self.digest, self.evidence_digest, self.submitted_at_ms
-        )
-        try:
-            _check_public_key(operator_public_key).verify(self.operator_signature, tbs)
-        except InvalidSignature:
-            raise SubmissionSignatureError(
-                f"logged operator signature for epoch {self.epoch} does not verify"
-            ) from None
-
 
 # --- state -----------------------------------------------------------------------
 
@@ -446,8 +192,8 @@ def register_namespace(
 ) -> NamespaceRecord:
     """Register ``name`` for the operator holding ``operator_public_key``."""
     check_namespace_name(name)
-    _check_public_key(operator_public_key)
-    _check_uint64("now_ms", now_ms)
+    check_operator_key(operator_public_key)
+    check_uint64("now_ms", now_ms)
     if state.namespace(name) is not None:
         raise NamespaceExistsError(f"namespace {name} is already registered")
     record = NamespaceRecord(name=name, operator_public_key=operator_public_key, created_ms=now_ms)
@@ -505,7 +251,7 @@ def process_submission(
     evidence_checker: EvidenceChecker | None = None,
 ) -> Receipt:
     """Check ``submission`` against the rules (module docstring) and witness it."""
-    _check_uint64("now_ms", now_ms)
+    check_uint64("now_ms", now_ms)
     record = state.namespace(submission.namespace)
     if record is None:
         raise UnknownNamespaceError(f"namespace {submission.namespace} is not registered")
@@ -592,7 +338,7 @@ def record_countersignature(
     1. the namespace is registered (:class:`UnknownNamespaceError`) and the epoch was
        signed (:class:`UnknownEpochError`);
     2. it verifies under the namespace's operator key over the exact bytes of
-       :func:`bkv.witness.countersign.countersignature_message` of the witness
+       :func:`bkv.protocol.countersign.countersignature_message` of the witness
        signature of that epoch (:class:`CounterSignatureError`);
     3. it is immutable once stored: the same bytes again are accepted (a retried
        request), other bytes are refused (:class:`CountersignatureExistsError`).
@@ -601,7 +347,7 @@ def record_countersignature(
     record = state.namespace(namespace)
     if record is None:
         raise UnknownNamespaceError(f"namespace {namespace} is not registered")
-    _check_uint64("epoch", epoch)
+    check_uint64("epoch", epoch)
     signed = state.signed_epoch(namespace, epoch)
     if signed is None:
         raise UnknownEpochError(f"epoch {epoch} of {namespace} was never signed")

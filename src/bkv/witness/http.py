@@ -57,6 +57,7 @@ from bkv.errors import (
     UnknownEpochError,
     UnknownNamespaceError,
 )
+from bkv.protocol import witness_api
 from bkv.tlog import tiles, witness_protocol
 from bkv.tlog.checkpoint import parse_decimal
 from bkv.tlog.log import MerkleLog
@@ -66,9 +67,9 @@ from bkv.witness.service import WitnessService
 #: Request body limits: submissions carry hex artifacts and evidence; add-checkpoint
 #: is bounded by tlog-witness; nothing else takes a body.
 BODY_LIMITS = {
-    "submission": api.MAX_SUBMISSION_BODY,
+    "submission": witness_api.MAX_SUBMISSION_BODY,
     "add-checkpoint": witness_protocol.MAX_REQUEST_SIZE,
-    "countersignature": api.MAX_COUNTERSIGNATURE_BODY,
+    "countersignature": witness_api.MAX_COUNTERSIGNATURE_BODY,
     "other": 0,
 }
 
@@ -165,7 +166,7 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
 
 
 def _error(error: BaseException, status: int | None = None) -> JSONResponse:
-    return JSONResponse(api.error_body(error), status_code=status or status_for(error))
+    return JSONResponse(witness_api.error_body(error), status_code=status or status_for(error))
 
 
 def _not_found(what: str) -> JSONResponse:
@@ -204,7 +205,7 @@ class _Handlers:
             "checkpoint_uri": "/checkpoint",
         }
         names = [r.name for r in self.store.namespaces()]
-        return JSONResponse(api.info_response(self.store.witness_keys(), names, extra))
+        return JSONResponse(witness_api.info_response(self.store.witness_keys(), names, extra))
 
     def _namespace_json(self, ns: str) -> dict[str, Any] | None:
         record = self.store.namespace(ns)
@@ -237,7 +238,7 @@ class _Handlers:
         with self.store.reading_log() as log:
             entry = log.entries(signed.log_index, signed.log_index + 1)[0]
             proof = log.inclusion_proof(signed.log_index, size)
-        body = api.signature_response(signed) | api.proof_fields(
+        body = api.signature_response(signed) | witness_api.proof_fields(
             signed.log_index, entry, size, proof, note
         )
         base = f"/namespaces/{ns}/audits/{signed.epoch}"
@@ -278,7 +279,7 @@ class _Handlers:
         ns = request.path_params["ns"]
         body = await request.body()
         try:
-            submission = api.submission_from_json(ns, body)
+            submission = witness_api.submission_from_json(ns, body)
             receipt = self.service.submit(submission)
         except BkvError as exc:
             return _error(exc)
@@ -289,12 +290,13 @@ class _Handlers:
         body = await request.body()
         try:
             epoch = _parse_int(epoch_text, "epoch")
-            counter_signature = api.countersignature_from_json(body)
+            counter_signature = witness_api.countersignature_from_json(body)
             created = self.service.add_countersignature(ns, epoch, counter_signature)
         except BkvError as exc:
             return _error(exc)
         return JSONResponse(
-            api.countersignature_to_json(counter_signature), status_code=201 if created else 200
+            witness_api.countersignature_to_json(counter_signature),
+            status_code=201 if created else 200,
         )
 
     def _latest(self) -> tuple[int, bytes]:

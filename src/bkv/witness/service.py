@@ -34,6 +34,7 @@ from bkv.errors import (
     StorageError,
 )
 from bkv.keystore import Signer
+from bkv.protocol import submission
 from bkv.tlog import witness_protocol
 from bkv.tlog.checkpoint import MAX_ORIGIN_SIZE, Checkpoint, open_checkpoint, parse_checkpoint
 from bkv.tlog.cosignature import CosignatureSigner
@@ -207,7 +208,7 @@ class WitnessService:
         with self.store.transaction() as tx:
             return core.register_namespace(tx, name, operator_public_key, self.clock())
 
-    def submit(self, submission: core.Submission) -> core.Receipt:
+    def submit(self, submission: submission.Submission) -> core.Receipt:
         """Witness a submission, all or nothing (:func:`bkv.witness.core.process_submission`)."""
         now = self.clock()
         with self.store.transaction() as tx:

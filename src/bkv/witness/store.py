@@ -98,7 +98,7 @@ BEGIN
     SELECT RAISE(ABORT, 'signed epochs are immutable');
 END;
 
--- Operator counter-signatures of signed epochs (bkv.witness.countersign), checked
+-- Operator counter-signatures of signed epochs (bkv.protocol.countersign), checked
 -- against the namespace's operator key before insert; one per epoch, never changed.
 CREATE TABLE IF NOT EXISTS countersignatures (
     namespace TEXT NOT NULL,

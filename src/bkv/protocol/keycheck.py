@@ -14,7 +14,7 @@ and not of small order.
 With such a key, a valid signature ``(R, S)`` determines its message up to a
 SHA-512 collision modulo the group order (``S·B = R + H(R, A, M)·A`` and ``A``
 has prime order), which is what lets the operator counter-sign the witness's
-*signature* bytes (:mod:`bkv.witness.countersign`) and thereby endorse exactly
+*signature* bytes (:mod:`bkv.protocol.countersign`) and thereby endorse exactly
 one statement.
 
 The point check itself lives in :mod:`bkv.crypto.ed25519` so that the log core

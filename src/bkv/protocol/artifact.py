@@ -32,7 +32,7 @@ refuses a fleet whose quorum could be satisfied by two disjoint minorities.
 
 This module lives in :mod:`bkv.witness` because the witness runs the same strict
 parser before it signs a digest (it must never vouch for bytes no client could
-parse); :mod:`bkv.client.artifact` re-exports it for clients. It imports only
+parse); :mod:`bkv.protocol.artifact` re-exports it for clients. It imports only
 :mod:`bkv.errors` and :mod:`bkv.wire` (sans-IO).
 """
 
@@ -69,7 +69,7 @@ MAX_ID_LENGTH: Final = 64
 #: (RFC 8785 §3.2.2.3).
 MAX_JSON_INT: Final = 2**53 - 1
 #: Largest guess limit a fleet may declare: the HSMs' own cap
-#: (``bkv.hsm.messages.MAX_GUESS_LIMIT``; a test keeps the two equal), so that no
+#: (``bkv.protocol.messages.MAX_GUESS_LIMIT``; a test keeps the two equal), so that no
 #: artifact promises a policy the HSM application would refuse.
 MAX_GUESS_LIMIT: Final = 100
 

@@ -60,7 +60,7 @@ from bkv.errors import (
     UnknownTagError,
     WitnessSignatureError,
 )
-from bkv.witness.keycheck import check_ed25519_public_key
+from bkv.protocol.keycheck import check_ed25519_public_key
 
 __all__ = [
     "CIPHERSUITE_PROTOBUF_ED25519",

@@ -18,12 +18,12 @@ prefix makes the two uses disjoint (the same practice as C2SP signed-note's
 and cosignature/v1's signed-message prefixes). The NUL cannot occur in the
 ASCII context, so no other context string in bkv is a prefix of this one
 (the submission context is ``b"bkv witness submission v1\\x00"``,
-:data:`bkv.witness.core.SUBMISSION_CONTEXT`).
+:data:`bkv.witness.submission.SUBMISSION_CONTEXT`).
 
 Signing the witness signature (not the statement) binds the counter-signature
 to the statement: the client verifies the witness signature under a *pinned*
 witness key, and every pinned key is checked to be a prime-order point
-(:mod:`bkv.witness.keycheck`; small-order and identity keys are refused). For
+(:mod:`bkv.protocol.keycheck`; small-order and identity keys are refused). For
 such a key ``A``, a signature ``(R, S)`` valid for two messages would need
 ``H(R, A, M) = H(R, A, M')`` modulo the group order, a SHA-512 collision; and
 RFC 8032 §5.1.7 rejects ``S >= L``. So the 64 signature bytes name exactly one
@@ -37,7 +37,7 @@ This module lives with the witness because both sides check the format: the
 witness verifies a counter-signature before it stores and serves it
 (``POST /namespaces/{ns}/audits/{epoch}/countersignature``), clients and
 auditors verify it again (:mod:`bkv.client.validation`, :mod:`bkv.audit`).
-The client package re-exports it as :mod:`bkv.client.countersign`; the witness
+The client package re-exports it as :mod:`bkv.protocol.countersign`; the witness
 never imports the client package.
 """
 
@@ -49,8 +49,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bkv.errors import CounterSignatureError
-from bkv.witness.keycheck import check_ed25519_public_key
-from bkv.witness.plexi import Ed25519Signer
+from bkv.protocol.keycheck import check_ed25519_public_key
+from bkv.protocol.plexi import Ed25519Signer
 
 COUNTERSIGNATURE_CONTEXT: Final = b"bkv operator countersignature v1\x00"
 ED25519_SIGNATURE_SIZE: Final = 64

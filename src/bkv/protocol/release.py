@@ -1,16 +1,16 @@
 """Sealing of a released secret under the OPAQUE session key, bound to the request.
 
 After a valid KE3 the HSM returns the record's secret (the backup key data) in
-:class:`bkv.hsm.messages.KeyReleased`. On top of the channel's response seal
+:class:`bkv.protocol.messages.KeyReleased`. On top of the channel's response seal
 (which only the requesting client can open), the secret is encrypted under a
 key that only the two ends of *this* OPAQUE login hold:
 
-    prk = HKDF-Extract(salt = "bkv.hsm.release.v1", ikm = session_key)   (RFC 5869 2.2)
+    prk = HKDF-Extract(salt = "bkv.protocol.release.v1", ikm = session_key)   (RFC 5869 2.2)
     key = HKDF-Expand(prk, info = SHA-256(request_bytes), 32)          (RFC 5869 2.3)
     sealed_secret = nonce(12) || ChaCha20-Poly1305(key, nonce, secret, aad = label)
 
 ``session_key`` is the RFC 9807 session key (section 6.4.4) and
-``request_bytes`` is the exact outer :class:`~bkv.hsm.messages.HsmRequest`
+``request_bytes`` is the exact outer :class:`~bkv.protocol.messages.HsmRequest`
 that carried the KE3, so the sealed secret is bound to that request: it cannot
 be opened with another session's key or presented as the answer to another
 request. The label carries the version; a change of construction changes it.
@@ -28,7 +28,7 @@ from bkv.crypto import hkdf
 from bkv.crypto.rng import Rng, default_rng, draw
 from bkv.errors import DecryptionError
 
-RELEASE_LABEL = b"bkv.hsm.release.v1"
+RELEASE_LABEL = b"bkv.protocol.release.v1"
 KEY_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16

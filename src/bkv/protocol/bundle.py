@@ -10,7 +10,7 @@ A bundle is one :mod:`bkv.wire` message (tag ``0x0301``, version 1; the
       signature_message   opaque<1..MAX_SIGNATURE_MESSAGE>  Plexi SignatureMessage, exact bytes
       witness_signature   opaque[64]                        Ed25519 over signature_message
       witness_key_id      u8                                last byte of the witness key
-      counter_signature   opaque[64]                        operator, see bkv.client.countersign
+      counter_signature   opaque[64]                        operator, see bkv.protocol.countersign
       log_entry           opaque<1..MAX_LOG_ENTRY_SIZE>     the witness's AuditEntry leaf bytes
       log_index           u64                               leaf index of that entry
       inclusion_proof     opaque[32]<0..63>                 RFC 9162 §2.1.3 audit path
@@ -19,7 +19,7 @@ A bundle is one :mod:`bkv.wire` message (tag ``0x0301``, version 1; the
       consistency_proof   opaque[32]<0..63>                 RFC 9162 §2.1.4 proof
     }
 
-The log entry is the witness's :class:`bkv.witness.core.AuditEntry` (wire tag
+The log entry is the witness's :class:`bkv.witness.submission.AuditEntry` (wire tag
 ``0x0501``): the statement's fields, the witness signature and key id, and the
 operator's submission signature. It is shipped as exact bytes because the leaf
 hash covers fields the statement does not (evidence digest, submission time,
@@ -47,21 +47,21 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Annotated, Final
 
-from bkv.client.artifact import MAX_ARTIFACT_SIZE
-from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES
-from bkv.wire import U8, U64, Bytes, Fixed, ListOf, Text, decode, encode, message
-from bkv.witness.plexi import (
+from bkv.protocol.artifact import MAX_ARTIFACT_SIZE
+from bkv.protocol.plexi import (
     ED25519_SIGNATURE_SIZE,
     MAX_NAMESPACE_BYTES,
     MAX_SIGNATURE_MESSAGE_BYTES,
     SignedStatement,
 )
+from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES
+from bkv.wire import U8, U64, Bytes, Fixed, ListOf, Text, decode, encode, message
 
 BUNDLE_TAG: Final = 0x0301
 BUNDLE_VERSION: Final = 1
 #: Largest signed checkpoint note carried (log signature plus a few dozen cosignatures).
 MAX_CHECKPOINT_SIZE: Final = 16 * 1024
-#: Largest witness log entry carried (a bkv.witness.core.AuditEntry is under 500 bytes).
+#: Largest witness log entry carried (a bkv.witness.submission.AuditEntry is under 500 bytes).
 MAX_LOG_ENTRY_SIZE: Final = 1024
 #: Largest encoded bundle; the declaration checks the field limits fit under it.
 MAX_BUNDLE_SIZE: Final = 40 * 1024
@@ -124,7 +124,7 @@ def build_bundle(
 
     ``statement`` is what the witness returned (exact ``SignatureMessage`` bytes,
     signature, key id); ``counter_signature`` is the operator's
-    (:func:`bkv.client.countersign.countersign`); ``log_entry``, ``log_index``,
+    (:func:`bkv.protocol.countersign.countersign`); ``log_entry``, ``log_index``,
     ``inclusion_proof`` and ``checkpoint`` come from the witness's receipt or log
     (:class:`bkv.witness.core.Receipt` has them all). Nothing is verified here: the
     client verifies everything, and the host is not trusted.

@@ -72,7 +72,7 @@ Inner requests (client -> HSM, sealed) and their responses (HSM -> client, seale
   RFC 9807 fake record: same sizes, same format.
 - ``RECOVER_FINISH``  :class:`RecoverFinish` (session_id, KE3, action)
   -> :class:`KeyReleased` (action RELEASE: the secret sealed under a key
-  derived from the OPAQUE session key and the request, :mod:`bkv.hsm.release`)
+  derived from the OPAQUE session key and the request, :mod:`bkv.protocol.release`)
   or :class:`RecordDeleted` (action DELETE: the account owner deletes the
   record; proving the password in the same session is the authorization).
   A valid KE3 resets the attempt counter. Sessions are single-use.
@@ -141,7 +141,7 @@ MAX_SEALED_RESPONSE = 1024
 """Sealed largest inner response (KE2 response, ~350 bytes) with room."""
 
 MAX_SEALED_SECRET = MAX_SECRET + 64
-"""A released secret: nonce + AEAD ciphertext + tag (see :mod:`bkv.hsm.release`)."""
+"""A released secret: nonce + AEAD ciphertext + tag (see :mod:`bkv.protocol.release`)."""
 
 MAX_REQUEST_SIZE = 2048
 """Ceiling on an outer request; adapters refuse bigger bodies before decoding."""
@@ -320,11 +320,16 @@ class RecoverStartOk:
     ke2: Annotated[bytes, Fixed(KE2_SIZE)] = field(repr=False)
 
 
-@message(tag=0x0284, version=1)
+@message(tag=0x0284, version=2)
 class KeyReleased:
-    """The secret, sealed under the OPAQUE session key (see :mod:`bkv.hsm.release`)."""
+    """The secret, sealed under the OPAQUE session key (see :mod:`bkv.protocol.release`).
+
+    ``failed_attempts`` is how many password checks of this record failed since
+    its last successful recovery, so that the owner learns someone was guessing.
+    """
 
     generation: U32
+    failed_attempts: U8
     sealed_secret: Annotated[bytes, Bytes(max_len=MAX_SEALED_SECRET, min_len=1)] = field(repr=False)
 
 
@@ -340,14 +345,16 @@ class AbortOk:
     """The session is closed."""
 
 
-@message(tag=0x0287, version=1)
+@message(tag=0x0287, version=2)
 class StatusOk:
-    """Whether a live record exists, and its counter. Never the secret."""
+    """Whether a live record exists, its counter, and the password checks that failed
+    since its last successful recovery. Never the secret."""
 
     exists: bool
     generation: U32
     guess_limit: U8
     attempts_left: U8
+    failed_attempts: U8
 
 
 @message(tag=0x0289, version=1)
