@@ -15,6 +15,7 @@ lint: setup
 	@echo "== ruff check" && $(VENV)/bin/ruff check src tests bench
 	@echo "== ruff format --check" && $(VENV)/bin/ruff format --check src tests bench
 	@echo "== mypy --strict src" && $(VENV)/bin/mypy --strict src
+	@echo "== lint-imports (layer contracts in pyproject.toml)" && $(VENV)/bin/lint-imports --no-cache
 
 unit: setup
 	@$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-MODULES = ("opaque", "vault", "bundle", "tlog")
+MODULES = ("opaque", "vault", "bundle", "tlog", "records", "service")
 
 
 def main(argv: list[str]) -> int:

@@ -158,8 +158,10 @@ def deploy(n: Narrator, processes: devnet.Processes, workdir: Path) -> Deploymen
             workdir / "host.toml",
             fleet_id=FLEET_ID,
             hsm_url=hsm_url,
+            hsm_link_key_file=devnet.hsm_link_key(hsm_config),
             bundle_file=bundle,
             witness_url=witness.url,
+            log_verifier_key=witness.log_verifier_key,
             accounts=[ALICE, BOB],
             # Room for the story's guesses; production keeps the defaults
             # (5 attempt-costing requests per record at once, then 10 an hour).
@@ -227,9 +229,13 @@ def restore(n: Narrator, deployment: Deployment, backup_key: bytes) -> None:
     with n.section("Restore on a new phone with the right password"):
         new_phone = deployment.phone(ALICE, "alice-new-phone", httpx.HTTPTransport())
         restored = new_phone.recover(PASSWORD)
-        if not secrets.compare_digest(restored, backup_key):
+        if not secrets.compare_digest(restored.backup_key, backup_key):
             raise DemoFailedError("the restored key differs")
         n.say("backup key restored: identical to the one backed up")
+        n.say(
+            f"the vault tells Alice: {restored.failed_attempts} failed password checks "
+            "since her last recovery (the thief's)"
+        )
         n.say(f"a correct login resets the counter: {new_phone.status()}")
 
 

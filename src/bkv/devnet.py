@@ -3,7 +3,11 @@
 This is what ``make demo`` and the end-to-end tests start. Every process is
 launched through the ``bkv`` command (``python -m bkv.cli.main``) exactly as an
 operator would run it, in its own working directory under ``root``; each
-``serve`` prints a ``listening on URL`` line (port 0 picks a free port).
+``serve`` prints a ``listening on URL`` line (port 0 picks a free port) only
+once it accepts connections (:mod:`bkv.serving.server`), so the URL is usable
+the moment :meth:`Processes.serve` returns it, with no retry loop. The host
+reaches the HSM with the link key that ``bkv hsm init`` made
+(:func:`hsm_link_key`).
 :class:`Processes` stops every process it started (SIGTERM, then SIGKILL) and
 every wait is bounded in time, so a failure never leaves servers behind.
 
@@ -17,18 +21,19 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import IO, Any, Self
 
 from bkv.client.trust import TrustRoots
 from bkv.host.config import token_digest
 from bkv.protocol.plexi import WitnessKey
 
 NAMESPACE = "bkv.fleet_keys.v1"
-"""The witness namespace of bkv's fleet keys (the brief's)."""
+"""The witness namespace of bkv's fleet keys (docs/protocol.md)."""
 
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 120.0
@@ -53,16 +58,25 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class Processes:
-    """The servers started so far; :meth:`stop_all` (or leaving the ``with``) stops them."""
+    """The servers started so far; :meth:`stop_all` (or leaving the ``with``) stops them.
+
+    Each server's stderr goes to a temporary file, never to a pipe: nobody reads
+    a pipe while the server runs, and a server that has written a pipe's worth
+    (64 KiB on Linux: a few hundred refusal lines) would block on its next line.
+    """
 
     started: list[subprocess.Popen[str]] = field(default_factory=list)
+    _stderr_files: list[IO[str]] = field(default_factory=list)
 
     def serve(self, *args: str) -> str:
         """Start ``bkv ARGS``; return the URL of its ``listening on`` line."""
+        # Closed by stop_all(), after the server that writes it has ended.
+        stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._stderr_files.append(stderr)
         process = subprocess.Popen(  # noqa: S603 - our own CLI, argv list, no shell
             bkv_command(*args),
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -71,8 +85,9 @@ class Processes:
         if "listening on " not in line:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT_S)
-            stderr = process.stderr.read() if process.stderr else ""
-            raise RuntimeError(f"bkv {' '.join(args)} did not start: {stderr.strip()[-2000:]}")
+            stderr.seek(0)
+            said = stderr.read()[-2000:].strip()  # bounded: the tail only
+            raise RuntimeError(f"bkv {' '.join(args)} did not start: {said}")
         return line.strip().rsplit("listening on ", 1)[1]
 
     def stop_all(self) -> None:
@@ -80,6 +95,9 @@ class Processes:
         for process in reversed(self.started):
             _stop(process)
         self.started.clear()
+        for stderr in self._stderr_files:
+            stderr.close()
+        self._stderr_files.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -101,9 +119,8 @@ def _stop(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT_S)
-    for stream in (process.stdout, process.stderr):
-        if stream:
-            stream.close()
+    if process.stdout:
+        process.stdout.close()
 
 
 def _first_line(process: subprocess.Popen[str], timeout_s: float) -> str:
@@ -200,6 +217,11 @@ def hsm_public_keys(hsm_config: Path) -> Path:
     return hsm_config.parent / "state" / "public-keys.json"
 
 
+def hsm_link_key(hsm_config: Path) -> Path:
+    """The host-to-HSM link key that ``bkv hsm init`` wrote (the config's default place)."""
+    return hsm_config.parent / "link.key"
+
+
 def publish(
     witness: Witness,
     public_keys: Path,
@@ -251,13 +273,20 @@ def write_host_config(
     *,
     fleet_id: str,
     hsm_url: str,
+    hsm_link_key_file: Path,
     bundle_file: Path,
     witness_url: str,
+    log_verifier_key: str,
     accounts: list[Account],
     record_attempt_burst: int = 5,
     account_burst: int = 30,
 ) -> Path:
-    """A host config (see :mod:`bkv.host.config`) listing ``accounts`` by token hash."""
+    """A host config (see :mod:`bkv.host.config`) listing ``accounts`` by token hash.
+
+    ``hsm_link_key_file`` is the HSM's link key (:func:`hsm_link_key`);
+    ``log_verifier_key`` the witness log's key (:attr:`Witness.log_verifier_key`), under
+    which the host checks the old checkpoints it proves consistency from.
+    """
     listed = "".join(
         f'\n[[accounts]]\naccount_id = "{a.account_id.hex()}"\n'
         f'token_sha256 = "{token_digest(a.token).hex()}"\n'
@@ -266,7 +295,9 @@ def write_host_config(
     path.write_text(
         f'[host]\nfleet_id = "{fleet_id}"\nlisten = "127.0.0.1:0"\n'
         f'hsm_url = "{hsm_url}/v1/message"\nhsm_timeout_seconds = 20\n'
+        f'hsm_link_key_file = "{hsm_link_key_file}"\n'
         f'bundle_file = "{bundle_file}"\nwitness_url = "{witness_url}"\n'
+        f'log_verifier_key = "{log_verifier_key}"\n'
         f"{listed}\n[rate_limits.account]\nburst = {account_burst}\n"
         "per_period = 60\nperiod_seconds = 60\n"
         f"\n[rate_limits.record_attempts]\nburst = {record_attempt_burst}\n"

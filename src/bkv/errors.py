@@ -117,6 +117,10 @@ class DigestMismatchError(VerificationError):
     """A digest does not match the bytes it claims to cover."""
 
 
+class RecordMismatchError(DigestMismatchError):
+    """A sealed record blob is not the one the record tree holds for its id (stale or swapped)."""
+
+
 class NamespaceMismatchError(VerificationError):
     """A statement is for another namespace than the one expected."""
 
@@ -139,6 +143,18 @@ class InclusionProofError(ProofError):
 
 class ConsistencyProofError(ProofError):
     """The consistency proof does not link the two tree heads."""
+
+
+class RecordProofError(ProofError):
+    """A record tree proof does not lead from the trusted tree head to its record id's answer."""
+
+
+class StaleProofError(RecordProofError):
+    """A record tree proof was read at another version of the tree than the trusted head."""
+
+
+class ProofKeyMismatchError(RecordProofError):
+    """A record tree proof is for another record id than the one asked for or changed."""
 
 
 class NoteError(VerificationError):
@@ -222,6 +238,10 @@ class UnauthorizedError(VaultError):
 
 class VaultFullError(VaultError):
     """The HSM holds its maximum number of accounts and cannot register another."""
+
+
+class UnauthenticatedRejectionError(VaultError):
+    """The host sent in the clear a refusal the HSM only ever sends sealed: it is forged."""
 
 
 # --- the witness ---------------------------------------------------------------
@@ -322,6 +342,10 @@ class NvCounterError(KeystoreError):
     """The HSM's monotonic NV counter is missing, malformed or could not be advanced."""
 
 
+class NvCounterConflictError(NvCounterError):
+    """The NV counter no longer holds the value the advance expected: another writer moved it."""
+
+
 class HsmFailedError(StorageError):
     """The HSM stopped serving after a persistence failure; restart it to re-check its state."""
 
@@ -336,3 +360,7 @@ class KeyExistsError(KeystoreError):
 
 class ConfigError(BkvError):
     """A configuration file is missing, malformed or inconsistent."""
+
+
+class DirectoryLockedError(ConfigError):
+    """Another process holds the HSM's private directory (or token counter) lock."""

@@ -1,6 +1,6 @@
 """A real witness process on 127.0.0.1 for the audit and end-to-end tests.
 
-Started with ``python -m bkv.cli.witness`` (init, add-namespace, serve --listen
+Started with ``python -m bkv.cli.main witness`` (init, add-namespace, serve --listen
 127.0.0.1:0); the bound port is read from its ``listening on`` line. Every wait
 is bounded in time.
 """
@@ -62,7 +62,7 @@ def artifact_bytes(
 
 def _run(args: list[str], cwd: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "bkv.cli.witness", *args],
+        [sys.executable, "-m", "bkv.cli.main", "witness", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -105,7 +105,7 @@ def live_witness(directory: Path) -> Iterator[LiveWitness]:
     _run(["add-namespace", NAMESPACE, "--operator-key", operator.public_key().hex(),
           "--config", config], directory)  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-m", "bkv.cli.witness", "serve", "--config", config,
+        [sys.executable, "-m", "bkv.cli.main", "witness", "serve", "--config", config,
          "--listen", "127.0.0.1:0"],
         cwd=directory,
         stdout=subprocess.PIPE,

@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from bkv.errors import (
 from bkv.keystore import SoftwareSigner
 from bkv.protocol.bundle import ValidationBundle, encode_bundle, with_consistency_proof
 from bkv.protocol.countersign import countersign
-from bkv.protocol.plexi import WitnessKey
+from bkv.protocol.plexi import WitnessKey, verify_statement
 from bkv.tlog.cosignature import CosignatureSigner
 from bkv.tlog.note import Ed25519Signer as NoteSigner
 
@@ -160,7 +160,7 @@ def _audit(
             "--origin", witness.info["origin"],
         ]  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "bkv.cli.audit", *args, *extra],
+        [sys.executable, "-m", "bkv.cli.main", "audit", *args, *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -255,7 +255,7 @@ def test_audit_cli_fails_on_wrong_pins(
     for key, val in pinned.items():
         args += [key, val]
     result = subprocess.run(
-        [sys.executable, "-m", "bkv.cli.audit", "log", "--witness", witness.url,
+        [sys.executable, "-m", "bkv.cli.main", "audit", "log", "--witness", witness.url,
          "--namespace", NAMESPACE, *args],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -326,7 +326,7 @@ def test_audit_cli_detects_fork_against_saved_state(deployment: Deployment, tmp_
 
 def test_audit_cli_unreachable_witness(deployment: Deployment) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bkv.cli.audit", "log", "--witness", "http://127.0.0.1:9",
+        [sys.executable, "-m", "bkv.cli.main", "audit", "log", "--witness", "http://127.0.0.1:9",
          "--namespace", NAMESPACE, "--trust-on-first-use"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -338,27 +338,43 @@ def test_audit_cli_unreachable_witness(deployment: Deployment) -> None:
 
 
 class Tampering(HttpWitnessSource):
-    """Forwards to the real witness and rewrites what one path returns."""
+    """Forwards to the real witness, rewrites what the paths ``tampered`` picks return,
+    and records every path the auditor fetched."""
 
-    def __init__(self, url: str, path: str, rewrite: Any) -> None:
+    def __init__(self, url: str, tampered: Callable[[str], bool], rewrite: Any) -> None:
         super().__init__(url)
-        self.path = path
+        self.tampered = tampered
         self.rewrite = rewrite
+        self.fetched: list[str] = []
+        self._json = False
 
     def get_json(self, path: str) -> Any:
-        value = super().get_json(path)
-        return self.rewrite(value) if path == self.path else value
+        self._json = True  # the base class reads the body through get_bytes
+        try:
+            value = super().get_json(path)
+        finally:
+            self._json = False
+        return self.rewrite(value) if self.tampered(path) else value
 
     def get_bytes(self, path: str, max_size: int) -> bytes:
+        self.fetched.append(path)
         value = super().get_bytes(path, max_size)
-        if path == self.path and not path.startswith("/namespaces"):
-            return bytes(self.rewrite(value))
-        return value
+        if self._json or not self.tampered(path):
+            return value
+        return bytes(self.rewrite(value))
 
 
 def _audit_through(deployment: Deployment, path: str, rewrite: Any) -> None:
-    with Tampering(deployment.witness.url, path, rewrite) as source:
-        audit_namespace(source, NAMESPACE, _pins(deployment.witness))
+    with Tampering(deployment.witness.url, lambda p: p == path, rewrite) as source:
+        try:
+            audit_namespace(source, NAMESPACE, _pins(deployment.witness))
+        finally:
+            # Tampering with a path the auditor never reads would prove nothing.
+            assert path in source.fetched, f"the auditor never fetched {path}"
+
+
+def _is_hash_tile(path: str) -> bool:
+    return path.startswith("/tile/") and not path.startswith("/tile/entries/")
 
 
 def test_audit_core_passes_untampered(deployment: Deployment) -> None:
@@ -384,11 +400,19 @@ def test_hidden_epoch_detected(deployment: Deployment) -> None:
 
 
 def test_hash_tiles_are_not_trusted(deployment: Deployment) -> None:
-    # The auditor recomputes every hash from the entries: a forged hash tile is never read.
-    def corrupt(value: bytes) -> bytes:
-        return b"\x00" * 32 + value[32:]
+    # The auditor recomputes every hash from the entries: it reads entry bundles only, so
+    # hash tiles, here all zeroed, never reach it, and the audit still passes.
+    def zeroed(value: bytes) -> bytes:
+        return bytes(len(value))
 
-    _audit_through(deployment, "/tile/0/000.p/3", corrupt)
+    witness = deployment.witness
+    with Tampering(witness.url, _is_hash_tile, zeroed) as source:
+        report = audit_namespace(source, NAMESPACE, _pins(witness))
+    assert [e.epoch for e in report.epochs] == [1, 2, 3]
+    assert "/tile/entries/000.p/3" in source.fetched
+    assert [p for p in source.fetched if _is_hash_tile(p)] == []
+    # The witness does serve the hash tile an auditor trusting tiles would read.
+    assert witness.client.get(f"{witness.url}/tile/0/000.p/3").status_code == 200
 
 
 def test_tampered_entry_bundle_detected(deployment: Deployment) -> None:
@@ -408,13 +432,24 @@ def test_json_field_disagreeing_with_signed_message(deployment: Deployment) -> N
     def lie(value: dict[str, Any]) -> dict[str, Any]:
         return {**value, "epoch": 7}
 
-    with pytest.raises(AuditError):
+    with pytest.raises(AuditError, match="JSON field epoch differs"):
         _audit_through(deployment, f"/namespaces/{NAMESPACE}/audits/1", lie)
 
 
 def test_receipts_are_plexi_shaped(deployment: Deployment) -> None:
     receipt = deployment.receipts[0]
-    for key in ("namespace", "timestamp", "epoch", "digest", "signature", "key_id",
-                "serialized_message"):  # fmt: skip
-        assert key in receipt
-    assert json.dumps(receipt)
+    assert list(receipt)[:9] == [
+        "version", "ciphersuite", "namespace", "timestamp", "epoch", "digest", "signature",
+        "key_id", "serialized_message",
+    ]  # fmt: skip
+    message = verify_statement(
+        bytes.fromhex(receipt["serialized_message"]),
+        bytes.fromhex(receipt["signature"]),
+        receipt["key_id"],
+        [WitnessKey(deployment.witness.statement_key, 0)],
+    )
+    # The JSON fields say what the signed bytes say.
+    assert (message.namespace, message.timestamp_ms, message.epoch, message.digest.hex()) == (
+        receipt["namespace"], receipt["timestamp"], receipt["epoch"], receipt["digest"],
+    )  # fmt: skip
+    assert receipt["digest"] == hashlib.sha256(ARTIFACTS[0]).hexdigest()

@@ -69,6 +69,14 @@ def test_repeated_digest() -> None:
         audit_namespace(rogue, NAMESPACE, rogue.pins())
 
 
+def test_digest_of_any_earlier_epoch_is_refused() -> None:
+    rogue = RogueWitness()
+    for epoch, seed in enumerate("abcb", start=1):
+        rogue.sign(artifact(seed), epoch)
+    with pytest.raises(AuditError, match="epoch 4 re-signs a digest"):
+        audit_namespace(rogue, NAMESPACE, rogue.pins())
+
+
 def test_epoch_gap() -> None:
     rogue = RogueWitness()
     rogue.sign(artifact("a"), 1)
@@ -103,7 +111,7 @@ def test_statement_signed_but_never_logged() -> None:
 def test_served_index_points_at_another_entry() -> None:
     rogue = honest()
     rogue.served[2].index = 0
-    with pytest.raises(InclusionProofError):
+    with pytest.raises(InclusionProofError, match="served log entry differs"):
         audit_namespace(rogue, NAMESPACE, rogue.pins())
 
 
@@ -183,7 +191,7 @@ def test_counter_signatures_served_by_the_witness_are_checked() -> None:
     assert report.countersigned_epochs == {1, 2, 3}
     # One epoch without: refused when every epoch must be counter-signed.
     del rogue.counter_signatures[2]
-    with pytest.raises(AuditError):
+    with pytest.raises(AuditError, match=r"no operator counter-signature .* epoch\(s\) \[2\]"):
         audit_namespace(rogue, NAMESPACE, pins)
     assert audit_namespace(rogue, NAMESPACE, rogue.pins()).countersigned_epochs == {1, 3}
 
@@ -285,7 +293,7 @@ class _EditedJson:
 def test_audit_json_fields_that_disagree_with_the_signed_bytes(name: str, value: object) -> None:
     rogue = RogueWitness()
     rogue.sign(artifact("a"), 1)
-    assert audit_namespace(rogue, NAMESPACE, rogue.pins()).epochs
+    assert [e.epoch for e in audit_namespace(rogue, NAMESPACE, rogue.pins()).epochs] == [1]
     with pytest.raises(AuditError, match=f"JSON field {name} differs"):
         audit_namespace(_EditedJson(rogue, name, value), NAMESPACE, rogue.pins())
 

@@ -13,13 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bkv.errors import ArtifactError
+from bkv.protocol import artifact as artifact_format
 from bkv.protocol.artifact import (
-    MAX_ARTIFACT_SIZE,
+    MAX_ARTIFACT_BYTES,
     MAX_GUESS_LIMIT,
     FleetKeyArtifact,
     artifact_digest,
     parse_artifact,
 )
+from bkv.wire import canonical_json
 
 
 def _value() -> dict[str, Any]:
@@ -160,7 +162,7 @@ def test_garbage_rejected(data: bytes) -> None:
 
 def test_oversized_rejected_before_parsing() -> None:
     with pytest.raises(ArtifactError, match="exceeds"):
-        parse_artifact(b"{" + b" " * MAX_ARTIFACT_SIZE + b"}")
+        parse_artifact(b"{" + b" " * MAX_ARTIFACT_BYTES + b"}")
 
 
 def test_deeply_nested_rejected() -> None:
@@ -224,3 +226,89 @@ def test_mutated_artifact_never_parses_to_same_digest(data: st.DataObject) -> No
     # If a flipped byte still parses, it is a different artifact with a different digest.
     assert parsed.to_bytes() == bytes(mutated)
     assert artifact_digest(bytes(mutated)) != artifact_digest(original)
+
+
+# --- the canonical layout read directly, against the JSON parser and the schema -------
+
+
+@st.composite
+def _artifacts(draw: st.DrawFn) -> FleetKeyArtifact:
+    ids = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,12}", fullmatch=True)
+    members = draw(st.lists(ids, min_size=1, max_size=5, unique=True))
+    not_before = draw(st.integers(min_value=0, max_value=2**52))
+    return make_artifact(
+        fleet_id=draw(ids),
+        seed=draw(st.text(max_size=8)),
+        members=tuple(sorted(members)),
+        quorum=len(members) // 2 + 1,
+        guess_limit=draw(st.integers(min_value=1, max_value=MAX_GUESS_LIMIT)),
+        not_before_ms=not_before,
+        not_after_ms=not_before + draw(st.integers(min_value=1, max_value=2**52 - 1)),
+        evidence_digest=draw(st.one_of(st.none(), st.binary(min_size=32, max_size=32))),
+        extra_roles=tuple(
+            draw(st.lists(st.sampled_from(["a_role", "hsm_attestation", "zz"]), unique=True))
+        ),
+    )
+
+
+def _by_schema(data: bytes) -> FleetKeyArtifact | None:
+    """What the JSON parser and the schema alone accept (None: refused)."""
+    try:
+        artifact = artifact_format._from_json_value(artifact_format._load_json(data))
+    except ArtifactError:
+        return None
+    return artifact if artifact.to_bytes() == data else None
+
+
+@given(_artifacts())
+def test_encoding_is_canonical_json(artifact: FleetKeyArtifact) -> None:
+    data = artifact.to_bytes()
+    assert data == canonical_json.dumps(artifact.to_json_value())
+    assert artifact_format._read_canonical(data) == _by_schema(data) == artifact
+    assert parse_artifact(data) == artifact
+
+
+_INSERTS = [b"", b"0", b"1", b" ", b"a", b"A", b",", b'"', b"\\", b"-"]
+
+
+def _edges(data: bytes) -> list[int]:
+    """Offsets next to JSON punctuation: where every number and string starts and ends."""
+    return sorted({i + k for i, c in enumerate(data) if c in b'{}[]:,"' for k in (0, 1)})
+
+
+def _same_as_schema(mutated: bytes) -> None:
+    direct = artifact_format._read_canonical(mutated)
+    expected = _by_schema(mutated)
+    if direct is not None:
+        assert direct == expected and direct.to_bytes() == mutated
+    if expected is None:
+        with pytest.raises(ArtifactError):
+            parse_artifact(mutated)
+    else:
+        assert parse_artifact(mutated) == expected
+
+
+@pytest.mark.parametrize(
+    "artifact",
+    [
+        make_artifact(),
+        make_artifact(evidence_digest=bytes(32), members=("a", "b", "c", "d"), quorum=3),
+    ],
+)
+def test_direct_reading_matches_the_schema_at_every_edge(artifact: FleetKeyArtifact) -> None:
+    original = artifact.to_bytes()
+    for start in _edges(original):
+        for deleted in (0, 1):
+            for insert in _INSERTS:
+                _same_as_schema(original[:start] + insert + original[start + deleted :])
+
+
+@given(_artifacts(), st.data())
+def test_direct_reading_accepts_only_what_the_schema_accepts(
+    artifact: FleetKeyArtifact, data: st.DataObject
+) -> None:
+    original = artifact.to_bytes()
+    start = data.draw(st.sampled_from(_edges(original)) | st.integers(0, len(original)))
+    end = start + data.draw(st.integers(min_value=0, max_value=2))
+    insert = data.draw(st.sampled_from(_INSERTS))
+    _same_as_schema(original[:start] + insert + original[end:])

@@ -117,3 +117,41 @@ def test_expand_label_rejects_oversized_label_or_context() -> None:
     with pytest.raises(ValueError, match="context"):
         ake.expand_label(bytes(64), b"x", bytes(256), 64)
     assert len(ake.expand_label(bytes(64), b"x" * 248, bytes(255), 64)) == 64
+
+
+# --- HmacKey: HMAC and HKDF-Expand under a key prepared once -----------------------------
+
+
+@given(key=st.binary(max_size=300), data=st.binary(max_size=300))
+def test_hmac_key_matches_openssl(key: bytes, data: bytes) -> None:
+    prepared = hkdf.HmacKey(key)
+    assert prepared.mac(data) == hmac.digest(key, data, "sha512")
+    assert prepared.mac(data) == hmac.digest(key, data, "sha512")  # reusable: states copied
+
+
+@pytest.mark.parametrize("key_size", [0, 1, 64, 127, 128, 129, 200])
+def test_hmac_key_at_the_key_padding_boundaries(key_size: int) -> None:
+    key = bytes(range(key_size % 256)) + bytes(max(0, key_size - 256))
+    assert hkdf.HmacKey(key).mac(b"msg") == hmac.digest(key, b"msg", "sha512")
+    assert hkdf.HmacKey(bytearray(key)).mac(b"msg") == hmac.digest(key, b"msg", "sha512")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key must be bytes"):
+        hkdf.HmacKey(key.hex())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("length", [1, 32, 63, 64, 65, 128, 129, 255 * 64])
+def test_hmac_key_expand_matches_pyca(length: int) -> None:
+    prk = bytes(range(64))
+    theirs = HKDFExpand(hashes.SHA512(), length, b"info").derive(prk)
+    assert hkdf.HmacKey(prk).expand(b"info", length) == theirs
+
+
+@pytest.mark.parametrize("length", [0, -1, 255 * 64 + 1])
+def test_hmac_key_expand_rejects_impossible_lengths(length: int) -> None:
+    with pytest.raises(ValueError, match="length"):
+        hkdf.HmacKey(bytes(64)).expand(b"", length)
+
+
+def test_hmac_key_repr_holds_no_key() -> None:
+    key = b"\xaa" * 64
+    assert repr(hkdf.HmacKey(key)) == "HmacKey(...)"
+    assert key.hex() not in repr(hkdf.HmacKey(key))

@@ -188,3 +188,63 @@ def test_decode_element_takes_bytes_like_input() -> None:
     point = ristretto.scalar_mult_base(ristretto.scalar_from_int(7))
     assert ristretto.decode_element(bytearray(point)) == point
     assert type(ristretto.decode_element(memoryview(point))) is bytes
+
+
+# --- decode_and_scalar_mult: DeserializeElement inside the multiplication ----------------
+
+SCALAR_FIVE = ristretto.scalar_from_int(5)
+
+
+@pytest.mark.parametrize("name", BAD_ENCODINGS)
+def test_decode_and_scalar_mult_rejects_what_decode_element_rejects(name: str) -> None:
+    """RFC 9496 A.2's bad encodings and the identity fail in the one libsodium call."""
+    with pytest.raises(InvalidPointError, match="KE1 field is not a canonical"):
+        ristretto.decode_and_scalar_mult(
+            SCALAR_FIVE, bytes.fromhex(BAD_ENCODINGS[name]), "KE1 field"
+        )
+
+
+@pytest.mark.parametrize("size", [0, 31, 33, 64])
+def test_decode_and_scalar_mult_rejects_wrong_lengths(size: int) -> None:
+    with pytest.raises(InvalidPointError, match="must be 32 bytes"):
+        ristretto.decode_and_scalar_mult(SCALAR_FIVE, b"\x01" * size)
+
+
+@pytest.mark.parametrize(("multiple", "encoding"), MULTIPLES.items(), ids=lambda x: str(x)[:8])
+def test_decode_and_scalar_mult_equals_decode_then_multiply(multiple: int, encoding: str) -> None:
+    point = bytes.fromhex(encoding)
+    expected = ristretto.scalar_mult(SCALAR_FIVE, ristretto.decode_element(point))
+    assert ristretto.decode_and_scalar_mult(SCALAR_FIVE, point) == expected
+    assert ristretto.decode_and_scalar_mult(SCALAR_FIVE, bytearray(point)) == expected  # type: ignore[arg-type]
+    assert expected == ristretto.scalar_mult_base(ristretto.scalar_from_int(5 * multiple))
+
+
+def test_decode_and_scalar_mult_rejects_misuse() -> None:
+    point = bytes.fromhex(MULTIPLES[1])
+    with pytest.raises(TypeError, match="element must be bytes"):
+        ristretto.decode_and_scalar_mult(SCALAR_FIVE, point.hex())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="scalar must be 32 bytes"):
+        ristretto.decode_and_scalar_mult(bytes(31), point)  # type: ignore[arg-type]
+    # A zero scalar refuses even a valid point: never an invalid point accepted.
+    with pytest.raises(InvalidPointError):
+        ristretto.decode_and_scalar_mult(ristretto.scalar_from_int(0), point)
+
+
+# --- ScalarHash: HashToScalar with its DST prepared once -------------------------------
+
+
+@given(msg=st.binary(max_size=200), dst=st.binary(min_size=1, max_size=255))
+def test_scalar_hash_equals_hash_to_scalar(msg: bytes, dst: bytes) -> None:
+    assert ristretto.ScalarHash(dst)(msg) == ristretto.hash_to_scalar(msg, dst)
+
+
+@pytest.mark.parametrize("dst", [b"", b"x" * 256])
+def test_scalar_hash_rejects_bad_dsts(dst: bytes) -> None:
+    with pytest.raises(ValueError, match="DST"):
+        ristretto.ScalarHash(dst)
+
+
+def test_is_zero_scalar() -> None:
+    assert ristretto.is_zero_scalar(bytes(32))
+    assert not ristretto.is_zero_scalar(ristretto.scalar_from_int(1))
+    assert not ristretto.is_zero_scalar(b"\x00" * 31 + b"\x01")

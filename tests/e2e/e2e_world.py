@@ -50,13 +50,20 @@ def publish(
 
 
 def write_host_config(
-    directory: Path, hsm_url: str, bundle_file: Path, witness_url: str, account: Account
+    directory: Path,
+    hsm_url: str,
+    hsm_config: Path,
+    bundle_file: Path,
+    witness: Witness,
+    account: Account,
 ) -> Path:
     return devnet.write_host_config(
         directory / "host.toml",
         fleet_id=FLEET,
         hsm_url=hsm_url,
+        hsm_link_key_file=devnet.hsm_link_key(hsm_config),
         bundle_file=bundle_file,
-        witness_url=witness_url,
+        witness_url=witness.url,
+        log_verifier_key=witness.log_verifier_key,
         accounts=[account],
     )

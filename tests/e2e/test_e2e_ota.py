@@ -1,4 +1,4 @@
-"""Over the air, end to end, as an operator and a user run it (BRIEF, "Trusting the fleet's keys").
+"""Over the air, end to end, as an operator and a user run it (docs/properties.md §5).
 
 Real processes on 127.0.0.1: ``bkv witness init/add-namespace/serve``, ``bkv hsm
 init/serve``, ``bkv operator keygen/publish`` and ``bkv host serve``; then the SDK
@@ -88,7 +88,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         # Epoch 1: the fleet that serves; epoch 2: a new fleet (new keys), published later.
         keys_1 = init_hsm(tmp / "hsm-1")
         keys_2 = init_hsm(tmp / "hsm-2")
-        hsm_url = processes.serve("hsm", "serve", "--config", str(tmp / "hsm-1" / "hsm.toml"))
+        hsm_config = tmp / "hsm-1" / "hsm.toml"
+        hsm_url = processes.serve("hsm", "serve", "--config", str(hsm_config))
         out_1, out_2 = tmp / "epoch-1.bundle", tmp / "epoch-2.bundle"
         printed = publish(witness, keys_1, operator_key, out_1).stdout
         assert f"published {NAMESPACE} epoch 1" in printed
@@ -97,7 +98,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         current = tmp / "host" / "current.bundle"
         current.parent.mkdir()
         install_bundle(bundles[0], current)
-        config = write_host_config(current.parent, hsm_url, current, witness.url, ACCOUNT)
+        config = write_host_config(current.parent, hsm_url, hsm_config, current, witness, ACCOUNT)
         host_url = processes.serve("host", "serve", "--config", str(config))
         yield Deployment(
             tmp, witness, operator_public_key, host_url, current, bundles, (keys_1, keys_2)
@@ -131,7 +132,7 @@ def test_vault_over_the_air_new_epoch_and_rollback(deployment: Deployment, tmp_p
         with pytest.raises(WrongPasswordError) as wrong:
             vault.recover(b"wrong password")
         assert wrong.value.attempts_left == 9
-        assert vault.recover(PASSWORD) == BACKUP_KEY
+        assert vault.recover(PASSWORD).backup_key == BACKUP_KEY
         assert not vault.refresh_pending
 
         # The operator publishes epoch 2 (a new fleet) and installs its bundle on the host.

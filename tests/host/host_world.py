@@ -94,6 +94,7 @@ def write_host_config(
     path.write_text(
         f'[host]\nfleet_id = "{FLEET}"\nlisten = "127.0.0.1:0"\n'
         f'hsm_url = "{hsm_url}/v1/message"\nhsm_timeout_seconds = 20\n'
+        f'hsm_link_key_file = "{devnet.hsm_link_key(hsm_config)}"\n'
         f'public_keys_file = "{public_keys_path(hsm_config)}"\n{accounts}{limits}',
         encoding="utf-8",
     )

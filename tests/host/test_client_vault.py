@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 from host_world import pinned
 
@@ -16,15 +18,18 @@ from bkv.errors import (
     ProtocolStateError,
     RecordExistsError,
     ServerAuthenticationError,
+    UnauthenticatedRejectionError,
     VaultError,
     VaultFullError,
 )
 from bkv.protocol.artifact import ROLE_CHANNEL, ROLE_OPAQUE_AKE, FleetKeyArtifact
 from bkv.protocol.messages import (
+    INNER_RESPONSES,
     ErrorCode,
     HsmRejected,
     HsmRequest,
     HsmResponse,
+    InnerResponse,
     RequestKind,
     StatusOk,
     StatusRequest,
@@ -68,7 +73,7 @@ def test_read_response_opens_the_answer() -> None:
     pending = vault.build_request(FLEET, ACCOUNT, StatusRequest())
     answer = vault.read_response(pending, _answer(pending, StatusOk(True, 3, 10, 7, 0)))
     status = vault.status_of(vault.expect(answer, StatusOk))
-    assert status == vault.VaultStatus(True, 3, 10, 7)
+    assert status == vault.VaultStatus(True, 3, 10, 7, 0)
 
 
 def test_read_response_refuses_an_answer_to_another_request() -> None:
@@ -78,27 +83,45 @@ def test_read_response_refuses_an_answer_to_another_request() -> None:
         vault.read_response(first, _answer(second, StatusOk(True, 3, 10, 7, 0)))
 
 
-@pytest.mark.parametrize(
-    ("code", "error"),
-    [
-        (ErrorCode.MALFORMED, CodecError),
-        (ErrorCode.WRONG_FLEET, VaultError),
-        (ErrorCode.UNDECRYPTABLE, DecryptionError),
-        (ErrorCode.KIND_MISMATCH, CodecError),
-        (ErrorCode.PROTOCOL_STATE, ProtocolStateError),
-        (ErrorCode.LOGIN_FAILED, ClientAuthenticationError),
-        (ErrorCode.RECORD_EXISTS, RecordExistsError),
-        (ErrorCode.INVALID_POLICY, VaultError),
-        (ErrorCode.VAULT_FULL, VaultFullError),
-    ],
-)
-def test_error_codes_map_to_typed_errors(code: ErrorCode, error: type[BkvError]) -> None:
-    assert set(ErrorCode) == set(vault._REJECTION_ERRORS)
+SEALED_ERRORS = [
+    (ErrorCode.MALFORMED, CodecError),
+    (ErrorCode.WRONG_FLEET, VaultError),
+    (ErrorCode.UNDECRYPTABLE, DecryptionError),
+    (ErrorCode.KIND_MISMATCH, CodecError),
+    (ErrorCode.PROTOCOL_STATE, ProtocolStateError),
+    (ErrorCode.LOGIN_FAILED, ClientAuthenticationError),
+    (ErrorCode.RECORD_EXISTS, RecordExistsError),
+    (ErrorCode.INVALID_POLICY, VaultError),
+    (ErrorCode.VAULT_FULL, VaultFullError),
+]
+
+
+@pytest.mark.parametrize(("code", "error"), SEALED_ERRORS)
+def test_sealed_error_codes_map_to_typed_errors(code: ErrorCode, error: type[BkvError]) -> None:
+    assert set(ErrorCode) == {code for code, _ in SEALED_ERRORS}
     pending = vault.build_request(FLEET, ACCOUNT, StatusRequest())
-    with pytest.raises(error):
-        vault.read_response(pending, encode(HsmRejected(code)))
-    with pytest.raises(error):
+    with pytest.raises(error) as raised:
         vault.read_response(pending, _answer(pending, VaultFailure(code)))
+    assert not isinstance(raised.value, UnauthenticatedRejectionError)
+
+
+@pytest.mark.parametrize(("code", "error"), SEALED_ERRORS)
+def test_only_codes_the_hsm_sends_in_the_clear_keep_their_errors_in_the_clear(
+    code: ErrorCode, error: type[BkvError]
+) -> None:
+    """A clear HsmRejected is the host's word: only "could not open it" codes are believed."""
+    pending = vault.build_request(FLEET, ACCOUNT, StatusRequest())
+    with pytest.raises(BkvError) as raised:
+        vault.read_response(pending, encode(HsmRejected(code)))
+    if code in (ErrorCode.MALFORMED, ErrorCode.WRONG_FLEET, ErrorCode.UNDECRYPTABLE):
+        assert type(raised.value) is error
+    else:
+        assert type(raised.value) is UnauthenticatedRejectionError
+        assert code.name in str(raised.value)
+
+
+def test_the_inner_answers_come_from_the_one_registry() -> None:
+    assert set(INNER_RESPONSES) == set(get_args(InnerResponse))
 
 
 def test_garbage_answers_raise_codec_errors() -> None:
@@ -111,6 +134,13 @@ def test_garbage_answers_raise_codec_errors() -> None:
 def test_expect_refuses_the_wrong_answer() -> None:
     with pytest.raises(ProtocolStateError):
         vault.expect(StatusOk(True, 1, 10, 10, 0), VaultFailure)
+
+
+def test_recovered_key_checks_its_size_and_hides_the_key() -> None:
+    recovered = vault.RecoveredKey(BACKUP_KEY, failed_attempts=2, generation=1)
+    assert "failed_attempts=2" in repr(recovered) and BACKUP_KEY.hex() not in repr(recovered)
+    with pytest.raises(ValueError):
+        vault.RecoveredKey(BACKUP_KEY + b"\x00", failed_attempts=0, generation=1)
 
 
 def test_check_server_key() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import http.server
@@ -10,7 +11,6 @@ import json
 import socket
 import threading
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +22,7 @@ from bkv.errors import CodecError, ConfigError
 from bkv.host.bundle import MAX_PROOF_RESPONSE, BundleSource, parse_since
 from bkv.host.config import HostConfig, token_digest
 from bkv.keystore import SoftwareSigner
+from bkv.keystore.link_key import create_link_key
 from bkv.protocol.bundle import ValidationBundle, build_bundle, decode_bundle, encode_bundle
 from bkv.protocol.plexi import sign_statement
 from bkv.tlog.checkpoint import Checkpoint
@@ -33,8 +34,11 @@ from bkv.tlog.note import Ed25519Signer as NoteSigner
 def _config(tmp_path: Path, extra: str) -> Path:
     path = tmp_path / "host.toml"
     account = ACCOUNTS[0]
+    if not (tmp_path / "link.key").exists():
+        create_link_key(tmp_path / "link.key")
     path.write_text(
         f'[host]\nfleet_id = "f1"\nlisten = "127.0.0.1:0"\nhsm_url = "{_dead_url()}"\n{extra}\n'
+        'hsm_link_key_file = "link.key"\n'
         f'[[accounts]]\naccount_id = "{account.account_id.hex()}"\n'
         f'token_sha256 = "{token_digest(account.token).hex()}"\n',
         encoding="utf-8",
@@ -48,26 +52,43 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}/v1/message"
 
 
+LOG_VKEY = NoteSigner("witness.test/log", SoftwareSigner(b"\x07" * 32)).verifier().verifier_key()
+
+
 def test_bundle_config(tmp_path: Path) -> None:
     config = HostConfig.load(
-        _config(tmp_path, 'bundle_file = "b.bundle"\nwitness_url = "http://127.0.0.1:1/"')
+        _config(
+            tmp_path,
+            'bundle_file = "b.bundle"\nwitness_url = "http://127.0.0.1:1/"\n'
+            f'log_verifier_key = "{LOG_VKEY}"',
+        )
     )
     assert config.bundle_file == tmp_path / "b.bundle"
     assert config.witness_url == "http://127.0.0.1:1"
-    assert HostConfig.load(_config(tmp_path, "")).bundle_file is None
+    assert config.log_verifier_key == LOG_VKEY
+    unset = HostConfig.load(_config(tmp_path, ""))
+    assert (unset.bundle_file, unset.witness_url, unset.log_verifier_key) == (None, None, None)
 
 
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "match"),
     [
-        'witness_url = "http://127.0.0.1:1"',  # a witness without a bundle is useless
-        'bundle_file = "b.bundle"\nwitness_url = "ftp://w"',
-        'bundle_file = ""',
-        "bundle_file = 3",
+        # a witness without a bundle is useless
+        (f'witness_url = "http://127.0.0.1:1"\nlog_verifier_key = "{LOG_VKEY}"', "bundle_file"),
+        (f'bundle_file = "b"\nwitness_url = "ftp://w"\nlog_verifier_key = "{LOG_VKEY}"', "http"),
+        ('bundle_file = ""', "bundle_file"),
+        ("bundle_file = 3", "bundle_file"),
+        # old checkpoints from the witness are checked under the log's key: no key, no witness
+        ('bundle_file = "b.bundle"\nwitness_url = "http://127.0.0.1:1"', "go together"),
+        (f'bundle_file = "b.bundle"\nlog_verifier_key = "{LOG_VKEY}"', "go together"),
+        (
+            'bundle_file = "b"\nwitness_url = "http://127.0.0.1:1"\nlog_verifier_key = "x+1+2"',
+            "not a note verifier key",
+        ),
     ],
 )
-def test_bad_bundle_config(tmp_path: Path, extra: str) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_bundle_config(tmp_path: Path, extra: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
         HostConfig.load(_config(tmp_path, extra))
 
 
@@ -207,8 +228,20 @@ def _serve(source: BundleSource, since: int) -> ValidationBundle:
     return decode_bundle(asyncio.run(run()))
 
 
-def _source(path: Path, url: str, **kwargs: Any) -> BundleSource:
-    return BundleSource(path, url, **kwargs)
+def _source(path: Path, url: str, log: _Log | None = None) -> BundleSource:
+    key = (log or _Log()).key
+    return BundleSource(
+        path, url, log_verifier_key=NoteSigner(ORIGIN, key).verifier().verifier_key()
+    )
+
+
+def _bad_signature(note: bytes) -> bytes:
+    """``note`` with its signature bytes changed: same key name and key ID, no valid signature."""
+    text, _, line = note.decode().rstrip("\n").rpartition("\n")
+    prefix, _, signature = line.rpartition(" ")
+    raw = bytearray(base64.b64decode(signature))
+    raw[-1] ^= 0x01  # past the 4-byte key ID
+    return f"{text}\n{prefix} {base64.b64encode(bytes(raw)).decode()}\n".encode()
 
 
 def _consistency(old: int) -> str:
@@ -226,12 +259,12 @@ def test_verified_proof_is_served_and_cached(tmp_path: Path) -> None:
         asked = len(witness.requests)
         assert _serve(source, 2).consistency_proof == served.consistency_proof
         assert len(witness.requests) == asked  # from the cache
-        pinned = _source(
-            tmp_path / "b.bundle",
-            witness.url,
-            log_verifier_key=NoteSigner(ORIGIN, log.key).verifier().verifier_key(),
-        )
-        assert _serve(pinned, 2).consistency_size == 2
+
+
+def test_a_witness_needs_the_log_key(tmp_path: Path) -> None:
+    log = _Log()
+    with pytest.raises(ValueError, match="verifier key"):
+        BundleSource(log.bundle_file(tmp_path / "b.bundle"), "http://127.0.0.1:1")
 
 
 def test_wrong_proof_is_neither_served_nor_cached(tmp_path: Path) -> None:
@@ -251,19 +284,43 @@ def test_proof_from_a_checkpoint_the_log_key_did_not_sign_is_refused(tmp_path: P
     fork = _Log(log=MerkleLog(MemoryHashStore()))
     with _Witness() as witness:
         source = _source(log.bundle_file(tmp_path / "b.bundle"), witness.url)
-        pinned = _source(
-            tmp_path / "b.bundle",
-            witness.url,
-            log_verifier_key=NoteSigner(ORIGIN, log.key).verifier().verifier_key(),
-        )
         for note in (
             log.note(2, key=impostor),  # another key
+            _bad_signature(log.note(2)),  # the log key's name and ID, not its signature
             log.note(3),  # another size than asked
             fork.note(2, root=b"\x01" * 32),  # a forked root: the proof cannot verify
         ):
             witness.answers = {"/checkpoints/2": note, _consistency(2): log.proof_json(2)}
+            witness.requests.clear()
             assert _serve(source, 2).consistency_size == 0
-            assert _serve(pinned, 2).consistency_size == 0
+            assert "/checkpoints/2" in witness.requests  # asked, and refused
+        # The log key's own checkpoint is accepted: the refusals above were the notes'.
+        witness.answers["/checkpoints/2"] = log.note(2)
+        assert _serve(source, 2).consistency_size == 2
+
+
+def test_host_process_checks_old_checkpoints_under_the_configured_log_key(
+    tmp_path: Path,
+) -> None:
+    log = _Log()
+    vkey = NoteSigner(ORIGIN, log.key).verifier().verifier_key()
+    bundle = log.bundle_file(tmp_path / "b.bundle")
+    with _Witness() as witness:
+        witness.answers = {
+            "/checkpoints/2": _bad_signature(log.note(2)),
+            _consistency(2): log.proof_json(2),
+        }
+        extra = (
+            f'bundle_file = "{bundle}"\nwitness_url = "{witness.url}"\nlog_verifier_key = "{vkey}"'
+        )
+        with running("host", "serve", "--config", str(_config(tmp_path, extra))) as url:
+            forged = httpx.get(f"{url}/v1/bundle", params={"since": 2}, timeout=10)
+            assert forged.status_code == 200
+            assert decode_bundle(forged.content).consistency_size == 0
+            assert "/checkpoints/2" in witness.requests
+            witness.answers["/checkpoints/2"] = log.note(2)
+            signed = httpx.get(f"{url}/v1/bundle", params={"since": 2}, timeout=10)
+            assert decode_bundle(signed.content).consistency_size == 2
 
 
 def test_oversized_witness_answer_is_dropped(tmp_path: Path) -> None:
@@ -272,9 +329,11 @@ def test_oversized_witness_answer_is_dropped(tmp_path: Path) -> None:
         padded = log.proof_json(2)[:-1] + b" " * (MAX_PROOF_RESPONSE + 1) + b"}"
         nested = b"[" * MAX_PROOF_RESPONSE
         source = _source(log.bundle_file(tmp_path / "b.bundle"), witness.url)
-        for answer in (padded, nested):
+        for answer in (padded, nested, b'{"proof": [], "proof": []}'):
             witness.answers = {"/checkpoints/2": log.note(2), _consistency(2): answer}
+            witness.requests.clear()
             assert _serve(source, 2).consistency_size == 0
+            assert _consistency(2) in witness.requests  # read, and dropped
 
 
 def test_since_above_the_bundles_tree_is_not_asked_of_the_witness(tmp_path: Path) -> None:

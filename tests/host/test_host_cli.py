@@ -30,3 +30,18 @@ def test_serve_with_bad_config_fails_typed(
         HostConfig.load(config)
     assert main(["host", "serve", "--config", str(config)]) == 1
     assert "ConfigError" in capsys.readouterr().err
+
+
+def test_serve_without_a_usable_link_key_fails_typed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "host.toml"
+    config.write_text(
+        'accounts = []\n[host]\nfleet_id = "f"\nhsm_url = "http://127.0.0.1:1/v1/message"\n'
+        'hsm_link_key_file = "absent.key"\n',
+        encoding="utf-8",
+    )
+    assert main(["host", "serve", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bkv: ConfigError: hsm_link_key_file: ")
+    assert "does not exist" in err

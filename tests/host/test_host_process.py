@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from host_world import (
     write_host_config,
 )
 
+from bkv import devnet
 from bkv.client.trust import FleetKeys
 from bkv.client.vault import build_request
 from bkv.errors import (
@@ -31,6 +33,7 @@ from bkv.errors import (
     UnauthorizedError,
     WrongPasswordError,
 )
+from bkv.keystore.link_key import create_link_key
 from bkv.protocol.messages import MAX_REQUEST_SIZE, HsmRequest, RequestKind, StatusRequest
 from bkv.wire import decode, encode
 
@@ -82,12 +85,12 @@ def test_register_recover_and_wrong_password(host_url: str, keys: FleetKeys) -> 
         assert not vault.status().exists
         status = vault.register(PASSWORD, BACKUP_KEY)
         assert (status.exists, status.guess_limit, status.attempts_left) == (True, 10, 10)
-        assert vault.recover(PASSWORD) == BACKUP_KEY
+        assert vault.recover(PASSWORD).backup_key == BACKUP_KEY
         with pytest.raises(WrongPasswordError) as wrong:
             vault.recover(WRONG)
         assert wrong.value.attempts_left == 9
         assert vault.status().attempts_left == 9
-        assert vault.recover(PASSWORD) == BACKUP_KEY
+        assert vault.recover(PASSWORD).backup_key == BACKUP_KEY
         assert vault.status().attempts_left == 10
 
 
@@ -110,7 +113,7 @@ def test_change_password_and_delete(host_url: str, keys: FleetKeys) -> None:
     with client(host_url, ACCOUNTS[2], keys) as vault:
         vault.register(PASSWORD, BACKUP_KEY)
         vault.change_password(PASSWORD, new_password)
-        assert vault.recover(new_password) == BACKUP_KEY
+        assert vault.recover(new_password).backup_key == BACKUP_KEY
         with pytest.raises(WrongPasswordError):
             vault.recover(PASSWORD)
         vault.delete(new_password)
@@ -128,7 +131,7 @@ def test_relayed_bytes_hold_no_password_or_backup_key(host_url: str, keys: Fleet
     recorder = Recorder()
     with client(host_url, ACCOUNTS[4], keys, transport=recorder) as vault:
         vault.register(PASSWORD, BACKUP_KEY)
-        assert vault.recover(PASSWORD) == BACKUP_KEY
+        assert vault.recover(PASSWORD).backup_key == BACKUP_KEY
         with pytest.raises(WrongPasswordError):
             vault.recover(WRONG)
     assert len(recorder.captured) >= 12
@@ -209,8 +212,8 @@ def test_record_attempts_are_rate_limited(
     with running("host", "serve", "--config", str(config)) as url:
         with client(url, ACCOUNTS[9], keys) as vault:
             vault.register(PASSWORD, BACKUP_KEY)
-            assert vault.recover(PASSWORD) == BACKUP_KEY
-            assert vault.recover(PASSWORD) == BACKUP_KEY
+            assert vault.recover(PASSWORD).backup_key == BACKUP_KEY
+            assert vault.recover(PASSWORD).backup_key == BACKUP_KEY
             with pytest.raises(RetryAfterError) as limited:
                 vault.recover(PASSWORD)
             assert limited.value.retry_after_seconds is not None
@@ -218,7 +221,7 @@ def test_record_attempts_are_rate_limited(
             assert vault.status().attempts_left == 10  # the refused attempt cost nothing
         with client(url, ACCOUNTS[10], keys) as other:  # another record is unaffected
             other.register(PASSWORD, BACKUP_KEY)
-            assert other.recover(PASSWORD) == BACKUP_KEY
+            assert other.recover(PASSWORD).backup_key == BACKUP_KEY
 
 
 def test_accounts_are_rate_limited(
@@ -274,3 +277,39 @@ def test_hsm_answering_with_an_http_error_is_502(
         response = _post(url, _status_request(keys, ACCOUNTS[0].account_id), ACCOUNTS[0].token)
         assert response.status_code == 502
         assert response.json()["error"] == "FleetUnreachableError"
+
+
+def test_a_host_with_another_link_key_gets_nothing_from_the_hsm(
+    fleet_dir: Path, hsm_url: str, keys: FleetKeys, tmp_path: Path
+) -> None:
+    other_key = tmp_path / "other-link.key"
+    create_link_key(other_key)
+    config = write_host_config(tmp_path, hsm_url, fleet_dir)
+    real_key = str(devnet.hsm_link_key(fleet_dir))
+    config.write_text(config.read_text().replace(real_key, str(other_key)))
+    with running("host", "serve", "--config", str(config)) as url:
+        response = _post(url, _status_request(keys, ACCOUNTS[0].account_id), ACCOUNTS[0].token)
+    assert response.status_code == 502
+    assert response.json() == {
+        "error": "FleetUnreachableError",
+        "message": "the HSM refused this host's link key",
+    }
+
+
+def test_a_fleet_keys_file_that_is_not_a_regular_file_never_blocks_the_host(
+    fleet_dir: Path, hsm_url: str, tmp_path: Path
+) -> None:
+    # Opening a FIFO for reading waits for a writer: on the event loop, that
+    # would stop every other request too.
+    fifo = tmp_path / "public-keys.fifo"
+    os.mkfifo(fifo)
+    config = write_host_config(tmp_path, hsm_url, fleet_dir)
+    config.write_text(config.read_text().replace(str(public_keys_path(fleet_dir)), str(fifo)))
+    with (
+        running("host", "serve", "--config", str(config)) as url,
+        httpx.Client(base_url=url, timeout=5) as http,
+    ):
+        refused = http.get("/v1/fleet-keys")
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "StorageError"
+        assert http.get("/healthz").status_code == 200

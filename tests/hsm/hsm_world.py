@@ -34,6 +34,7 @@ from bkv.crypto.opaque import KE2, ClientLoginState, client_login_finish, client
 from bkv.crypto.rng import Rng, default_rng
 from bkv.errors import EnvelopeRecoveryError, RecordDestroyedError, VaultError, WrongPasswordError
 from bkv.hsm.app import HsmApp
+from bkv.hsm.public_keys import render_public_keys
 from bkv.keystore import SoftwareSealer
 from bkv.protocol import release
 from bkv.protocol.artifact import (
@@ -170,7 +171,10 @@ def new_app(rng: Rng = default_rng, max_guess_limit: int = 10) -> tuple[HsmApp, 
 
 
 def _public_keys(app_or_json: HsmApp | bytes) -> dict[str, object]:
-    raw = app_or_json.public_keys_json() if isinstance(app_or_json, HsmApp) else app_or_json
+    if isinstance(app_or_json, HsmApp):
+        raw = render_public_keys(app_or_json.public_keys())
+    else:
+        raw = app_or_json
     parsed = json.loads(raw)
     assert isinstance(parsed, dict)
     return parsed
@@ -243,7 +247,7 @@ class VaultClient:
         return self.sdk.register(password, backup_key, guess_limit)
 
     def recover(self, password: bytes) -> bytes:
-        return self.sdk.recover(password)
+        return self.sdk.recover(password).backup_key
 
     def delete(self, password: bytes) -> None:
         self.sdk.delete(password)
@@ -289,6 +293,10 @@ class VaultClient:
         Raises :class:`EnvelopeRecoveryError` when the password was wrong (the
         session stays open), or the HSM's refusal.
         """
+        return self.finish_login_released(half)[0]
+
+    def finish_login_released(self, half: HalfLogin) -> tuple[bytes, KeyReleased]:
+        """:meth:`finish_login`, and the HSM's :class:`KeyReleased` answer with it."""
         ke3, session_key, export_key = client_login_finish(
             half.login_state, CONFIG, KE2.from_bytes(half.started.ke2)
         )
@@ -297,7 +305,7 @@ class VaultClient:
         released = self.open(state, self.relay(request))
         assert isinstance(released, KeyReleased)
         secret = release.open_release(session_key, request, released.sealed_secret)
-        return client_vault.unwrap_backup_key(export_key, self.account_id, secret)
+        return client_vault.unwrap_backup_key(export_key, self.account_id, secret), released
 
     def abort(self, session_id: bytes) -> AbortOk:
         done = self.call(RecoverAbort(session_id))

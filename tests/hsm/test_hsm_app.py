@@ -16,6 +16,7 @@ from hsm_world import (
     new_app,
 )
 
+from bkv.client.operator import artifact_from_public_keys
 from bkv.crypto import channel
 from bkv.crypto.opaque import (
     KE2,
@@ -34,9 +35,12 @@ from bkv.errors import (
     StorageError,
     WrongPasswordError,
 )
-from bkv.hsm.app import REGISTRATION_TTL_MS, SESSION_TTL_MS, HsmApp
+from bkv.hsm.app import _HANDLERS, REGISTRATION_TTL_MS, SESSION_TTL_MS, HsmApp
+from bkv.hsm.public_keys import render_public_keys
 from bkv.hsm.state import PENDING_RECORD_TTL_MS, CommandEnvelope, CountAttempt, apply
 from bkv.protocol.messages import (
+    INNER_REQUESTS,
+    KIND_OF_REQUEST,
     MAX_REQUEST_SIZE,
     ErrorCode,
     FinishAction,
@@ -52,6 +56,7 @@ from bkv.protocol.messages import (
     RegisterStart,
     RegisterStartOk,
     RequestKind,
+    StatusOk,
     StatusRequest,
     request_aad,
 )
@@ -131,7 +136,7 @@ def test_exactly_limit_wrong_guesses_destroy_the_record(limit: int) -> None:
     assert app.vault.record(b"alice") is None
 
 
-def test_correct_password_after_limit_minus_one_wrong_succeeds_and_resets(world: World) -> None:
+def test_correct_password_after_limit_minus_one_wrong_succeeds_and_forgives(world: World) -> None:
     _app, _host, client = world
     client.register(PASSWORD, SECRET)
     for n in range(9):
@@ -141,7 +146,7 @@ def test_correct_password_after_limit_minus_one_wrong_succeeds_and_resets(world:
     assert client.status().attempts_left == 1
     assert client.recover(PASSWORD) == SECRET
     assert client.status().attempts_left == 10
-    # And the reset is real: another 9 wrong guesses still leave the record alive.
+    # The 9 guesses started before the login were forgiven: 9 more still leave the record.
     for n in range(9):
         wrong_guess(client, n)
     assert client.recover(PASSWORD) == SECRET
@@ -274,7 +279,7 @@ def test_password_change_after_a_successful_login_starts_from_zero(world: World)
     _app, _host, client = world
     client.register(PASSWORD, SECRET)
     wrong_guess(client, 0)
-    assert client.recover(PASSWORD) == SECRET  # resets the counter
+    assert client.recover(PASSWORD) == SECRET  # forgives the wrong guess before it
     assert client.register(b"new password", SECRET).attempts_left == 10
     with pytest.raises(WrongPasswordError):
         client.recover(PASSWORD)
@@ -288,7 +293,7 @@ def test_change_password_keeps_the_backup_key_and_retires_the_old_password(
     client.register(PASSWORD, SECRET)
     wrong_guess(client, 0)
     status = client.change_password(PASSWORD, b"new password")
-    assert status.generation == 2 and status.attempts_left == 10  # the recover reset it
+    assert status.generation == 2 and status.attempts_left == 10  # the recover forgave it
     with pytest.raises(WrongPasswordError):
         client.recover(PASSWORD)
     assert client.recover(b"new password") == SECRET
@@ -482,6 +487,29 @@ def test_status_never_changes_state(world: World) -> None:
     _unchanged(app, host, request)
 
 
+def test_every_inner_request_type_has_one_handler_and_one_kind() -> None:
+    """The dispatch table, the accepted messages and the clear kinds list the same types."""
+    assert set(_HANDLERS) == set(INNER_REQUESTS) == set(KIND_OF_REQUEST)
+    assert len(set(KIND_OF_REQUEST.values())) == len(KIND_OF_REQUEST)
+
+
+def test_public_keys_render_the_document_the_operator_reads(world: World) -> None:
+    app, _host, _client = world
+    rendered = render_public_keys(app.public_keys())
+    artifact = artifact_from_public_keys(
+        rendered,
+        fleet_id=FLEET,
+        members=("hsm-1",),
+        guess_limit=10,
+        not_before_ms=0,
+        not_after_ms=1,
+    )
+    assert artifact.key("channel").key == app.channel_public_key
+    assert artifact.key("opaque_ake").key == app.opaque_public_key
+    assert b" " not in rendered and rendered.startswith(b'{"fleet_id":"test-fleet","keys":[')
+    assert rendered.endswith(b'"policy":{"guess_limit":10}}')
+
+
 # --- persistence discipline ------------------------------------------------------
 
 
@@ -587,6 +615,28 @@ def test_tick_with_nothing_to_do_changes_nothing(world: World) -> None:
     assert app.sealed_state() == before
 
 
+@pytest.mark.parametrize("clock", ["float", "negative", "bool", "past u64"])
+def test_tick_refuses_a_bad_clock_like_handle_and_stays_usable(world: World, clock: str) -> None:
+    """A clock value no command can carry (u64) is caller misuse, refused before anything is staged.
+
+    A pending record past its expiry makes housekeeping build an ExpirePending
+    from the clock: a float one used to be staged, then fail to encode, leaving
+    the app waiting for the acknowledgement of a persist it never announced.
+    """
+    app, host, client = world
+    client.register(PASSWORD, SECRET)
+    finish_registration(client, b"never exposed")  # a pending record
+    due = host.now_ms + PENDING_RECORD_TTL_MS
+    bad = {"float": float(due), "negative": -1, "bool": True, "past u64": 2**64}[clock]
+    before = app.sealed_state()
+    with pytest.raises(ValueError, match="now_ms"):
+        app.tick(bad)  # type: ignore[arg-type]
+    assert app.sealed_state() == before
+    host.now_ms = due
+    assert host.tick() == 1  # the same housekeeping with a good clock
+    assert client.status().exists
+
+
 def test_tick_keeps_a_last_chance_record_while_its_session_is_open(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
@@ -620,6 +670,21 @@ def test_after_a_restart_records_at_their_limit_are_destroyed_first(world: World
     assert restarted.vault.record(b"bob") is not None
 
 
+def test_a_session_does_not_survive_a_restart(world: World) -> None:
+    """Sessions are volatile: after a restart the owner's KE3 finds none, releases nothing,
+    forgives nothing, and the attempt its KE1 cost stays counted."""
+    app, host, client = world
+    client.register(PASSWORD, SECRET, guess_limit=3)
+    wrong_guess(client, 0)
+    half = client.start_login(PASSWORD)
+    restarted = HsmApp.load(host.stored[-1], app._sealer)
+    again = client_for(restarted, b"alice", InProcessHost(restarted, now_ms=host.now_ms))
+    with pytest.raises(RefusedError) as refused:
+        again.finish_login(half)
+    assert refused.value.code is ErrorCode.PROTOCOL_STATE
+    assert (again.status().attempts_left, again.status().failed_attempts) == (1, 2)
+
+
 def test_a_failed_attempt_does_not_destroy_while_an_earlier_session_can_still_succeed(
     world: World,
 ) -> None:
@@ -630,7 +695,8 @@ def test_a_failed_attempt_does_not_destroy_while_an_earlier_session_can_still_su
     client.abort(second.session_id)  # attempt 2 failed, but attempt 1 is still open
     assert app.vault.record(b"alice") is not None
     assert client.finish_login(first) == SECRET
-    assert client.status().attempts_left == 2
+    # Attempt 2 started after attempt 1's KE1: that success does not forgive it.
+    assert client.status().attempts_left == 1
 
 
 def test_the_last_open_attempt_failing_destroys(world: World) -> None:
@@ -644,6 +710,68 @@ def test_the_last_open_attempt_failing_destroys(world: World) -> None:
         client.call(RecoverFinish(first.session_id, bytes(64)))  # invalid KE3
     assert refused.value.code is ErrorCode.LOGIN_FAILED
     assert app.vault.record(b"alice") is None
+
+
+# --- forgiveness: a valid KE3 forgives only the attempts started before its own KE1 --------
+
+
+def test_a_login_forgives_no_attempt_started_after_its_ke1(world: World) -> None:
+    """A host that sees the owner's KE1 gets no extra checks out of the owner's success.
+
+    It starts 9 sessions after the owner's KE1, lets the owner finish, then tries
+    10 more: at most 10 checks after the owner's KE1 in all (19 if the owner's
+    success forgave every attempt counted so far).
+    """
+    _app, _host, client = world
+    client.register(PASSWORD, SECRET)  # guess limit 10
+    owner = client.start_login(PASSWORD)
+    # The host's KE1s use the right password only so that a real-record KE2 shows:
+    # each one that opens is a password check the record answered.
+    checks = sum(ke2_opens(client, PASSWORD) for _ in range(9))
+    key, released = client.finish_login_released(owner)
+    assert key == SECRET
+    assert released.failed_attempts == 9  # the owner is told: 9 checks were not theirs
+    checks += sum(ke2_opens(client, PASSWORD) for _ in range(10))
+    assert checks == 10
+
+
+def test_the_owner_is_told_the_failed_attempts_since_the_last_recovery(world: World) -> None:
+    _app, _host, client = world
+    client.register(PASSWORD, SECRET)
+    for n in range(3):
+        wrong_guess(client, n)
+    status = client.call(StatusRequest())
+    assert isinstance(status, StatusOk)
+    assert (status.failed_attempts, status.attempts_left) == (3, 7)
+    key, released = client.finish_login_released(client.start_login(PASSWORD))
+    assert (key, released.failed_attempts) == (SECRET, 3)
+    status = client.call(StatusRequest())
+    assert isinstance(status, StatusOk)
+    assert (status.failed_attempts, status.attempts_left) == (0, 10)
+    _key, released = client.finish_login_released(client.start_login(PASSWORD))
+    assert released.failed_attempts == 0  # nothing failed since the last recovery
+    # A guess made while the owner's login is open is told, and stays counted.
+    owner = client.start_login(PASSWORD)
+    wrong_guess(client, 9)
+    _key, released = client.finish_login_released(owner)
+    assert released.failed_attempts == 1
+    status = client.call(StatusRequest())
+    assert isinstance(status, StatusOk)
+    assert (status.failed_attempts, status.attempts_left) == (1, 9)
+
+
+def test_a_login_older_than_the_last_forgiven_one_forgives_nothing_more(world: World) -> None:
+    _app, _host, client = world
+    client.register(PASSWORD, SECRET)
+    older = client.start_login(PASSWORD)
+    newer = client.start_login(PASSWORD)
+    _key, released = client.finish_login_released(newer)
+    assert released.failed_attempts == 1  # the older login, not finished yet
+    assert client.status().attempts_left == 10  # ... and forgiven: it started before
+    wrong_guess(client, 0)
+    key, released = client.finish_login_released(older)  # valid: releases, forgives nothing
+    assert (key, released.failed_attempts) == (SECRET, 1)
+    assert client.status().attempts_left == 9
 
 
 # --- two-phase registration: RegisterFinish stores a pending record, RegisterExpose --------

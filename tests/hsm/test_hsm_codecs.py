@@ -28,18 +28,21 @@ limit = st.integers(1, m.MAX_GUESS_LIMIT)
 fleet = st.text(min_size=1, max_size=16)
 
 records = st.builds(
-    lambda g, rid, rec, sec, lim, used, ms: s.Record(g, rid, rec, sec, lim, min(used, lim), ms),
+    lambda g, rid, rec, sec, lim, forgiven, used, ms: s.Record(
+        g, rid, rec, sec, lim, forgiven + min(used, lim), forgiven, ms
+    ),
     u32,
     fixed(32),
     fixed(192),
     var(1, m.MAX_SECRET),
     limit,
+    st.integers(0, 2**63),
     st.integers(0, m.MAX_GUESS_LIMIT),
     u64,
 )
 commands = st.one_of(
     st.builds(s.CountAttempt, account),
-    st.builds(s.ResetAttempts, account, u32),
+    st.builds(s.ForgiveAttempts, account, u32, u64),
     st.builds(s.DestroyRecord, account, u32),
     st.builds(s.DeleteRecord, account, u32),
     st.builds(
@@ -49,7 +52,7 @@ commands = st.one_of(
     st.builds(s.ExpirePending, account, u64),
 )
 pending_records = st.builds(
-    lambda g, rid, rec, sec, lim, ms: s.Record(g, rid, rec, sec, lim, 0, ms),
+    lambda g, rid, rec, sec, lim, ms: s.Record(g, rid, rec, sec, lim, 0, 0, ms),
     u32,
     fixed(32),
     fixed(192),
@@ -107,7 +110,7 @@ ALL = Registry(
         s.HsmSecrets,
         s.Snapshot,
         s.CountAttempt,
-        s.ResetAttempts,
+        s.ForgiveAttempts,
         s.DestroyRecord,
         s.DeleteRecord,
         s.InstallRecord,
@@ -190,8 +193,8 @@ def _leaks(text: str) -> list[bytes]:
 
 
 def test_records_ids_and_sealed_bytes_are_not_in_reprs() -> None:
-    record = s.Record(3, REGISTRATION_ID, RECORD_BYTES, b"TOPSECRET", 10, 1, 5)
-    pending = s.Record(4, REGISTRATION_ID, RECORD_BYTES, b"TOPSECRET", 10, 0, 6)
+    record = s.Record(3, REGISTRATION_ID, RECORD_BYTES, b"TOPSECRET", 10, 7, 6, 5)
+    pending = s.Record(4, REGISTRATION_ID, RECORD_BYTES, b"TOPSECRET", 10, 0, 0, 6)
     values: list[object] = [
         record,
         s.AccountSlot(b"a", 4, record, pending),
@@ -213,3 +216,20 @@ def test_records_ids_and_sealed_bytes_are_not_in_reprs() -> None:
         assert _leaks(repr(value)) == [], type(value).__name__
     # The check itself can fail: a plain bytes repr shows each (the masking key is in the record).
     assert len(_leaks(repr((RECORD_BYTES, REGISTRATION_ID, SESSION_ID, SEALED)))) == 5
+
+
+def test_a_record_forgives_only_started_attempts_and_counts_at_most_its_limit() -> None:
+    record = s.Record(1, REGISTRATION_ID, RECORD_BYTES, b"s", 10, 14, 4, 0)
+    assert (record.attempts_used, record.attempts_left) == (10, 0)
+    with pytest.raises(ValueError, match="never started"):
+        s.Record(1, REGISTRATION_ID, RECORD_BYTES, b"s", 10, 3, 4, 0)
+    with pytest.raises(ValueError, match="over the guess limit"):
+        s.Record(1, REGISTRATION_ID, RECORD_BYTES, b"s", 10, 14, 3, 0)
+    # Sealed bytes that say so do not decode either: forgiven_through is the
+    # second-to-last u64 of a record.
+    raw = bytearray(encode(s.Record(1, REGISTRATION_ID, RECORD_BYTES, b"s", 10, 3, 3, 0)))
+    raw[-16:-8] = (4).to_bytes(8, "big")
+    with pytest.raises(CodecError, match="never started"):
+        decode(s.Record, bytes(raw))
+    with pytest.raises(ValueError, match="answered no check"):  # a pending record counts nothing
+        s.AccountSlot(b"a", 2, None, s.Record(2, REGISTRATION_ID, RECORD_BYTES, b"s", 10, 1, 1))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bkv.errors import ProtocolStateError, RecordExistsError, VaultError
 from bkv.hsm.state import (
+    _RULES,
     MAX_GENERATION,
     PENDING_RECORD_TTL_MS,
     AccountSlot,
@@ -19,10 +22,11 @@ from bkv.hsm.state import (
     DestroyRecord,
     ExpirePending,
     ExposeRecord,
+    ForgiveAttempts,
+    Forgiven,
     InstallRecord,
     NoRecord,
     Record,
-    ResetAttempts,
     VaultState,
     apply,
 )
@@ -74,13 +78,59 @@ def test_unknown_account_is_not_created_by_an_attempt() -> None:
     assert state is EMPTY and outcome == NoRecord(destroyed_now=False)
 
 
-def test_reset_destroy_delete_check_the_generation() -> None:
+def test_forgive_destroy_delete_check_the_generation() -> None:
     state = install(EMPTY, b"a")
     state = install(state, b"a")  # generation 2
-    for command in (ResetAttempts(b"a", 1), DestroyRecord(b"a", 1), DeleteRecord(b"a", 1)):
+    state, _ = apply(state, CountAttempt(b"a"))
+    for command in (ForgiveAttempts(b"a", 1, 1), DestroyRecord(b"a", 1), DeleteRecord(b"a", 1)):
         with pytest.raises(ProtocolStateError):
             apply(state, command)
     assert apply(state, DeleteRecord(b"a", 2))[0].record(b"a") is None
+
+
+def test_a_forgiven_attempt_spares_the_attempts_started_after_it() -> None:
+    state = install(EMPTY, b"a", limit=3)
+    state, owner = apply(state, CountAttempt(b"a"))  # the owner's KE1: attempt 1
+    assert isinstance(owner, Counted) and owner.record.attempts_started == 1
+    state, _ = apply(state, CountAttempt(b"a"))  # the host's, after it: 2 and 3
+    state, _ = apply(state, CountAttempt(b"a"))
+    state, outcome = apply(state, ForgiveAttempts(b"a", 1, 1))  # the owner's KE3
+    assert isinstance(outcome, Forgiven) and outcome.failed_attempts == 2
+    assert (outcome.record.attempts_used, outcome.record.attempts_left) == (2, 1)
+    assert state.record(b"a") == outcome.record
+    # The same or an older attempt succeeding later forgives nothing more.
+    again, outcome = apply(state, ForgiveAttempts(b"a", 1, 1))
+    assert again.record(b"a") == state.record(b"a")
+    assert isinstance(outcome, Forgiven) and outcome.failed_attempts == 2
+    # The latest one forgives every attempt up to its own.
+    state, outcome = apply(state, ForgiveAttempts(b"a", 1, 3))
+    assert isinstance(outcome, Forgiven) and outcome.failed_attempts == 1
+    assert outcome.record.attempts_used == 0 and outcome.record.forgiven_through == 3
+
+
+def test_forgive_names_an_attempt_that_was_counted_on_the_record() -> None:
+    state = install(EMPTY, b"a", limit=3)
+    state, _ = apply(state, CountAttempt(b"a"))
+    for attempt in (0, 2, 2**64 - 1):
+        with pytest.raises(ProtocolStateError, match="no such attempt"):
+            apply(state, ForgiveAttempts(b"a", 1, attempt))
+    assert apply(state, ForgiveAttempts(b"a", 1, 1))[0].record(b"a").attempts_used == 0  # type: ignore[union-attr]
+
+
+def test_carried_attempts_are_the_new_records_first_and_forgiven_by_its_sessions() -> None:
+    state = install(EMPTY, b"a", limit=5)
+    state, _ = apply(state, CountAttempt(b"a"))
+    state, _ = apply(state, CountAttempt(b"a"))
+    state = install(state, b"a", limit=5)  # generation 2 carries the 2 attempts
+    record = state.record(b"a")
+    assert record is not None and (record.attempts_started, record.forgiven_through) == (2, 0)
+    with pytest.raises(ProtocolStateError):  # a session of generation 1 forgives nothing here
+        apply(state, ForgiveAttempts(b"a", 1, 2))
+    state, counted = apply(state, CountAttempt(b"a"))
+    assert isinstance(counted, Counted) and counted.record.attempts_started == 3
+    state, outcome = apply(state, ForgiveAttempts(b"a", 2, 3))
+    assert isinstance(outcome, Forgiven) and outcome.failed_attempts == 2
+    assert outcome.record.attempts_used == 0
 
 
 def test_destroy_only_at_the_limit() -> None:
@@ -159,7 +209,7 @@ def test_expose_is_single_use_needs_the_id_and_expires() -> None:
 
 
 def test_a_registration_started_before_a_destroy_or_delete_never_installs() -> None:
-    """The re-review's F1: InstallRecord names the generation its registration started at."""
+    """InstallRecord names the generation its registration started at (threat-model §5 rule 3)."""
     for end in ("destroy", "delete"):
         state = install(EMPTY, b"a", limit=1)
         started_at = state.slot(b"a").generation  # type: ignore[union-attr]
@@ -224,10 +274,10 @@ ACCOUNTS = (b"a", b"b")
 
 STEPS = st.lists(
     st.tuples(
-        st.sampled_from(["count", "reset", "destroy", "delete", "install", "expose"]),
+        st.sampled_from(["count", "forgive", "destroy", "delete", "install", "expose"]),
         st.sampled_from(ACCOUNTS),
         st.booleans(),  # name the current generation / registration id (else a stale one)
-        st.integers(1, 4),  # a guess limit
+        st.integers(1, 4),  # a guess limit; for "forgive", how many attempts back
     ),
     max_size=40,
 )
@@ -241,8 +291,9 @@ def _command(state: VaultState, step: tuple[str, bytes, bool, int]) -> Command:
     generation = live if current else live + 7
     if kind == "count":
         return CountAttempt(account)
-    if kind == "reset":
-        return ResetAttempts(account, generation)
+    if kind == "forgive":
+        started = 0 if slot is None or slot.record is None else slot.record.attempts_started
+        return ForgiveAttempts(account, generation, max(0, started + 1 - limit))
     if kind == "destroy":
         return DestroyRecord(account, generation)
     if kind == "delete":
@@ -263,9 +314,10 @@ def _run(steps: list[tuple[str, bytes, bool, int]]) -> tuple[list[bytes], int]:
     state = EMPTY
     trail: list[bytes] = []
     succeeded = 0
-    # Reference: checks each account's secrets answered since the last successful login,
-    # summed over every record that replaced another (carry-over), per live generation.
-    answered: dict[bytes, int] = dict.fromkeys(ACCOUNTS, 0)
+    # Reference: the checks of each account's secret that count against its limit,
+    # by attempt number: every one since the last forgiven attempt, summed over
+    # every record that replaced another (carry-over), per live generation.
+    unforgiven: dict[bytes, list[int]] = {account: [] for account in ACCOUNTS}
     # Slot generations at which the account's record was destroyed or deleted.
     ended_at: dict[bytes, set[int]] = {account: set() for account in ACCOUNTS}
     for step in steps:
@@ -285,27 +337,36 @@ def _run(steps: list[tuple[str, bytes, bool, int]]) -> tuple[list[bytes], int]:
             continue
         assert before is None or after.generation >= before.generation
         if isinstance(outcome, Counted):
-            answered[account] += 1
+            unforgiven[account].append(outcome.record.attempts_started)
             assert outcome.record.generation == after.generation or after.pending is not None
             # Never more checks than the limit of the record that answered them.
-            assert answered[account] <= outcome.record.guess_limit
-        if isinstance(command, ResetAttempts):
-            answered[account] = 0
+            assert len(unforgiven[account]) <= outcome.record.guess_limit
+        if isinstance(command, ForgiveAttempts):
+            # Forgiven: the attempts up to the KE3's own, never one started after it;
+            # the owner is told of all the others.
+            assert isinstance(outcome, Forgiven)
+            others = [a for a in unforgiven[account] if a != command.attempt]
+            assert outcome.failed_attempts == len(others)
+            unforgiven[account] = [a for a in unforgiven[account] if a > command.attempt]
         if isinstance(outcome, Applied) and isinstance(command, ExposeRecord):
-            assert after.record is not None and after.record.attempts_used == answered[account]
+            # The new record numbers the carried attempts 1..n.
+            unforgiven[account] = list(range(1, len(unforgiven[account]) + 1))
+            assert after.record is not None
+            assert after.record.attempts_used == len(unforgiven[account])
         if isinstance(command, InstallRecord):
             # Never a registration started before its account's record ended.
             assert command.expected_generation not in ended_at[account]
         if after.record is None:
-            answered[account] = 0  # destroyed or deleted: the secret is gone
+            unforgiven[account] = []  # destroyed or deleted: the secret is gone
             if before is not None and before.record is not None:
                 assert after.pending is None  # ... and any pending record with it
                 assert after.generation > before.generation
                 ended_at[account].add(before.generation)
         if after.record is not None:
-            assert after.record.attempts_used == answered[account]
+            assert after.record.attempts_used == len(unforgiven[account])
+            assert unforgiven[account] == sorted(unforgiven[account])
         if after.pending is not None:
-            assert after.pending.attempts_used == 0
+            assert after.pending.attempts_started == 0
         trail.append(encode(state))
     return trail, succeeded
 
@@ -328,11 +389,20 @@ def test_the_property_steps_mostly_succeed() -> None:
         ("install", b"a", True, 4),
         ("count", b"a", True, 3),
         ("expose", b"a", True, 4),
-        ("reset", b"a", True, 3),
+        ("forgive", b"a", True, 1),
+        ("count", b"a", True, 3),
+        ("count", b"a", True, 3),
+        ("forgive", b"a", True, 2),  # the older of the two: the later one stays counted
         ("delete", b"a", True, 3),
     ]
     _trail, succeeded = _run(steps)
     assert succeeded == len(steps)
+
+
+def test_every_command_has_one_rule() -> None:
+    assert set(_RULES) == set(get_args(Command))
+    with pytest.raises(TypeError, match="not a command"):
+        apply(EMPTY, "CountAttempt")  # type: ignore[arg-type]
 
 
 def test_lookups_on_a_large_state() -> None:

@@ -12,13 +12,18 @@ sessions from another account, and replays any request it sent before.
 Invariants, checked after every step that could break them:
 
 - *Guess limit.* A KE2 that opens under the password it was requested with
-  came from the real record (a fake-record KE2 opens under no password). Between
-  two successful logins, and until the client has been *told* that its record
-  is gone (a status answer without a record), the number of such real KE2s for
-  one password is at most the guess limit of the record that answered
-  (retries, re-registrations and carry-over included). The count is *not*
-  reset when the record merely disappears inside the HSM: a registration the
+  came from the real record (a fake-record KE2 opens under no password). The
+  number of such real KE2s for one password whose KE1 came after the KE1 of the
+  owner's last successful recovery is at most the guess limit of the record
+  that answered (retries, re-registrations and carry-over included), however
+  the owner's logins interleave with the host's: a success forgives only the
+  attempts started before its own KE1. The count restarts only when the client
+  has been *told* that its record is gone (a status answer without a record),
+  not when the record merely disappears inside the HSM: a registration the
   client started before that must not give the password a fresh counter.
+- *Told.* The failed attempts a ``KeyReleased`` or a ``StatusOk`` reports are at
+  least the real KE2s (other than the owner's own) since the KE1 of the
+  owner's previous successful recovery.
 - *Release.* A ``KeyReleased`` answers only a fresh RecoverFinish carrying the
   KE3 that ``client_login_finish`` computed for that session, and it opens to
   the secret registered under that password. Forged KE3s and replays release
@@ -82,6 +87,7 @@ class Login:
     session_id: bytes
     ke3: bytes | None  # None: the KE2 did not open under the password
     session_key: bytes | None
+    ke1_index: int  # when its KE1 went out, in the order of all KE1s the machine sent
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,11 @@ class HsmUnderAttack(RuleBasedStateMachine):
         self.pending_ids: list[bytes] = []
         self.started: list[Started] = []
         self.secret_of: dict[bytes, bytes] = {}  # password -> secret of its live record
-        self.real: dict[bytes, int] = dict.fromkeys(PASSWORDS, 0)
+        self.ke1s_sent = 0
+        # Real-record KE2s since the client was last told its record is gone, as
+        # (KE1 index, password), and the latest KE1 index of a successful recovery.
+        self.checks: list[tuple[int, bytes]] = []
+        self.forgiven_through = 0
         self.known_generation = 0  # the live record's generation as the client last saw it
 
     def _relay(self, request: bytes) -> bytes:
@@ -133,10 +143,27 @@ class HsmUnderAttack(RuleBasedStateMachine):
     def _told_no_record(self) -> None:
         # The client learned that its record is gone (destroyed at the limit or
         # deleted): the secret is lost, and a registration it starts from now on
-        # may start afresh (documented rule 4). Only now are the counts reset.
-        self.real = dict.fromkeys(PASSWORDS, 0)
+        # may start afresh (docs/threat-model.md §5 rule 6). Only now are the counts reset.
+        self.checks.clear()
         self.secret_of.clear()
         self.known_generation = 0
+
+    def _next_ke1_index(self) -> int:
+        self.ke1s_sent += 1
+        return self.ke1s_sent
+
+    def real(self, password: bytes) -> int:
+        """Real checks of ``password`` since the KE1 of the last successful recovery."""
+        return sum(1 for index, p in self.checks if p == password and index > self.forgiven_through)
+
+    def _unforgiven_checks(self, since: int, besides: int = 0) -> int:
+        """Distinct KE1s answered with a real KE2 after KE1 ``since`` (not counting ``besides``)."""
+        return len({index for index, _ in self.checks if index > since and index != besides})
+
+    def _check_limit(self, password: bytes) -> None:
+        record = self.app.vault.record(ALICE)
+        assert record is not None, "a real KE2 without a live record"
+        assert self.real(password) <= record.guess_limit, "more checks than the guess limit"
 
     # --- registration -------------------------------------------------------------
 
@@ -149,6 +176,7 @@ class HsmUnderAttack(RuleBasedStateMachine):
             self._told_no_record()
         else:
             self.known_generation = answer.generation
+            assert answer.failed_attempts >= self._unforgiven_checks(self.forgiven_through)
 
     @rule(password=st.sampled_from(PASSWORDS))
     def register_start(self, password: bytes) -> None:
@@ -236,10 +264,11 @@ class HsmUnderAttack(RuleBasedStateMachine):
     @rule(password=st.sampled_from((*PASSWORDS, WRONG)))
     def ke1(self, password: bytes) -> None:
         login_state, ke1 = client_login_start(password)
+        index = self._next_ke1_index()
         _request, answer, sent = self._send(self.alice, RecoverStart(ke1.to_bytes()))
         started = self.alice.open(sent.state, answer)
         assert isinstance(started, RecoverStartOk)
-        login = self._open_ke2(password, login_state, started)
+        login = self._open_ke2(password, login_state, started, index)
         self.logins.append(login)
 
     @rule(password=st.sampled_from((*PASSWORDS, WRONG)))
@@ -251,7 +280,9 @@ class HsmUnderAttack(RuleBasedStateMachine):
             self.ke1(password)
         raise AssertionError("the record outlived more KE1s than its guess limit")
 
-    def _open_ke2(self, password: bytes, login_state: object, started: RecoverStartOk) -> Login:
+    def _open_ke2(
+        self, password: bytes, login_state: object, started: RecoverStartOk, index: int
+    ) -> Login:
         try:
             ke3, session_key, _export = client_login_finish(
                 login_state,  # type: ignore[arg-type]
@@ -259,13 +290,11 @@ class HsmUnderAttack(RuleBasedStateMachine):
                 KE2.from_bytes(started.ke2),
             )
         except EnvelopeRecoveryError:
-            return Login(password, started.session_id, None, None)
+            return Login(password, started.session_id, None, None, index)
         # A real-record KE2: count it against the record that answered it.
-        self.real[password] += 1
-        record = self.app.vault.record(ALICE)
-        assert record is not None, "a real KE2 without a live record"
-        assert self.real[password] <= record.guess_limit, "more checks than the guess limit"
-        return Login(password, started.session_id, ke3.to_bytes(), session_key)
+        self.checks.append((index, password))
+        self._check_limit(password)
+        return Login(password, started.session_id, ke3.to_bytes(), session_key, index)
 
     @precondition(lambda self: self.logins)
     @rule(index=st.integers(0, 20), forged=st.booleans())
@@ -282,8 +311,25 @@ class HsmUnderAttack(RuleBasedStateMachine):
         assert ke3 == login.ke3 and login.session_key is not None, "released without a valid KE3"
         secret = release.open_release(login.session_key, request, released.sealed_secret)
         assert secret == self.secret_of[login.password]
-        self.real = dict.fromkeys(PASSWORDS, 0)  # a successful login resets the counter
+        # The owner hears of every real check since its previous success but its own ...
+        told = self._unforgiven_checks(self.forgiven_through, besides=login.ke1_index)
+        assert released.failed_attempts >= told, "the owner was not told of a failed check"
+        # ... and the success forgives only what started before its own KE1.
+        self.forgiven_through = max(self.forgiven_through, login.ke1_index)
         self.known_generation = released.generation
+
+    @rule(password=st.sampled_from(PASSWORDS), guesses=st.integers(0, 3))
+    def owner_login_amid_guesses(self, password: bytes, guesses: int) -> None:
+        """The owner's KE1, then the host's KE1s (sessions left open), then the owner's KE3.
+
+        The host sees the owner's KE1 go by and starts its own sessions before the
+        owner finishes; they use the same password, the strictest count.
+        """
+        self.ke1(password)
+        owner = len(self.logins) - 1
+        for _ in range(guesses):
+            self.ke1(password)
+        self.ke3(owner, forged=False)
 
     @precondition(lambda self: self.logins)
     @rule(index=st.integers(0, 20))
@@ -297,7 +343,7 @@ class HsmUnderAttack(RuleBasedStateMachine):
     @rule(index=st.integers(0, 20), finish=st.booleans())
     def mallory_names_alices_session(self, index: int, finish: bool) -> None:
         login = self.logins[index % len(self.logins)]
-        was_open = login.session_id in self.app._sessions
+        was_open = self._session_open(login.session_id)
         inner = (
             RecoverFinish(login.session_id, login.ke3 or bytes(64))
             if finish
@@ -308,9 +354,12 @@ class HsmUnderAttack(RuleBasedStateMachine):
             self.mallory.open(sent.state, answer)
         except RefusedError:
             # Refused, and alice's session is exactly as open as it was.
-            assert (login.session_id in self.app._sessions) == was_open
+            assert self._session_open(login.session_id) == was_open
             return
         raise AssertionError("another account used alice's session")
+
+    def _session_open(self, session_id: bytes) -> bool:
+        return self.app._tables.has_session(session_id)
 
     # --- the host's powers ----------------------------------------------------------
 
@@ -333,6 +382,7 @@ class HsmUnderAttack(RuleBasedStateMachine):
     def replay(self, index: int) -> None:
         sent = self.sent[index % len(self.sent)]
         kind = decode(HsmRequest, sent.request).kind
+        ke1_index = self._next_ke1_index() if kind is RequestKind.RECOVER_START else 0
         answer = self._relay(sent.request)
         try:
             inner = self.alice.open(sent.state, answer)
@@ -347,15 +397,13 @@ class HsmUnderAttack(RuleBasedStateMachine):
         }, kind
         if sent.exposes is not None:
             self._exposed(sent.exposes, inner)
-        if isinstance(inner, RecoverStartOk):
-            # A replayed KE1 is a new, counted attempt whose KE2 only the client can open;
-            # the client's original login state is gone here, so count it as a real check
-            # whenever the record exists: the strictest reading.
-            record = self.app.vault.record(ALICE)
-            if record is not None:
-                for password in self.real:
-                    self.real[password] += 1
-                    assert self.real[password] <= record.guess_limit
+        # A replayed KE1 is a new, counted attempt whose KE2 only the client can open;
+        # the client's original login state is gone here, so count it as a real check
+        # whenever the record exists: the strictest reading.
+        if isinstance(inner, RecoverStartOk) and self.app.vault.record(ALICE) is not None:
+            for password in PASSWORDS:
+                self.checks.append((ke1_index, password))
+                self._check_limit(password)
 
 
 HsmUnderAttack.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
@@ -413,23 +461,23 @@ ReRegistrationUnderAttack.TestCase.settings = settings(
 test_reregistration_under_attack = ReRegistrationUnderAttack.TestCase
 
 
-def test_the_review_attack_sequence_runs_in_the_machine() -> None:
-    """The schedule that reset a spent counter (before the two-phase rule), run every time."""
+def test_a_retried_registration_over_a_spent_counter_runs_in_the_machine() -> None:
+    """A retried registration over a spent counter (docs/threat-model.md §5), run every time."""
     machine = HsmUnderAttack()
     machine.register_and_expose(PASSWORDS[0], 1, 0)
     machine.ke1(PASSWORDS[0])  # the only allowed check; the session stays open
     machine.register_and_expose(PASSWORDS[0], 1, 1)  # a retry: refused, the counter is spent
     machine.ke1(PASSWORDS[0])  # destroys the locked record; fake KE2
-    assert machine.real[PASSWORDS[0]] == 1  # not told yet: the count stands
+    assert machine.real(PASSWORDS[0]) == 1  # not told yet: the count stands
     machine.status()  # told: no record
-    assert machine.real[PASSWORDS[0]] == 0 and machine.app.vault.record(ALICE) is None
-    machine.register_and_expose(PASSWORDS[0], 1, 2)  # (rule 4: after being told, afresh)
+    assert machine.real(PASSWORDS[0]) == 0 and machine.app.vault.record(ALICE) is None
+    machine.register_and_expose(PASSWORDS[0], 1, 2)  # (§5 rule 6: after being told, afresh)
     assert machine.app.vault.record(ALICE) is not None
     machine.teardown()
 
 
-def test_the_rereview_finish_after_destroy_sequence_runs_in_the_machine() -> None:
-    """A registration started before a destroy, finished after it: refused (re-review F1)."""
+def test_a_registration_finished_after_a_destroy_runs_in_the_machine() -> None:
+    """Started before a destroy, finished after it: refused (threat-model §5 rule 3)."""
     machine = HsmUnderAttack()
     machine.register_and_expose(PASSWORDS[0], 1, 0)
     machine.register_start(PASSWORDS[0])  # names generation 1, the live record
@@ -441,5 +489,24 @@ def test_the_rereview_finish_after_destroy_sequence_runs_in_the_machine() -> Non
     machine.register_start(PASSWORDS[0])  # still names generation 1: refused at the start
     assert not machine.started
     machine.ke1(PASSWORDS[0])  # a fake KE2: the password got exactly its one check
-    assert machine.real[PASSWORDS[0]] == 1
+    assert machine.real(PASSWORDS[0]) == 1
+    machine.teardown()
+
+
+def test_an_owner_login_between_the_hosts_guesses_runs_in_the_machine() -> None:
+    """The host opens sessions after the owner's KE1, the owner succeeds, the host goes on.
+
+    Before a success forgave only the attempts started before its own KE1, the
+    host got the record's whole limit again after the owner's success.
+    """
+    machine = HsmUnderAttack()
+    machine.register_and_expose(PASSWORDS[0], 3, 0)
+    machine.ke1(PASSWORDS[0])  # the owner's KE1 (login 0)
+    machine.ke1(PASSWORDS[0])  # the host's, sessions left open
+    machine.ke1(PASSWORDS[0])
+    machine.ke3(0, forged=False)  # the owner succeeds: told of the host's 2 checks
+    assert machine.real(PASSWORDS[0]) == 2
+    for _ in range(3):  # one more real check, then the record is destroyed: fake KE2s
+        machine.ke1(PASSWORDS[0])
+    assert machine.real(PASSWORDS[0]) == 3
     machine.teardown()

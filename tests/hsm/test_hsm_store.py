@@ -17,7 +17,7 @@ import pytest
 from hsm_world import InProcessHost, VaultClient, client_for
 from starlette.testclient import TestClient
 
-from bkv.cli.keystore import register as register_keystore
+from bkv.cli.keystore import add_commands as add_keystore_commands
 from bkv.crypto.opaque import client_login_start
 from bkv.errors import (
     ConfigError,
@@ -30,6 +30,11 @@ from bkv.errors import (
     WrongPasswordError,
 )
 from bkv.hsm.app import HsmApp
+from bkv.hsm.config import HsmConfig, load_config
+from bkv.hsm.device import open_device
+from bkv.hsm.http import build_app, housekeeping_loop
+from bkv.hsm.node import HsmNode, init_hsm, load_hsm
+from bkv.hsm.public_keys import render_public_keys
 from bkv.hsm.sealing import (
     Freshness,
     SealedState,
@@ -38,21 +43,12 @@ from bkv.hsm.sealing import (
     open_snapshot,
     peek_version,
 )
-from bkv.hsm.server import (
-    HsmConfig,
-    HsmNode,
-    _housekeeping,
-    build_app,
-    init_hsm,
-    load_config,
-    load_hsm,
-    open_device,
-)
 from bkv.hsm.store import MAX_STATE_SIZE, PUBLIC_KEYS_FILE, STATE_FILE, StateStore
 from bkv.keystore import SoftwareSealer, pkcs11
 from bkv.keystore.counter import COUNTER_FILE_NAME, FileCounter
 from bkv.keystore.files import read_key_file, write_key_file
 from bkv.protocol.artifact import FleetKeyArtifact, FleetPolicy, PublicKey, parse_artifact
+from bkv.protocol.hsm_link import LINK_MAC_HEADER, link_mac_header
 from bkv.protocol.messages import MAX_REQUEST_SIZE, RecoverStart
 from bkv.wire import decode, encode
 
@@ -60,6 +56,7 @@ PASSWORD = b"pw for the store tests"
 WRONG = b"not the password"
 SECRET = b"\x42" * 32
 NOW_MS = 1_700_000_000_000
+LINK_KEY = b"\x11" * 32
 
 
 def _write_config(tmp_path: Path, sealer_lines: str, hsm_lines: str = "", extra: str = "") -> Path:
@@ -82,7 +79,7 @@ def _client(node: HsmNode, account: bytes = b"alice") -> VaultClient:
     def relay(request: bytes) -> bytes:
         return node.handle(request, NOW_MS, _no_pause)
 
-    return VaultClient(relay, node.app.public_keys_json(), account)
+    return VaultClient(relay, render_public_keys(node.app.public_keys()), account)
 
 
 def _stage_and_write(node: HsmNode, client: VaultClient) -> bytes:
@@ -292,7 +289,7 @@ def test_file_counter_only_moves_forward(tmp_path: Path) -> None:
     value = counter.read()
     assert value.version == 0
     with pytest.raises(ValueError, match="higher"):
-        counter.advance(value)
+        counter.advance(value, value)
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temp files left
 
@@ -305,9 +302,8 @@ def test_init_keeps_keys_out_of_the_host_state_dir(
 ) -> None:
     config = software_config
     assert config.key_dir == config.state_dir.parent / "hsm-private"  # the default: a sibling
-    assert (
-        config.state_dir / PUBLIC_KEYS_FILE
-    ).read_bytes() == software_node.app.public_keys_json()
+    published = render_public_keys(software_node.app.public_keys())
+    assert (config.state_dir / PUBLIC_KEYS_FILE).read_bytes() == published
     assert sorted(p.name for p in config.state_dir.iterdir()) == [PUBLIC_KEYS_FILE, STATE_FILE]
     assert stat.S_IMODE(config.key_dir.stat().st_mode) == 0o700
     for name in ("sealing.key", COUNTER_FILE_NAME):
@@ -367,7 +363,8 @@ def test_a_second_software_counter_for_the_same_key_cannot_roll_the_state_back(
     (other / "sealing.key").write_bytes(software_config.sealer.key_file.read_bytes())
     (other / "sealing.key").chmod(0o600)
     counter = FileCounter.create(other / COUNTER_FILE_NAME)
-    counter.advance(counter.read().next(peek_version(fresh) - 1, bytes(32)))
+    start = counter.read()
+    counter.advance(start, start.next(peek_version(fresh) - 1, bytes(32)))
     config = dataclasses.replace(
         software_config,
         key_dir=other,
@@ -385,7 +382,7 @@ def test_a_key_from_bkv_keystore_loads_in_the_hsm(tmp_path: Path) -> None:
     config = load_config(_write_config(tmp_path, 'backend = "software"'))
     config.key_dir.mkdir(mode=0o700)
     parser = argparse.ArgumentParser(prog="bkv")
-    register_keystore(parser.add_subparsers(dest="command"))
+    add_keystore_commands(parser.add_subparsers(dest="command"))
     key_file = config.key_dir / "sealing.key"
     args = parser.parse_args(["keystore", "gen-sealing-key", "--key-file", str(key_file)])
     assert args.handler(args) == 0
@@ -533,12 +530,17 @@ def test_housekeeping_failure_latches_the_hsm_and_refuses_service(
             node.handle(b"\x01", NOW_MS, _no_pause)
         with pytest.raises(HsmFailedError):
             node.run_housekeeping()
-        web = TestClient(build_app(node))
-        assert web.post("/v1/message", content=b"\x01\x01\x01").status_code == 503
+        web = TestClient(build_app(node, LINK_KEY, log=print))
+        body = b"\x01\x01\x01"
+        assert web.post("/v1/message", content=body, headers=_signed(body)).status_code == 503
+
+
+def _signed(body: bytes) -> dict[str, str]:
+    return {LINK_MAC_HEADER: link_mac_header(LINK_KEY, "POST", b"/v1/message", body)}
 
 
 async def _housekeeping_loop(node: HsmNode) -> None:
-    await _housekeeping(node, 0.01)  # the server's own loop, with a short interval
+    await housekeeping_loop(node, 0.01)  # the server's own loop, with a short interval
 
 
 def test_a_failed_request_persist_releases_nothing_and_latches(
@@ -554,7 +556,7 @@ def test_a_failed_request_persist_releases_nothing_and_latches(
 
 
 def test_http_caps_request_bodies(software_node: HsmNode) -> None:
-    web = TestClient(build_app(software_node))
+    web = TestClient(build_app(software_node, LINK_KEY, log=print))
     too_big = web.post("/v1/message", content=b"\x00" * (MAX_REQUEST_SIZE + 1))
     assert too_big.status_code == 400
 
@@ -562,7 +564,9 @@ def test_http_caps_request_bodies(software_node: HsmNode) -> None:
         for _ in range(MAX_REQUEST_SIZE // 512 + 2):
             yield b"\x00" * 512
 
-    assert web.post("/v1/message", content=chunks()).status_code == 400
+    # A well-formed MAC, so that the body is read (and capped) before the MAC is checked.
+    headers = {LINK_MAC_HEADER: "00" * 32}
+    assert web.post("/v1/message", content=chunks(), headers=headers).status_code == 400
     assert software_node.app.version == 1
 
 
@@ -689,7 +693,7 @@ def test_softhsm2_a_second_counter_for_the_same_key_cannot_roll_the_state_back(
     token = pkcs11.Pkcs11Config.load(second.sealer.pkcs11_config, "user-pin-1234")
     with pkcs11.create_counter(token, "second-counter") as counter:
         start = counter.read()
-        counter.advance(start.next(peek_version(fresh) - 1, bytes(32)))
+        counter.advance(start, start.next(peek_version(fresh) - 1, bytes(32)))
     StateStore(second.state_dir).write(fresh)
     with pytest.raises(SealingError):
         load_hsm(second)

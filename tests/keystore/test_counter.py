@@ -9,8 +9,9 @@ import pkcs11 as p11
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from second_process import worker
 
-from bkv.errors import NvCounterError
+from bkv.errors import DirectoryLockedError, NvCounterConflictError, NvCounterError
 from bkv.keystore.counter import (
     COUNTER_ID_SIZE,
     COUNTER_SIZE,
@@ -63,7 +64,7 @@ def test_new_counters_draw_distinct_ids_and_refuse_another_counters_value(
     foreign = CounterValue(1, DIGEST_A, counter_id=ID_B)
     assert own.counter_id != ID_B
     with pytest.raises(ValueError, match="another counter"):
-        counter.advance(foreign)  # a value of another counter never lands here
+        counter.advance(own, foreign)  # a value of another counter never lands here
     assert counter.read() == own
 
 
@@ -82,11 +83,11 @@ def test_file_counter_moves_only_forward_and_survives_reopening(tmp_path: Path) 
     assert isinstance(counter, MonotonicCounter)
     start = counter.read()
     assert (start.version, start.digest) == (0, EMPTY_DIGEST)
-    counter.advance(start.next(1, DIGEST_A))
-    counter.advance(start.next(5, DIGEST_B))
+    counter.advance(start, start.next(1, DIGEST_A))
+    counter.advance(start.next(1, DIGEST_A), start.next(5, DIGEST_B))
     for stale in (start.next(5, DIGEST_A), start.next(4, DIGEST_B)):
         with pytest.raises(ValueError, match="higher"):
-            counter.advance(stale)
+            counter.advance(start.next(5, DIGEST_B), stale)
     assert FileCounter(path).read() == start.next(5, DIGEST_B)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(NvCounterError, match="exists"):
@@ -110,6 +111,54 @@ def test_file_counter_refuses_missing_malformed_linked_and_oversized_files(tmp_p
     path.symlink_to(target)
     with pytest.raises(NvCounterError, match="symbolic link"):
         FileCounter(path).read()
+
+
+def _stale_expectations(start: CounterValue, current: CounterValue) -> list[CounterValue]:
+    """Values a writer could wrongly believe the counter holds when it holds ``current``."""
+    return [
+        start,  # an older value
+        start.next(current.version - 1, current.digest),  # right digest, older version
+        start.next(current.version, DIGEST_B),  # a sibling at the same version
+        CounterValue(current.version, current.digest, counter_id=ID_B),  # another counter's
+    ]
+
+
+def test_file_counter_advance_refuses_a_stale_expected_value(tmp_path: Path) -> None:
+    counter = FileCounter.create(tmp_path / "nv-counter")
+    start = counter.read()
+    current = start.next(3, DIGEST_A)
+    counter.advance(start, current)
+    for stale in _stale_expectations(start, current):
+        with pytest.raises(NvCounterConflictError, match="another writer"):
+            counter.advance(stale, stale.next(4, DIGEST_B))
+        assert counter.read() == current
+    counter.advance(current, current.next(4, DIGEST_B))  # the exact value is accepted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nv-counter"]
+
+
+# --- two real processes ---------------------------------------------------------------
+
+RACE_TRIALS = 20
+
+
+def test_two_processes_cannot_both_advance_from_the_same_value(tmp_path: Path) -> None:
+    # Each trial: both processes read the same value, then both advance from it at
+    # once. Whatever the interleaving, exactly one may move on from that value; were
+    # both to succeed, both would release a response for one state version.
+    path = tmp_path / "nv-counter"
+    FileCounter.create(path)
+    with worker("race", str(path), "aa") as first, worker("race", str(path), "bb") as second:
+        for trial in range(RACE_TRIALS):
+            first.send("read")
+            second.send("read")
+            assert (first.answer(), second.answer()) == (f"ready {trial}", f"ready {trial}")
+            first.send("go")
+            second.send("go")
+            outcomes = sorted((first.answer(), second.answer()))
+            assert outcomes == ["lost", "won"], f"trial {trial}: {outcomes}"
+    final = FileCounter(path).read()
+    assert final.version == RACE_TRIALS
+    assert final.digest in (DIGEST_A, DIGEST_B)
 
 
 # --- PKCS#11 ----------------------------------------------------------------------
@@ -153,10 +202,10 @@ def test_token_counter_is_one_private_token_object_that_moves_forward(
         assert isinstance(counter, MonotonicCounter)
         start = counter.read()
         assert (start.version, start.digest) == (0, EMPTY_DIGEST)
-        counter.advance(start.next(1, DIGEST_A))
-        counter.advance(start.next(2, DIGEST_B))
+        counter.advance(start, start.next(1, DIGEST_A))
+        counter.advance(start.next(1, DIGEST_A), start.next(2, DIGEST_B))
         with pytest.raises(ValueError, match="higher"):
-            counter.advance(start.next(2, DIGEST_A))
+            counter.advance(start.next(2, DIGEST_B), start.next(2, DIGEST_A))
     assert token_has_counter(token)
     [stored] = _raw_objects(token, "nv")
     assert stored["value"] == start.next(2, DIGEST_B).to_bytes()
@@ -174,7 +223,7 @@ def test_token_counter_after_a_crash_between_create_and_destroy_reads_the_newest
 ) -> None:
     with create_counter(token, "nv") as counter:
         start = counter.read()
-        counter.advance(start.next(3, DIGEST_A))
+        counter.advance(start, start.next(3, DIGEST_A))
         # What a crash inside advance() leaves: the new object made, the old not yet gone.
         counter._session.create_object(  # the backend's own session, as advance() uses
             {
@@ -187,7 +236,7 @@ def test_token_counter_after_a_crash_between_create_and_destroy_reads_the_newest
         )
     with load_counter(token, "nv") as counter:
         assert counter.read() == start.next(4, DIGEST_B)
-        counter.advance(start.next(5, DIGEST_A))  # cleans both old objects up
+        counter.advance(start.next(4, DIGEST_B), start.next(5, DIGEST_A))  # cleans both up
     assert [o["value"] for o in _raw_objects(token, "nv")] == [start.next(5, DIGEST_A).to_bytes()]
 
 
@@ -213,3 +262,49 @@ def test_token_counter_missing_or_ambiguous_is_refused(token: Pkcs11Config) -> N
         counter._session.create_object(forged)
         with pytest.raises(NvCounterError, match="different ids"):
             counter.read()
+
+
+@pytest.mark.softhsm
+def test_token_counter_advance_refuses_a_stale_expected_value(token: Pkcs11Config) -> None:
+    with create_counter(token, "nv") as counter:
+        start = counter.read()
+        current = start.next(3, DIGEST_A)
+        counter.advance(start, current)
+        for stale in _stale_expectations(start, current):
+            with pytest.raises(NvCounterConflictError, match="another writer"):
+                counter.advance(stale, stale.next(4, DIGEST_B))
+            assert counter.read() == current
+        # Another writer's object (what a second process would leave) moves the counter.
+        counter._session.create_object(
+            {
+                p11.Attribute.CLASS: p11.ObjectClass.DATA,
+                p11.Attribute.TOKEN: True,
+                p11.Attribute.PRIVATE: True,
+                p11.Attribute.LABEL: "nv",
+                p11.Attribute.VALUE: start.next(4, DIGEST_B).to_bytes(),
+            }
+        )
+        with pytest.raises(NvCounterConflictError):
+            counter.advance(current, current.next(4, DIGEST_A))
+        assert counter.read() == start.next(4, DIGEST_B)
+        assert len(counter._objects()) == 2  # nothing created, nothing destroyed
+
+
+@pytest.mark.softhsm
+def test_token_counter_is_open_in_one_process_at_a_time(
+    token: Pkcs11Config, tmp_path: Path
+) -> None:
+    config_path = tmp_path / "pkcs11.json"
+    token.save(config_path)
+    env = {"BKV_TEST_PIN": USER_PIN}
+    args = ("token-counter", str(config_path), "nv")
+    with create_counter(token, "nv"), worker(*args, env=env) as other:
+        assert other.answer() == "refused DirectoryLockedError"
+    with worker(*args, env=env) as other:
+        assert other.answer() == "opened"
+        with pytest.raises(DirectoryLockedError, match="another process"):
+            load_counter(token, "nv")
+        with pytest.raises(DirectoryLockedError):
+            create_counter(token, "nv")
+    with load_counter(token, "nv") as counter:  # released when the other process ended
+        assert counter.read().version == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bkv.cli.keystore import SO_PIN_ENV, USER_PIN_ENV, register
+from bkv.cli.keystore import SO_PIN_ENV, USER_PIN_ENV, add_commands
 from bkv.errors import BkvError, ConfigError, KeyExistsError, KeystoreError
 from bkv.keystore.files import read_key_file
 from bkv.keystore.pkcs11 import Pkcs11Config, load_sealing_key, load_signing_key
@@ -20,7 +20,7 @@ USER_PIN = "user-pin-1234"
 
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bkv")
-    register(parser.add_subparsers(dest="command"))
+    add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

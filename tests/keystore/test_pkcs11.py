@@ -9,6 +9,7 @@ import pkcs11
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.exceptions import AttributeReadOnly, AttributeSensitive, KeyUnextractable
 
@@ -137,8 +138,8 @@ def test_sealer_round_trip_and_format(token: Pkcs11Config) -> None:
     with generate_sealing_key(token, "state") as sealer:
         assert isinstance(sealer, Sealer)
         blob = sealer.seal(b"hsm state", b"node-1")
-        assert blob[0] == sealed.SealAlgorithm.AES_256_GCM
-        assert len(blob) == 1 + 12 + len(b"hsm state") + 16
+        assert blob[0] == sealed.SealAlgorithm.AES_256_GCM_BLOB_KEY
+        assert len(blob) == 1 + sealed.SALT_SIZE + len(b"hsm state") + sealed.TAG_SIZE
         assert sealer.open(blob, b"node-1") == b"hsm state"
         assert sealer.seal(b"hsm state", b"node-1") != blob
 
@@ -148,15 +149,17 @@ def test_sealer_rejects_wrong_aad_tamper_and_truncation(token: Pkcs11Config) -> 
         blob = sealer.seal(b"hsm state", b"node-1")
         with pytest.raises(SealingError):
             sealer.open(blob, b"node-2")
-        for index in (1, 13, len(blob) - 1):  # nonce, ciphertext, tag
+        salt, ciphertext, tag = 1, 1 + sealed.SALT_SIZE, len(blob) - 1
+        for index in (salt, salt + 31, ciphertext, tag):
             tampered = bytearray(blob)
             tampered[index] ^= 0x80
             with pytest.raises(SealingError):
                 sealer.open(bytes(tampered), b"node-1")
         with pytest.raises(SealingError):
             sealer.open(blob[:-1], b"node-1")
-        with pytest.raises(SealingError):
-            sealer.open(b"\x02" + blob[1:], b"node-1")
+        for alg in (b"\x01", b"\x02", b"\x04"):  # legacy (this key has no CKA_DECRYPT), unknown
+            with pytest.raises(SealingError):
+                sealer.open(alg + blob[1:], b"node-1")
 
 
 def test_sealer_rejects_blob_from_other_key(token: Pkcs11Config) -> None:
@@ -184,8 +187,8 @@ def test_software_blob_opens_in_token_under_same_key(token: Pkcs11Config) -> Non
                     Attribute.TOKEN: True,
                     Attribute.SENSITIVE: True,
                     Attribute.EXTRACTABLE: False,
-                    Attribute.ENCRYPT: True,
-                    Attribute.DECRYPT: True,
+                    Attribute.DERIVE: True,
+                    Attribute.DECRYPT: True,  # for the legacy blob below
                 }
             )
         finally:
@@ -194,6 +197,21 @@ def test_software_blob_opens_in_token_under_same_key(token: Pkcs11Config) -> Non
             software = SoftwareSealer(key)
             assert in_token.open(software.seal(b"x", b"ad"), b"ad") == b"x"
             assert software.open(in_token.seal(b"y", b"ad"), b"ad") == b"y"
+            # A legacy blob (alg 0x01: GCM under the key itself) opens in the token too.
+            nonce = bytes(12)
+            legacy = b"\x01" + nonce + AESGCM(key).encrypt(nonce, b"old", b"\x01ad")
+            assert in_token.open(legacy, b"ad") == b"old"
+            with pytest.raises(SealingError):
+                in_token.open(legacy[:-1] + bytes([legacy[-1] ^ 1]), b"ad")
+            # Its keystream, named as a salt, is a blob key the host would know:
+            # the token must never derive from it (bkv.keystore.sealed).
+            known = bytes(32)
+            old = AESGCM(key).encrypt(nonce, known, b"\x01ad")[:32]
+            leaked_key = bytes(c ^ p for c, p in zip(old, known, strict=True))
+            salt = nonce + (2).to_bytes(4, "big") + nonce + (3).to_bytes(4, "big")
+            forged = AESGCM(leaked_key).encrypt(bytes(12), b"forged", b"\x03ad")
+            with pytest.raises(SealingError, match="salt"):
+                in_token.open(b"\x03" + salt + forged, b"ad")
 
 
 def test_sealing_key_is_sensitive_unextractable_and_cannot_be_exported(
@@ -208,6 +226,9 @@ def test_sealing_key_is_sensitive_unextractable_and_cannot_be_exported(
             assert key[Attribute.NEVER_EXTRACTABLE] is True
             assert key[Attribute.ALWAYS_SENSITIVE] is True
             assert key[Attribute.VALUE_LEN] == 32
+            # It derives blob keys and does nothing else with data itself.
+            assert key[Attribute.DERIVE] is True
+            assert key[Attribute.ENCRYPT] is False and key[Attribute.DECRYPT] is False
             with pytest.raises(AttributeSensitive):
                 key[Attribute.VALUE]
             with pytest.raises(AttributeReadOnly):
@@ -218,6 +239,47 @@ def test_sealing_key_is_sensitive_unextractable_and_cannot_be_exported(
                 wrapping.wrap_key(key)
         finally:
             session.close()
+
+
+def test_blob_keys_are_not_left_in_the_token(token: Pkcs11Config) -> None:
+    with generate_sealing_key(token, "state") as sealer:
+        session = _raw_session(token)
+        try:
+            before = len(list(session.get_objects()))
+            blobs = [sealer.seal(b"state %d" % i, b"") for i in range(3)]
+            assert len({blob[1 : 1 + sealed.SALT_SIZE] for blob in blobs}) == 3
+            assert [sealer.open(blob, b"") for blob in blobs] == [
+                b"state 0",
+                b"state 1",
+                b"state 2",
+            ]
+            with pytest.raises(SealingError):
+                sealer.open(blobs[0][:-1] + bytes([blobs[0][-1] ^ 1]), b"")
+            assert len(list(session.get_objects())) == before  # each blob key destroyed
+        finally:
+            session.close()
+
+
+def test_a_sealing_key_that_cannot_derive_is_refused(token: Pkcs11Config) -> None:
+    # What bkv generated before per-blob keys: encrypt/decrypt, no CKA_DERIVE.
+    with generate_sealing_key(token, "unused"):
+        session = _raw_session(token)
+        try:
+            session.generate_key(
+                KeyType.AES,
+                256,
+                label="old",
+                store=True,
+                template={
+                    Attribute.DERIVE: False,
+                    Attribute.ENCRYPT: True,
+                    Attribute.DECRYPT: True,
+                },
+            )
+        finally:
+            session.close()
+        with pytest.raises(KeystoreError, match="CKA_DERIVE"):
+            load_sealing_key(token, "old")
 
 
 def test_sealing_key_persists_across_reload(token: Pkcs11Config) -> None:
@@ -285,7 +347,7 @@ def test_closed_handle_refuses_use(token: Pkcs11Config) -> None:
 
 
 def test_token_signer_makes_operator_countersignatures(token: Pkcs11Config) -> None:
-    # Issue 4 item 3: the operator's counter-signature made with the key in the token.
+    # The operator's counter-signature made with the key in the token (docs/threat-model.md §12).
     witness_signature = bytes(range(64))
     with generate_signing_key(token, "operator") as signer:
         counter = countersign(signer, witness_signature)

@@ -161,7 +161,7 @@ def test_409_same_size_different_root_is_a_fork() -> None:
     err = _refused(f, format_add_checkpoint(6, [], fork), CheckpointSizeConflictError, 409)
     assert isinstance(err, CheckpointSizeConflictError) and err.current_size == 6
     # The same checkpoint again is fine (idempotent re-cosigning).
-    assert f.witness.handle(f.body(6), NOW_MS)
+    assert f.witness.handle(f.body(6), NOW_MS).state.size == 6
 
 
 def test_422_proof_from_zero_and_empty_root() -> None:

@@ -41,6 +41,7 @@ from bkv.errors import (
 from bkv.keystore import SoftwareSigner
 from bkv.protocol import plexi
 from bkv.protocol import submission as submission_format
+from bkv.protocol.artifact import MAX_ARTIFACT_BYTES
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
 from bkv.tlog.log import MemoryHashStore, MerkleLog
 from bkv.tlog.merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -115,7 +116,9 @@ def test_refuses_gap_repeat_and_older_epoch(
         service.submit(
             submission(operator, 1, clock, artifact=artifact_for("older"))
         )  # older epoch
-    assert service.store.last_signed(NS) is not None
+    last = service.store.last_signed(NS)
+    assert last is not None and last.entry.epoch == 2
+    assert last.entry.digest == digest(artifact_for(2))
     assert service.store.epoch_count(NS) == 2
 
 
@@ -194,7 +197,7 @@ def test_refuses_swapped_and_tampered_fields(
 def test_refuses_oversized_artifact_and_evidence(
     service: WitnessService, operator: SoftwareSigner, clock: Clock
 ) -> None:
-    big = b"x" * (submission_format.MAX_ARTIFACT_BYTES + 1)
+    big = b"x" * (MAX_ARTIFACT_BYTES + 1)
     with pytest.raises(SizeLimitError):
         service.submit(submission(operator, 1, clock, artifact=big))
     huge = b"e" * (submission_format.MAX_EVIDENCE_BYTES + 1)
@@ -244,14 +247,14 @@ def test_refused_submissions_change_nothing(
 ) -> None:
     service.submit(submission(operator, 1, clock))
     before = db_dump(db_path)
-    bad = [
-        submission(operator, 3, clock),
-        submission(operator, 1, clock, artifact=artifact_for("again")),
-        submission(operator, 2, clock, artifact=artifact_for(1)),
-        submission(fixed_signer(0x0B), 2, clock),
+    bad: list[tuple[submission_format.Submission, type[Exception]]] = [
+        (submission(operator, 3, clock), EpochConflictError),
+        (submission(operator, 1, clock, artifact=artifact_for("again")), EpochConflictError),
+        (submission(operator, 2, clock, artifact=artifact_for(1)), DigestReusedError),
+        (submission(fixed_signer(0x0B), 2, clock), SubmissionSignatureError),
     ]
-    for sub in bad:
-        with pytest.raises((EpochConflictError, DigestReusedError, SubmissionSignatureError)):
+    for sub, error in bad:
+        with pytest.raises(error):
             service.submit(sub)
     assert db_dump(db_path) == before
 
@@ -538,3 +541,29 @@ def test_config_file_is_checked(tmp_path: Path, change: dict[str, object]) -> No
     path.write_text("{not json")
     with pytest.raises(ConfigError):
         WitnessConfig.load(path)
+
+
+def test_served_epochs_come_from_the_logged_entries(
+    db_path: Path, operator: SoftwareSigner, clock: Clock
+) -> None:
+    """What the store returns for an epoch is its logged leaf; a leaf that is not is refused."""
+    svc = make_service(db_path, clock)
+    svc.register_namespace(NS, operator.public_key())
+    receipts = [svc.submit(submission(operator, epoch, clock)) for epoch in (1, 2)]
+    signed = svc.store.signed_epoch(NS, 2)
+    assert signed is not None and signed.entry.to_bytes() == receipts[1].log_entry
+    svc.store.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        # Below the store (which never updates the log), rewrite the leaves of the log.
+        conn.execute("DROP TRIGGER log_entries_no_update")
+        conn.execute("UPDATE log_entries SET entry = ? WHERE idx = 0", (receipts[1].log_entry,))
+        conn.execute("UPDATE log_entries SET entry = x'00' WHERE idx = 1")
+        conn.commit()
+    finally:
+        conn.close()
+    with WitnessStore(db_path) as store:
+        with pytest.raises(StorageError, match="does not record epoch 1"):
+            store.signed_epoch(NS, 1)
+        with pytest.raises(StorageError, match="not an audit entry"):
+            store.signed_epoch(NS, 2)

@@ -163,12 +163,13 @@ def test_stored_counter_signatures_are_immutable(
     conn = sqlite3.connect(db_path)
     try:
         conn.execute("PRAGMA foreign_keys = ON")
-        for statement in (
-            "UPDATE countersignatures SET counter_signature = zeroblob(64)",
-            "DELETE FROM countersignatures",
-            f"INSERT INTO countersignatures VALUES ('{NS}', 9, zeroblob(64))",
+        for statement, refusal in (
+            ("UPDATE countersignatures SET counter_signature = zeroblob(64)", "immutable"),
+            ("DELETE FROM countersignatures", "immutable"),
+            (f"INSERT INTO countersignatures VALUES ('{NS}', 9, zeroblob(64))", "FOREIGN KEY"),
         ):
-            with pytest.raises(sqlite3.DatabaseError):
+            # IntegrityError, not any DatabaseError: a typo in the SQL must not pass.
+            with pytest.raises(sqlite3.IntegrityError, match=refusal):
                 conn.execute(statement)
     finally:
         conn.close()

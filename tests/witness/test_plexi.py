@@ -216,7 +216,10 @@ def test_verify_refuses_wrong_key_and_tampering() -> None:
         plexi.verify_statement(st_.message_bytes, st_.signature[:-1], st_.key_id, [good])
     with pytest.raises(UnknownKeyError):
         plexi.verify_statement(st_.message_bytes, st_.signature, 256, [good])
-    assert plexi.verify_statement(st_.message_bytes, st_.signature, st_.key_id, [impostor, good])
+    verified = plexi.verify_statement(
+        st_.message_bytes, st_.signature, st_.key_id, [impostor, good]
+    )
+    assert (verified.namespace, verified.epoch) == ("bkv.fleet_keys.v1", 1)
 
 
 def test_verify_enforces_not_before() -> None:
@@ -243,13 +246,20 @@ def test_key_id_is_last_byte() -> None:
         plexi.key_id_for(b"\x00" * 31)
 
 
+def _fresh_encoding(message: plexi.SignatureMessage) -> bytes:
+    """The message's bytes re-encoded from its fields (not what decoding remembered)."""
+    return plexi.encode_signature_message(
+        message.namespace, message.timestamp_ms, message.epoch, message.digest
+    )
+
+
 @given(st.binary(max_size=plexi.MAX_SIGNATURE_MESSAGE_BYTES + 8))
 def test_random_bytes_raise_only_codec_errors(data: bytes) -> None:
     try:
         message = plexi.decode_signature_message(data)
     except CodecError:
         return
-    assert message.to_bytes() == data
+    assert _fresh_encoding(message) == data
 
 
 @given(
@@ -273,4 +283,41 @@ def test_single_byte_mutations_never_escape_codec_errors(data: st.DataObject) ->
         message = plexi.decode_signature_message(bytes(encoded))
     except CodecError:
         return
-    assert message.to_bytes() == bytes(encoded)
+    assert _fresh_encoding(message) == bytes(encoded)
+
+
+# --- the common layout read at fixed offsets, against the field-by-field reader --------
+
+_LAYOUTS = [
+    _sample(),
+    _sample(namespace="n" * 127, timestamp_ms=0, epoch=1, digest=b"\x01"),
+    _sample(namespace="n" * 128, epoch=2**64 - 1, digest=bytes(64)),
+    _sample(namespace="é", timestamp_ms=2**64 - 1, epoch=127, digest=bytes(range(63))),
+    _sample(epoch=128, digest=bytes(33)),
+]
+
+
+def _same_as_field_by_field(data: bytes) -> None:
+    direct = plexi._decode_common_layout(data)
+    try:
+        expected: plexi.SignatureMessage | None = plexi._decode_field_by_field(data)
+    except CodecError:
+        expected = None
+    if direct is not None:
+        assert direct == expected and _fresh_encoding(direct) == data
+        assert direct.to_bytes() == data
+
+
+@pytest.mark.parametrize("message", _LAYOUTS, ids=range(len(_LAYOUTS)))
+def test_common_layout_agrees_with_the_field_reader_on_every_edit(
+    message: plexi.SignatureMessage,
+) -> None:
+    encoded = message.to_bytes()
+    assert plexi._decode_common_layout(encoded) == message or len(message.namespace) >= 128
+    for index in range(len(encoded) + 1):
+        for deleted in (0, 1, 2):
+            for insert in (b"", b"\x00", b"\x01", b"\x7f", b"\x80", b"\xff", b"\x08"):
+                _same_as_field_by_field(encoded[:index] + insert + encoded[index + deleted :])
+        if index < len(encoded):
+            for value in (0x00, 0x01, 0x7F, 0x80, 0xFF, encoded[index] ^ 0x01):
+                _same_as_field_by_field(encoded[:index] + bytes([value]) + encoded[index + 1 :])

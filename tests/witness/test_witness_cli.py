@@ -17,13 +17,18 @@ import independent_plexi_verifier as indep
 import pytest
 from witness_helpers import NS, Clock, artifact_for, fixed_signer
 
-from bkv.cli.witness import main
+from bkv.cli.main import main as bkv_main
 from bkv.errors import ConfigError
 from bkv.keystore import SoftwareSigner, pkcs11
 from bkv.protocol import plexi, witness_api
 from bkv.protocol import submission as submission_format
 from bkv.witness.keys import load_seed_file
 from bkv.witness.service import WitnessConfig, WitnessService, wall_clock_ms
+
+
+def main(argv: list[str]) -> int:
+    """``bkv witness ARGV`` in this process."""
+    return bkv_main(["witness", *argv])
 
 
 def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
@@ -80,12 +85,13 @@ def test_add_namespace_validates_input(tmp_path: Path, capsys: pytest.CaptureFix
 
 @contextmanager
 def serve_process(config_path: Path) -> Iterator[str]:
-    """``python -m bkv.cli.witness serve`` on a free loopback port."""
+    """``python -m bkv.cli.main witness serve`` on a free loopback port."""
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "bkv.cli.witness",
+            "bkv.cli.main",
+            "witness",
             "serve",
             "--config",
             str(config_path),

@@ -2,20 +2,20 @@
 
 Every response is read with a byte cap before parsing, every request has a
 timeout, and anything but ``200`` is a :class:`FetchError` naming the path and
-the witness's own error class when it sent one. JSON is parsed strictly
-(:func:`bkv.witness.strict_json.parse_json_object`: one object, no duplicate keys, no
-NaN/Infinity; ``CodecError`` subclasses).
+the witness's own error class when it sent one. Every JSON body, error bodies
+included, is parsed strictly by the one bounded parser
+(:func:`bkv.wire.strict_json.parse_json_object`: one object, no duplicate keys, no
+NaN/Infinity, no nesting or integer that escapes as anything but ``CodecError``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import httpx
 
 from bkv.errors import CodecError, FetchError
-from bkv.wire.strict_json import parse_json_object
+from bkv.wire.strict_json import parse_json_object, quote_untrusted
 
 #: Largest JSON document the auditor reads (an audit response carries a hex artifact).
 MAX_JSON_RESPONSE: Final = 1 << 20
@@ -71,12 +71,15 @@ class HttpWitnessSource:
 
 
 def _witness_error(body: bytes) -> str:
-    """`` (ErrorClass: message)`` from a witness JSON error body, if it is one."""
+    """`` (ErrorClass: message)`` from a witness JSON error body, if it is one.
+
+    The body is the (untrusted) witness's: a body nested thousands deep must
+    leave the caller's ``FetchError`` intact, not replace it with a RecursionError.
+    """
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        data = parse_json_object(body, MAX_JSON_RESPONSE)
+    except CodecError:
         return ""
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        message = data.get("message")
-        return f" ({data['error']}: {message})" if isinstance(message, str) else ""
+    if isinstance(data.get("error"), str) and isinstance(data.get("message"), str):
+        return f" ({quote_untrusted(data['error'])}: {quote_untrusted(data['message'])})"
     return ""

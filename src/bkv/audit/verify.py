@@ -60,10 +60,14 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-from urllib.parse import quote
 
 from bkv.client.state import ClientState
-from bkv.client.trust import DEFAULT_MAX_CLOCK_SKEW_MS, TrustRoots, check_strong_note_keys
+from bkv.client.trust import (
+    DEFAULT_MAX_CLOCK_SKEW_MS,
+    TrustRoots,
+    check_strong_note_keys,
+    verify_with_any_key,
+)
 from bkv.client.validation import check_logged_evidence, check_signed_while_valid, validate_bundle
 from bkv.errors import (
     AuditError,
@@ -80,11 +84,11 @@ from bkv.errors import (
     TimestampError,
 )
 from bkv.protocol import plexi
-from bkv.protocol.artifact import MAX_ARTIFACT_SIZE, FleetKeyArtifact, parse_artifact
+from bkv.protocol.artifact import MAX_ARTIFACT_BYTES, FleetKeyArtifact, parse_artifact
 from bkv.protocol.bundle import decode_bundle
 from bkv.protocol.countersign import ED25519_SIGNATURE_SIZE, verify_countersignature
 from bkv.protocol.keycheck import check_ed25519_public_key
-from bkv.protocol.submission import AuditEntry
+from bkv.protocol.submission import AuditEntry, namespace_path_segment
 from bkv.protocol.witness_api import proof_from_json, statement_from_json
 from bkv.tlog import tiles
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
@@ -193,13 +197,17 @@ def audit_namespace(source: WitnessSource, namespace: str, pins: AuditPins) -> A
         log.check_extends(pins.previous)
     last_epoch = _last_epoch(source, namespace)
     audited: list[AuditedEpoch] = []
+    # Digests are public (they are in every statement): a set, not compare_digest.
+    seen_digests: set[bytes] = set()
     for epoch in range(1, last_epoch + 1):
         served = _fetch_epoch(source, namespace, epoch)
-        audited.append(
-            _verify_epoch(
-                served, namespace=namespace, epoch=epoch, pins=pins, log=log, before=audited
-            )
+        verified = _verify_epoch(
+            served, namespace=namespace, epoch=epoch, pins=pins, log=log, before=audited
         )
+        if verified.digest in seen_digests:
+            raise AuditError(f"epoch {epoch} re-signs a digest of an earlier epoch")
+        seen_digests.add(verified.digest)
+        audited.append(verified)
     _check_against_previous(pins.previous, audited)
     _check_no_hidden_entries(log, namespace, audited)
     _check_historical_checkpoints(source, pins, log, audited)
@@ -298,8 +306,11 @@ class _AuthenticatedLog:
 
 
 def _quoted(namespace: str) -> str:
-    """The namespace as one URL path segment (RFC 3986 §3.3: '/', '?', '#' escaped)."""
-    return quote(namespace, safe="")
+    """The namespace as one URL path segment; a name the witness cannot hold is refused."""
+    try:
+        return namespace_path_segment(namespace)
+    except ValueError:
+        raise AuditError(f"{namespace!r} is not a namespace name a witness can hold") from None
 
 
 def _last_epoch(source: WitnessSource, namespace: str) -> int:
@@ -319,7 +330,7 @@ def _fetch_epoch(source: WitnessSource, namespace: str, epoch: int) -> _Served:
         raise CodecError(f"audit of epoch {epoch} is not a JSON object")
     statement = statement_from_json(data)
     entry, index, _, _ = proof_from_json(data)
-    artifact = parse_hex(data.get("artifact"), "artifact", max_bytes=MAX_ARTIFACT_SIZE)
+    artifact = parse_hex(data.get("artifact"), "artifact", max_bytes=MAX_ARTIFACT_BYTES)
     served_counter = data.get("counter_signature")
     counter_signature = (
         None
@@ -384,8 +395,6 @@ def _verify_epoch(
             raise TimestampError(f"epoch {epoch} is timestamped before epoch {previous.epoch}")
         if served.log_index <= previous.log_index:
             raise AuditError(f"epoch {epoch} sits before epoch {previous.epoch} in the log")
-    if any(hmac.compare_digest(digest, a.digest) for a in before):
-        raise AuditError(f"epoch {epoch} re-signs a digest of an earlier epoch")
     return AuditedEpoch(
         epoch=epoch,
         timestamp_ms=message.timestamp_ms,
@@ -420,27 +429,23 @@ def _check_logged(
 def _check_served_countersignature(
     witness_signature: bytes, counter_signature: bytes, epoch: int, operator_keys: Sequence[bytes]
 ) -> None:
-    for key in operator_keys:
-        try:
-            verify_countersignature(key, witness_signature, counter_signature)
-        except CounterSignatureError:
-            continue
-        return
-    raise CounterSignatureError(
-        f"epoch {epoch}: the counter-signature the witness serves is by no pinned operator key"
+    verify_with_any_key(
+        operator_keys,
+        lambda key: verify_countersignature(key, witness_signature, counter_signature),
+        CounterSignatureError,
+        f"epoch {epoch}: the counter-signature the witness serves is by no pinned operator key",
     )
 
 
 def _check_operator_submission(
     entry: AuditEntry, epoch: int, operator_keys: Sequence[bytes]
 ) -> None:
-    for key in operator_keys:
-        try:
-            entry.check_operator_signature(key)
-        except SubmissionSignatureError:
-            continue
-        return
-    raise SubmissionSignatureError(f"epoch {epoch}: no pinned operator key authorised it")
+    verify_with_any_key(
+        operator_keys,
+        entry.check_operator_signature,
+        SubmissionSignatureError,
+        f"epoch {epoch}: no pinned operator key authorised it",
+    )
 
 
 def _check_against_previous(previous: ClientState | None, audited: Sequence[AuditedEpoch]) -> None:

@@ -46,7 +46,7 @@ from bkv.audit.delta import render_report
 from bkv.audit.http_source import HttpWitnessSource
 from bkv.audit.verify import AuditPins, audit_namespace
 from bkv.client.store_json import JsonFileStateStore
-from bkv.errors import AuditError, BkvError, ConfigError, NoteError
+from bkv.errors import AuditError, ConfigError, NoteError
 from bkv.protocol.bundle import MAX_BUNDLE_SIZE
 from bkv.protocol.plexi import WitnessKey
 from bkv.tlog.cosignature import CosignerPolicy, parse_cosigner_key
@@ -58,7 +58,7 @@ _WITNESS_KEY: Final = re.compile(r"([0-9a-f]{64})(?:@([0-9]{1,19}))?")
 MAX_BUNDLE_FILES: Final = 10_000
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("audit", help="audit the witness's public record")
     commands = parser.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
     log = commands.add_parser("log", help="re-verify every epoch of a namespace")
@@ -281,19 +281,3 @@ def run_audit_log(args: argparse.Namespace) -> int:
     sys.stdout.write(render_report(report))
     print("OK")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bkv.cli.audit log ...``: the audit commands alone."""
-    parser = argparse.ArgumentParser(prog="bkv")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args))
-    except BkvError as exc:
-        print(f"bkv: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,7 +21,7 @@ from bkv.host.config import HostConfig, token_digest
 TOKEN_BYTES = 32
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``bkv host`` and its sub-commands."""
     parser = subparsers.add_parser("host", help="the operator's HTTP front end")
     commands = parser.add_subparsers(dest="host_command", metavar="COMMAND", required=True)

@@ -36,7 +36,7 @@ SO_PIN_ENV = "BKV_PKCS11_SO_PIN"
 USER_PIN_ENV = "BKV_PKCS11_PIN"
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``bkv keystore`` and its sub-commands."""
     parser = subparsers.add_parser("keystore", help="create PKCS#11 tokens and keys")
     commands = parser.add_subparsers(dest="keystore_command", metavar="COMMAND", required=True)

@@ -1,8 +1,8 @@
-"""Entry point of the ``bkv`` command.
+"""The ``bkv`` command: the one entry point of every role's sub-commands.
 
-Each role contributes its sub-commands from its own module ``bkv.cli.<role>``
-(a ``register(subparsers)`` function); the work itself lives in the role's
-package so that the CLI stays a thin adapter.
+Each role's module ``bkv.cli.<role>`` adds its sub-commands with
+``add_commands(subparsers)``; the work itself lives in the role's package, so
+the CLI stays a thin adapter. Run it as ``bkv ...`` or ``python -m bkv.cli.main ...``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bkv {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+        importlib.import_module(name).add_commands(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``bkv ARGV``; 0 on success, 1 with one line on stderr for a typed error, 2 on usage."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)

@@ -80,7 +80,7 @@ MAX_WITNESS_RESPONSE: Final = 1 << 20
 TIMEOUT_SECONDS: Final = 30.0
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``bkv operator`` and its sub-commands."""
     parser = subparsers.add_parser("operator", help="publish fleet keys through the witness")
     commands = parser.add_subparsers(dest="operator_command", metavar="COMMAND", required=True)

@@ -3,7 +3,8 @@
 - ``bkv witness init --dir DIR --name NAME`` -- create DIR/witness.json, the SQLite
   database and three Ed25519 keys (software seed files, mode 0600), or, with
   ``--pkcs11-config FILE --pin-env VAR``, keys generated inside a PKCS#11 token.
-- ``bkv witness serve [--config FILE] [--listen 127.0.0.1:PORT]`` -- serve the HTTP API.
+- ``bkv witness serve [--config FILE] [--listen 127.0.0.1:PORT] [--header-timeout-seconds S]
+  [--body-timeout-seconds S]`` -- serve the HTTP API (:mod:`bkv.serving`).
 - ``bkv witness add-namespace NS --operator-key HEX [--config FILE]`` -- register an
   operator's namespace (e.g. ``bkv.fleet_keys.v1``) and its Ed25519 key.
 - ``bkv witness add-log ORIGIN --vkey VKEY [--vkey ...] [--config FILE]`` -- cosign
@@ -21,6 +22,8 @@ import shlex
 from pathlib import Path
 
 from bkv.errors import ConfigError
+from bkv.serving.listen import parse_listen
+from bkv.serving.timeouts import DEFAULT_BODY_SECONDS, DEFAULT_HEADER_SECONDS, Timeouts
 from bkv.witness.keys import KEY_ROLES, KeySpec, create_seed_file
 from bkv.witness.service import WitnessConfig, WitnessService, check_origin
 from bkv.witness.store import WitnessStore
@@ -29,7 +32,7 @@ DEFAULT_CONFIG = "witness.json"
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("witness", help="run the independent witness")
     commands = parser.add_subparsers(dest="witness_command", metavar="SUBCOMMAND", required=True)
 
@@ -43,6 +46,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve = commands.add_parser("serve", help="serve the witness HTTP API")
     serve.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG))
     serve.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (0 = any port)")
+    serve.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        default=DEFAULT_HEADER_SECONDS,
+        help="close a connection whose request head is not complete within this",
+    )
+    serve.add_argument(
+        "--body-timeout-seconds",
+        type=float,
+        default=DEFAULT_BODY_SECONDS,
+        help="answer 408 to a request whose body is not complete within this",
+    )
     serve.set_defaults(handler=_serve)
 
     add_ns = commands.add_parser("add-namespace", help="register an operator namespace")
@@ -113,12 +128,16 @@ def _load(config: Path) -> WitnessService:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bkv.witness.http import parse_listen, serve  # noqa: PLC0415
+    from bkv.witness.http import serve  # noqa: PLC0415 - Starlette only where a server runs
 
-    host, port = parse_listen(args.listen)
+    address = parse_listen(args.listen, "--listen")
+    try:
+        timeouts = Timeouts(args.header_timeout_seconds, args.body_timeout_seconds)
+    except ValueError as exc:
+        raise ConfigError(f"--header/--body-timeout-seconds: {exc}") from None
     service = _load(args.config)
     try:
-        serve(service, host, port)
+        serve(service, address, timeouts)
     finally:
         service.close()
     return 0
@@ -175,23 +194,3 @@ def _info(args: argparse.Namespace) -> int:
     finally:
         service.close()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bkv.cli.witness ...``: the witness commands alone (tests, ops scripts)."""
-    import sys  # noqa: PLC0415
-
-    from bkv.errors import BkvError  # noqa: PLC0415
-
-    parser = argparse.ArgumentParser(prog="bkv")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["witness", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args))
-    except BkvError as exc:
-        print(f"bkv: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

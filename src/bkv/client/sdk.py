@@ -1,7 +1,7 @@
 """The client SDK (adapter): talk to the vault through the host over HTTP.
 
-Two ways to know the fleet's keys (BRIEF, "Trusting the fleet's keys"), one
-:class:`~bkv.client.trust.FleetKeys` type:
+Two ways to know the fleet's keys (docs/protocol.md, "The SDK in the two trust
+modes"), one :class:`~bkv.client.trust.FleetKeys` type:
 
 ::
 
@@ -15,8 +15,9 @@ Two ways to know the fleet's keys (BRIEF, "Trusting the fleet's keys"), one
 
     with vault:
         vault.register(password, backup_key)          # -> VaultStatus
-        backup_key = vault.recover(password)            # WrongPasswordError(attempts_left)
-        vault.change_password(old, new)                 # -> VaultStatus
+        recovered = vault.recover(password)             # WrongPasswordError(attempts_left)
+        recovered.backup_key, recovered.failed_attempts # someone guessing? tell the owner
+        vault.change_password(old, new)                 # -> VaultStatus (same guess limit)
         vault.status()                                  # -> VaultStatus
         vault.delete(password)
 
@@ -41,71 +42,45 @@ Typed errors (all :class:`bkv.errors.BkvError`):
 - :class:`RetryAfterError` (a :class:`RateLimitedError` with ``retry_after_seconds``),
   :class:`UnauthorizedError`;
 - :class:`RecordExistsError`, :class:`ProtocolStateError`, :class:`ServerAuthenticationError`
-  (KE2 from something that is not the fleet), codec and decryption errors.
+  (KE2 from something that is not the fleet), codec and decryption errors;
+- :class:`UnauthenticatedRejectionError` — the host answered in the clear with a
+  refusal the vault only sends sealed (so the host made it up).
 
-The protocol logic is in :mod:`bkv.client.vault` (sans-IO); this module only
-moves bytes. Fleet keys come from the caller: a validated bundle or pinned keys.
+The operations are sans-IO flows (:mod:`bkv.client.flows`, on
+:mod:`bkv.client.vault`): they decide what to send, what an answer means and
+when to retry; this module only moves their bytes over HTTP (and an app with its
+own HTTP stack can run the same flows). Fleet keys come from the caller: a
+validated bundle or pinned keys.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 
-from bkv.client import vault
+from bkv.client import flows, vault
+from bkv.client.flows import EXPOSE_TRIES, Done, FlowContext, VaultFlow
 from bkv.client.state import ClientStateStore
 from bkv.client.trust import FleetKeys, TrustRoots
 from bkv.client.validation import validate_bundle
-from bkv.client.vault import PendingRequest, VaultStatus
+from bkv.client.vault import RecoveredKey, VaultStatus
 from bkv.crypto.ksf import Ksf
-from bkv.crypto.opaque import (
-    KE2,
-    RegistrationResponse,
-    client_login_finish,
-    client_login_start,
-    client_registration_finish,
-    client_registration_start,
-)
 from bkv.crypto.rng import Rng, default_rng
 from bkv.errors import (
     CodecError,
-    EnvelopeRecoveryError,
     FleetUnreachableError,
-    RecordDestroyedError,
     RetryAfterError,
     UnauthorizedError,
     VaultError,
-    WrongPasswordError,
 )
-from bkv.protocol import release
 from bkv.protocol.bundle import MAX_BUNDLE_SIZE
-from bkv.protocol.messages import (
-    DEFAULT_GUESS_LIMIT,
-    AbortOk,
-    FinishAction,
-    InnerRequest,
-    InnerResponse,
-    KeyReleased,
-    RecordDeleted,
-    RecoverAbort,
-    RecoverFinish,
-    RecoverStart,
-    RecoverStartOk,
-    RegisterExpose,
-    RegisterExposeOk,
-    RegisterFinish,
-    RegisterFinishOk,
-    RegisterStart,
-    RegisterStartOk,
-    StatusOk,
-    StatusRequest,
-)
+from bkv.protocol.messages import DEFAULT_GUESS_LIMIT
+from bkv.wire.strict_json import parse_json_object, quote_untrusted
 
 REQUEST_PATH = "/v1/request"
 BUNDLE_PATH = "/v1/bundle"
@@ -114,12 +89,26 @@ OCTET_STREAM = "application/octet-stream"
 IDENTITY = "identity"
 MAX_ANSWER_SIZE = 4096
 """The largest answer to /v1/request the SDK reads (the HSM's answers are far smaller)."""
-EXPOSE_TRIES = 3
-"""How many times :meth:`VaultClient.register` sends RegisterExpose when its answer is lost."""
 MAX_ERROR_MESSAGE = 200
 """How much of a host's error message the SDK keeps."""
 #: A uint64 in decimal has at most 20 digits.
 _MAX_EPOCH_DIGITS = 20
+
+__all__ = [
+    "BUNDLE_EPOCH_HEADER",
+    "BUNDLE_PATH",
+    "EXPOSE_TRIES",
+    "MAX_ANSWER_SIZE",
+    "MAX_ERROR_MESSAGE",
+    "OCTET_STREAM",
+    "REQUEST_PATH",
+    "RecoveredKey",
+    "VaultClient",
+    "VaultStatus",
+    "wall_clock_ms",
+]
+
+_R = TypeVar("_R")
 
 
 def wall_clock_ms() -> int:
@@ -357,35 +346,47 @@ class VaultClient:
             return body
         raise _http_error(response, body)
 
-    def _exchange(self, inner: InnerRequest) -> tuple[PendingRequest, InnerResponse]:
-        pending = vault.build_request(self.fleet, self.account_id, inner, self._rng)
-        return pending, vault.read_response(pending, self._post(pending.request))
+    def _run(self, flow: VaultFlow[_R]) -> _R:
+        """Move the flow's bytes until it is done; the flow decides everything else.
 
-    def _call(self, inner: InnerRequest) -> InnerResponse:
-        return self._exchange(inner)[1]
+        A lost answer (:class:`FleetUnreachableError`) goes back to the flow, which
+        retries the step or raises; any other error ends the operation.
+        """
+        for _ in range(flows.MAX_EXCHANGES + 1):
+            step = flow.next_request()
+            if isinstance(step, Done):
+                return step.result
+            try:
+                answer = self._post(step)
+            except FleetUnreachableError as lost:
+                flow.answer_lost(lost)
+            else:
+                flow.receive(answer)
+        raise AssertionError("unreachable: every flow ends within MAX_EXCHANGES requests")
+
+    def _flow_context(self) -> FlowContext:
+        """The flows' view of this client, with the keys in use now (never changed mid-flow)."""
+        self._refresh_if_announced()
+        return FlowContext(self.fleet, self.account_id, self._config, self._rng)
 
     # --- operations --------------------------------------------------------------
 
     def status(self) -> VaultStatus:
-        """Whether a record exists and how many attempts it has left."""
-        self._refresh_if_announced()
-        return self._status()
-
-    def _status(self) -> VaultStatus:
-        return vault.status_of(vault.expect(self._call(StatusRequest()), StatusOk))
+        """Whether a record exists, its counter, and the password checks that failed."""
+        return self._run(flows.status_flow(self._flow_context()))
 
     def register(
         self, password: bytes, backup_key: bytes, guess_limit: int = DEFAULT_GUESS_LIMIT
     ) -> VaultStatus:
         """Store ``backup_key`` under ``password``. A live record's counter carries over.
 
-        Steps (docs, "Re-registration rule"): Status (which live record, if any,
-        this replaces) -> RegisterStart naming that record's generation ->
-        RegisterFinish, which stores the new record as *pending* (not guessable)
-        -> RegisterExpose, sent only after RegisterFinishOk came back, which makes
-        it live and carries over the attempts the replaced record spent. The
-        expose is idempotent and is retried up to :data:`EXPOSE_TRIES` times when
-        its answer is lost.
+        Steps (:mod:`bkv.client.flows`; docs, "Re-registration rule"): Status
+        (which live record, if any, this replaces) -> RegisterStart naming that
+        record's generation -> RegisterFinish, which stores the new record as
+        *pending* (not guessable) -> RegisterExpose, sent only after
+        RegisterFinishOk came back, which makes it live and carries over the
+        attempts the replaced record spent. The expose is idempotent and is
+        retried up to :data:`EXPOSE_TRIES` times when its answer is lost.
 
         What a caller does on each error:
 
@@ -400,64 +401,40 @@ class VaultClient:
           user their backup under the vault is gone, then register afresh only
           if they choose to.
         - :class:`RecordExistsError`: the live record's spent attempts reach the
-          new guess limit; recover it first (a right password resets its counter).
+          new guess limit; recover it first (a right password forgives the attempts
+          started before it).
         - :class:`RetryAfterError` / :class:`UnauthorizedError`: the host's
           rate limit / the account token; nothing changed.
+        - :class:`UnauthenticatedRejectionError`: the host, not the vault,
+          refused; nothing it says is to be shown to the user as the vault's word.
         """
-        return self._register(password, backup_key, guess_limit, must_replace=False)
+        # The caller's mistakes are refused before anything goes on the wire.
+        flows.check_registration_args(backup_key, guess_limit)
+        context = self._flow_context()
+        return self._run(flows.register_flow(context, password, backup_key, guess_limit))
 
-    def _register(
-        self, password: bytes, backup_key: bytes, guess_limit: int, *, must_replace: bool
-    ) -> VaultStatus:
-        if len(backup_key) != vault.BACKUP_KEY_SIZE:
-            raise ValueError(f"a backup key is {vault.BACKUP_KEY_SIZE} bytes")
-        self._refresh_if_announced()
-        current = self._status()
-        if must_replace and not current.exists:
-            raise RecordDestroyedError("no record for this account (destroyed, deleted or none)")
-        replaces = current.generation if current.exists else 0
-        registration_state, registration_request = client_registration_start(password, self._rng)
-        started = vault.expect(
-            self._call(RegisterStart(registration_request.to_bytes(), replaces)), RegisterStartOk
-        )
-        response = RegistrationResponse.from_bytes(started.registration_response)
-        vault.check_server_key(self.fleet, response.server_public_key)
-        record, export_key = client_registration_finish(
-            registration_state, self._config, response, rng=self._rng
-        )
-        secret = vault.wrap_backup_key(export_key, self.account_id, backup_key, self._rng)
-        finish = RegisterFinish(started.registration_id, record.to_bytes(), secret, guess_limit)
-        vault.expect(self._call(finish), RegisterFinishOk)
-        exposed = self._expose(started.registration_id)
-        return VaultStatus(True, exposed.generation, exposed.guess_limit, exposed.attempts_left)
+    def recover(self, password: bytes) -> RecoveredKey:
+        """The backup key, and how many password checks failed since the last recovery.
 
-    def _expose(self, registration_id: bytes) -> RegisterExposeOk:
-        """RegisterExpose, retried when its answer is lost (the HSM answers a repeat the same)."""
-        for attempt in range(1, EXPOSE_TRIES + 1):
-            try:
-                return vault.expect(self._call(RegisterExpose(registration_id)), RegisterExposeOk)
-            except FleetUnreachableError:
-                if attempt == EXPOSE_TRIES:
-                    raise
-        raise AssertionError("unreachable: the loop returns or raises")
+        Costs one attempt, forgiven by the vault if the password is right. Tell
+        the user when :attr:`RecoveredKey.failed_attempts` is more than the wrong
+        passwords they typed themselves: someone else was guessing.
 
-    def recover(self, password: bytes) -> bytes:
-        """The backup key; costs one attempt, refunded by the vault if the password is right."""
-        self._refresh_if_announced()
-        session_id, ke3, session_key, export_key = self._login(password)
-        pending, answer = self._exchange(RecoverFinish(session_id, ke3, FinishAction.RELEASE))
-        released = vault.expect(answer, KeyReleased)
-        secret = release.open_release(session_key, pending.request, released.sealed_secret)
-        return vault.unwrap_backup_key(export_key, self.account_id, secret)
+        :class:`FleetUnreachableError` after the KE3 went out means the outcome
+        is unknown: the vault may have released the key (and forgiven the
+        attempts before this login) without the answer reaching you; the next
+        recovery reports only what failed after this one's KE1.
+        """
+        return self._run(flows.recover_flow(self._flow_context(), password))
 
     def delete(self, password: bytes) -> None:
         """Delete the record; proving the password is the authorization."""
-        self._refresh_if_announced()
-        session_id, ke3, _session_key, _export_key = self._login(password)
-        vault.expect(self._call(RecoverFinish(session_id, ke3, FinishAction.DELETE)), RecordDeleted)
+        self._run(flows.delete_flow(self._flow_context(), password))
 
     def change_password(self, old_password: bytes, new_password: bytes) -> VaultStatus:
         """Recover with the old password, then register the same backup key under the new one.
+
+        The new record replaces exactly the recovered one and keeps its guess limit.
 
         What a caller does on each error:
 
@@ -468,41 +445,33 @@ class VaultClient:
           lost). Call :meth:`status`; if its generation is not the one your app
           last saw, the new password is live: recover with it. Otherwise call
           ``change_password`` again. Any wrong guess costs an attempt.
-        - :class:`ProtocolStateError`, :class:`RecordExistsError`: as for
-          :meth:`register`.
+        - :class:`ProtocolStateError`: as for :meth:`register`, or another
+          registration replaced the record after it was recovered (call
+          :meth:`status` and recover again).
+        - :class:`RecordExistsError`: as for :meth:`register`.
         """
-        backup_key = self.recover(old_password)
-        return self._register(new_password, backup_key, DEFAULT_GUESS_LIMIT, must_replace=True)
+        context = self._flow_context()
+        return self._run(flows.change_password_flow(context, old_password, new_password))
 
-    def _login(self, password: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-        """OPAQUE login up to KE3: ``(session_id, ke3, session_key, export_key)``."""
-        login_state, ke1 = client_login_start(password, self._rng)
-        started = vault.expect(self._call(RecoverStart(ke1.to_bytes())), RecoverStartOk)
-        try:
-            ke3, session_key, export_key = client_login_finish(
-                login_state, self._config, KE2.from_bytes(started.ke2)
-            )
-        except EnvelopeRecoveryError:
-            raise self._wrong_password(started.session_id) from None
-        return started.session_id, ke3.to_bytes(), session_key, export_key
 
-    def _wrong_password(self, session_id: bytes) -> VaultError:
-        """Close the session (so a last attempt destroys now) and say how many tries remain."""
-        vault.expect(self._call(RecoverAbort(session_id)), AbortOk)
-        status = self._status()  # same keys as the rest of this operation
-        if not status.exists or status.attempts_left == 0:
-            # Also the answer for an account that never registered: its KE2 came
-            # from the RFC 9807 fake record and cannot open under any password.
-            return RecordDestroyedError("no record for this account (destroyed, deleted or none)")
-        return WrongPasswordError(status.attempts_left)
+def _error_message(body: bytes) -> str:
+    """The ``message`` of a host's JSON error body, cut short; "" if there is none.
+
+    The body comes from the untrusted host, so it goes through the one bounded
+    parser (:func:`bkv.wire.strict_json.parse_json_object`): a body nested
+    thousands deep or holding a huge integer is a ``CodecError`` there, never an
+    untyped ``RecursionError`` or ``ValueError`` out of the SDK.
+    """
+    try:
+        data = parse_json_object(body, MAX_ANSWER_SIZE)
+    except CodecError:
+        return ""
+    return quote_untrusted(data.get("message"), MAX_ERROR_MESSAGE)
 
 
 def _http_error(response: httpx.Response, body: bytes) -> VaultError | CodecError:
     status = response.status_code
-    try:
-        message = str(json.loads(body).get("message", ""))[:MAX_ERROR_MESSAGE]
-    except (ValueError, AttributeError):
-        message = ""
+    message = _error_message(body)
     if status in (401, 403):
         return UnauthorizedError(message or f"HTTP {status}")
     if status == 429:

@@ -17,11 +17,11 @@ Two modes give the same :class:`FleetKeys` value:
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from bkv.errors import DigestMismatchError, NoteError, TimestampError
+from bkv.errors import DigestMismatchError, NoteError, SignatureError, TimestampError
 from bkv.protocol.artifact import (
     DIGEST_SIZE,
     ROLE_CHANNEL,
@@ -68,6 +68,8 @@ class TrustRoots:
     log_verifier_key: str
     cosigner_policy: CosignerPolicy | None = None
     max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
+    #: ``log_verifier_key`` parsed and checked once, here, not on every validation.
+    log_verifier: Ed25519Verifier = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.witness_keys) <= MAX_PINNED_KEYS:
@@ -89,6 +91,28 @@ class TrustRoots:
                 f"log_verifier_key is not an Ed25519 note verifier key: {exc}"
             ) from None
         check_strong_note_keys(log_key, self.cosigner_policy)
+        object.__setattr__(self, "log_verifier", log_key)
+
+
+def verify_with_any_key(
+    keys: Iterable[bytes],
+    verify: Callable[[bytes], None],
+    error: type[SignatureError],
+    message: str,
+) -> None:
+    """Return once ``verify(key)`` passes for one of the pinned ``keys``; raise ``error`` else.
+
+    Pinned operator keys rotate, so any one of them may have signed. ``verify`` raises
+    ``error`` for a key that did not sign; any other exception propagates. The raised
+    error carries ``message`` only (which key failed how is not the caller's concern).
+    """
+    for key in keys:
+        try:
+            verify(key)
+        except error:
+            continue
+        return
+    raise error(message)
 
 
 def check_strong_note_keys(log_key: Ed25519Verifier, policy: CosignerPolicy | None) -> None:

@@ -7,7 +7,7 @@ state that must survive restarts (:class:`~bkv.client.state.ClientState`) is
 passed in and a new value is returned for the caller to persist, and the
 clock is an argument (``now_ms``). Nothing here does I/O.
 
-The checks, in order (BRIEF, "Trusting the fleet's keys"; each raises its own
+The checks, in order (docs/threat-model.md §9, docs/properties.md §5; each raises its own
 typed error from :mod:`bkv.errors`, and nothing is returned unless all pass):
 
  1. decode the bundle and the Plexi ``SignatureMessage``: one canonical
@@ -56,7 +56,7 @@ import hmac
 from dataclasses import dataclass
 
 from bkv.client.state import ClientState
-from bkv.client.trust import FleetKeys, TrustRoots, check_validity_window
+from bkv.client.trust import FleetKeys, TrustRoots, check_validity_window, verify_with_any_key
 from bkv.errors import (
     BundleError,
     CodecError,
@@ -76,7 +76,6 @@ from bkv.protocol.countersign import verify_countersignature
 from bkv.protocol.submission import AuditEntry
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint
 from bkv.tlog.merkle import leaf_hash, verify_consistency, verify_inclusion
-from bkv.tlog.note import parse_verifier_key
 
 
 @dataclass(frozen=True)
@@ -130,12 +129,10 @@ def _authenticate(bundle_bytes: bytes, roots: TrustRoots) -> _Authenticated:
         raise NamespaceMismatchError(
             f"statement is for namespace {statement.namespace!r}, expected {roots.namespace!r}"
         )
-    # Steps 4 and 5: key id -> pinned key valid at the statement time, then the signature.
-    plexi.verify_statement(
-        bundle.signature_message,
-        bundle.witness_signature,
-        bundle.witness_key_id,
-        roots.witness_keys,
+    # Steps 4 and 5: key id -> pinned key valid at the statement time, then the signature
+    # (over the one encoding of the decoded statement: the bytes the bundle carries).
+    plexi.verify_message_signature(
+        statement, bundle.witness_signature, bundle.witness_key_id, roots.witness_keys
     )
     # Step 6: any one pinned operator key (rotation) must have counter-signed.
     _check_countersignature(bundle, roots)
@@ -143,15 +140,14 @@ def _authenticate(bundle_bytes: bytes, roots: TrustRoots) -> _Authenticated:
 
 
 def _check_countersignature(bundle: ValidationBundle, roots: TrustRoots) -> None:
-    for operator_key in roots.operator_keys:
-        try:
-            verify_countersignature(
-                operator_key, bundle.witness_signature, bundle.counter_signature
-            )
-        except CounterSignatureError:
-            continue
-        return
-    raise CounterSignatureError("no pinned operator key counter-signed the witness signature")
+    verify_with_any_key(
+        roots.operator_keys,
+        lambda key: verify_countersignature(
+            key, bundle.witness_signature, bundle.counter_signature
+        ),
+        CounterSignatureError,
+        "no pinned operator key counter-signed the witness signature",
+    )
 
 
 # --- steps 8-9: epoch and time ---------------------------------------------------
@@ -217,8 +213,7 @@ def check_logged_evidence(entry: AuditEntry, artifact: FleetKeyArtifact) -> None
 
 
 def _open_checkpoint(data: bytes, roots: TrustRoots) -> Checkpoint:
-    verifier = parse_verifier_key(roots.log_verifier_key)
-    checkpoint = open_checkpoint(data, roots.log_origin, [verifier])
+    checkpoint = open_checkpoint(data, roots.log_origin, [roots.log_verifier])
     if roots.cosigner_policy is not None:
         roots.cosigner_policy.verify_checkpoint(checkpoint)
     return checkpoint
@@ -255,13 +250,12 @@ def _check_logged_submission(entry: AuditEntry, roots: TrustRoots) -> None:
     # witness in the log entry. A rogue statement then needs a pinned operator key to
     # have signed both the submission and the counter-signature, so a witness that
     # tricked the operator's tool into one counter-signature still gets nothing accepted.
-    for operator_key in roots.operator_keys:
-        try:
-            entry.check_operator_signature(operator_key)
-        except SubmissionSignatureError:
-            continue
-        return
-    raise SubmissionSignatureError("no pinned operator key signed the logged submission")
+    verify_with_any_key(
+        roots.operator_keys,
+        entry.check_operator_signature,
+        SubmissionSignatureError,
+        "no pinned operator key signed the logged submission",
+    )
 
 
 def _check_consistency(

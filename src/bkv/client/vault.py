@@ -1,9 +1,11 @@
 """Client side of the vault protocol (sans-IO): build requests, read answers, wrap the key.
 
-:mod:`bkv.client.sdk` moves the bytes; everything that decides anything is
-here, with no I/O: sealing inner requests to the fleet's channel key
-(:mod:`bkv.crypto.channel`), opening and checking the answers, mapping HSM
-error codes to :mod:`bkv.errors` classes, and protecting the backup key.
+The operations' steps are in :mod:`bkv.client.flows` and :mod:`bkv.client.sdk`
+moves the bytes; the pieces every step uses are here, with no I/O: sealing
+inner requests to the fleet's channel key (:mod:`bkv.crypto.channel`), opening
+and checking the answers, mapping HSM error codes to :mod:`bkv.errors` classes
+(refusing the clear ones only the sealed channel may carry), and protecting the
+backup key.
 
 Backup-key wrapping. The secret the vault stores is not the backup key itself
 but the key encrypted under the OPAQUE ``export_key`` (RFC 9807 section 6:
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -42,6 +44,7 @@ from bkv.errors import (
     ProtocolStateError,
     RecordExistsError,
     ServerAuthenticationError,
+    UnauthenticatedRejectionError,
     VaultError,
     VaultFullError,
 )
@@ -51,19 +54,12 @@ from bkv.protocol.messages import (
     MAX_ACCOUNT_ID,
     OPAQUE_CONTEXT,
     OUTER_RESPONSES,
-    AbortOk,
     ErrorCode,
     HsmRejected,
     HsmRequest,
     HsmResponse,
     InnerRequest,
     InnerResponse,
-    KeyReleased,
-    RecordDeleted,
-    RecoverStartOk,
-    RegisterExposeOk,
-    RegisterFinishOk,
-    RegisterStartOk,
     StatusOk,
     VaultFailure,
     request_aad,
@@ -102,12 +98,38 @@ WRAPPED_KEY_SIZE = 1 + _WRAP_NONCE_SIZE + BACKUP_KEY_SIZE + _WRAP_TAG_SIZE
 
 @dataclass(frozen=True)
 class VaultStatus:
-    """A record's public state (never the secret)."""
+    """A record's public state (never the secret).
+
+    ``failed_attempts``: password checks of the record that failed since its last
+    successful recovery, for the owner to learn that someone was guessing. After a
+    registration it is the attempts the replaced record had spent and the new one
+    carried over (``guess_limit - attempts_left``).
+    """
 
     exists: bool
     generation: int
     guess_limit: int
     attempts_left: int
+    failed_attempts: int
+
+
+@dataclass(frozen=True)
+class RecoveredKey:
+    """A recovery's result: the backup key and what the owner should hear about guessing.
+
+    ``failed_attempts``: password checks of the record that failed before this
+    recovery (since the previous successful one); a number the owner did not make
+    means someone else was guessing their password. ``generation``: the record
+    recovered (as :attr:`VaultStatus.generation`).
+    """
+
+    backup_key: bytes = field(repr=False)
+    failed_attempts: int
+    generation: int
+
+    def __post_init__(self) -> None:
+        if len(self.backup_key) != BACKUP_KEY_SIZE:
+            raise ValueError(f"a backup key is {BACKUP_KEY_SIZE} bytes")
 
 
 @dataclass(frozen=True)
@@ -133,18 +155,7 @@ def build_request(
     return PendingRequest(encode(outer), state)
 
 
-_INNER_RESPONSE_TYPES = (
-    RegisterStartOk,
-    RegisterFinishOk,
-    RegisterExposeOk,
-    RecoverStartOk,
-    KeyReleased,
-    RecordDeleted,
-    AbortOk,
-    StatusOk,
-)
-
-_REJECTION_ERRORS: dict[ErrorCode, type[BkvError]] = {
+_REFUSAL_ERRORS: dict[ErrorCode, type[BkvError]] = {
     ErrorCode.MALFORMED: CodecError,
     ErrorCode.WRONG_FLEET: VaultError,
     ErrorCode.UNDECRYPTABLE: DecryptionError,
@@ -157,24 +168,45 @@ _REJECTION_ERRORS: dict[ErrorCode, type[BkvError]] = {
 }
 
 
+CLEAR_REJECTIONS = frozenset({ErrorCode.MALFORMED, ErrorCode.WRONG_FLEET, ErrorCode.UNDECRYPTABLE})
+"""The codes the HSM sends in the clear (``HsmRejected``): it could not open the
+request, so it has no channel to the client to answer on (docs/protocol.md,
+"Outer messages"). Anyone on the path can forge these; they say only that the
+request did not arrive intact. Every other code comes sealed to the request
+(``VaultFailure``), so a clear one is the host's invention."""
+
+
 def error_for(code: ErrorCode) -> BkvError:
-    """The :mod:`bkv.errors` exception an HSM error code stands for."""
-    return _REJECTION_ERRORS.get(code, VaultError)(f"the vault refused: {code.name}")
+    """The :mod:`bkv.errors` exception a *sealed* HSM error code stands for."""
+    return _REFUSAL_ERRORS.get(code, VaultError)(f"the vault refused: {code.name}")
+
+
+def clear_rejection_error(code: ErrorCode) -> BkvError:
+    """The exception for a clear ``HsmRejected``: its typed error only if the HSM can send it.
+
+    Otherwise :class:`UnauthenticatedRejectionError`: a host that could make the
+    SDK say ``RECORD_EXISTS`` or ``LOGIN_FAILED`` would steer what a person is
+    told to do ("recover first", "wrong password") without the HSM's word.
+    """
+    if code not in CLEAR_REJECTIONS:
+        return UnauthenticatedRejectionError(
+            f"the host sent {code.name} in the clear; the vault only sends it sealed"
+        )
+    return error_for(code)
 
 
 def read_response(pending: PendingRequest, answer: bytes) -> InnerResponse:
     """Open the HSM's answer to ``pending``; HSM refusals are raised as typed errors."""
     outer = decode_any(answer, OUTER_RESPONSES)
     if isinstance(outer, HsmRejected):
-        raise error_for(outer.code)
+        raise clear_rejection_error(outer.code)
     if not isinstance(outer, HsmResponse):
         raise ProtocolStateError("the vault's answer is not an HsmResponse")
     inner = decode_any(channel.open_response(pending.channel_state, outer.sealed), INNER_RESPONSES)
     if isinstance(inner, VaultFailure):
         raise error_for(inner.code)
-    if not isinstance(inner, _INNER_RESPONSE_TYPES):
-        raise ProtocolStateError("the vault's answer is not an inner response")
-    return inner
+    # decode_any returns only classes of INNER_RESPONSES, the one registry of inner answers.
+    return cast(InnerResponse, inner)
 
 
 def expect(response: InnerResponse, kind: type[_T]) -> _T:
@@ -189,7 +221,11 @@ def expect(response: InnerResponse, kind: type[_T]) -> _T:
 def status_of(response: StatusOk) -> VaultStatus:
     """The public view of a :class:`StatusOk`."""
     return VaultStatus(
-        response.exists, response.generation, response.guess_limit, response.attempts_left
+        response.exists,
+        response.generation,
+        response.guess_limit,
+        response.attempts_left,
+        response.failed_attempts,
     )
 
 

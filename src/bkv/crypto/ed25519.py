@@ -18,6 +18,7 @@ is pysodium's (as in :mod:`bkv.crypto.ristretto`).
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Final
 
 import pysodium
@@ -33,5 +34,13 @@ def is_strong_ed25519_key(public_key: bytes) -> bool:
     """True iff ``public_key`` is a canonical prime-order, non-small-order point."""
     if not isinstance(public_key, bytes) or len(public_key) != ED25519_PUBLIC_KEY_SIZE:
         return False
-    # libsodium reads exactly 32 bytes from the pointer; the length is checked above.
+    return _is_valid_point_cached(public_key)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_valid_point_cached(public_key: bytes) -> bool:
+    # The check costs a scalar multiplication (as much as a signature verification),
+    # and the same few pinned keys are checked on every verification: the answer is a
+    # pure function of the 32 bytes, so it is remembered (bounded, thread-safe).
+    # libsodium reads exactly 32 bytes from the pointer; the caller checked the length.
     return bool(_is_valid_point(public_key) == 1)

@@ -48,7 +48,12 @@ class Sealer(Protocol):
     """An AEAD key for state at rest whose key may live outside this process."""
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        """Encrypt and authenticate ``plaintext``, binding ``aad``; fresh random nonce."""
+        """Encrypt and authenticate ``plaintext``, binding ``aad``, under a key for this blob.
+
+        Every call draws a fresh random salt and derives the blob's own AEAD key
+        from it, so how often the caller seals sets no nonce limit
+        (:mod:`bkv.keystore.sealed`, "sealing-key budget").
+        """
         ...
 
     def open(self, ciphertext: bytes, aad: bytes) -> bytes:

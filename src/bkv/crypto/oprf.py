@@ -27,25 +27,44 @@ MAX_INFO_SIZE = 65535
 
 _HASH_TO_GROUP_DST = b"HashToGroup-" + CONTEXT_STRING
 _DERIVE_KEY_PAIR_DST = b"DeriveKeyPair" + CONTEXT_STRING
+_derive_key_pair_hash = ristretto.ScalarHash(_DERIVE_KEY_PAIR_DST)
 _MAX_DERIVE_COUNTER = 255
+_COUNTER_OCTETS = tuple(bytes((i,)) for i in range(_MAX_DERIVE_COUNTER + 1))
 
 
 def _i2osp2(value: int) -> bytes:
     return value.to_bytes(2, "big")
 
 
+class PrivateKeyDerivation:
+    """The skS half of DeriveKeyPair(seed, info) (section 3.2.1) for one fixed ``info``.
+
+    Built once per ``info`` (OPAQUE has two, both constant), so that a login only
+    hashes: deriveInput = seed || I2OSP(len(info), 2) || info, then HashToScalar over
+    deriveInput || I2OSP(counter, 1) until the scalar is nonzero.
+    """
+
+    __slots__ = ("_info_suffix",)
+
+    def __init__(self, info: bytes) -> None:
+        if len(info) > MAX_INFO_SIZE:
+            raise ValueError("DeriveKeyPair info too long")
+        self._info_suffix = _i2osp2(len(info)) + info
+
+    def __call__(self, seed: bytes) -> Scalar:
+        if len(seed) != SEED_SIZE:
+            raise ValueError(f"DeriveKeyPair seed must be {SEED_SIZE} bytes")
+        derive_input = seed + self._info_suffix
+        for counter in range(_MAX_DERIVE_COUNTER + 1):
+            secret = _derive_key_pair_hash(derive_input + _COUNTER_OCTETS[counter])
+            if not ristretto.is_zero_scalar(secret):
+                return secret
+        raise DeriveKeyPairError("DeriveKeyPair: every counter gave the zero scalar")
+
+
 def derive_private_key(seed: bytes, info: bytes) -> Scalar:
     """The skS half of DeriveKeyPair(seed, info) (section 3.2.1), without computing pkS."""
-    if len(seed) != SEED_SIZE:
-        raise ValueError(f"DeriveKeyPair seed must be {SEED_SIZE} bytes")
-    if len(info) > MAX_INFO_SIZE:
-        raise ValueError("DeriveKeyPair info too long")
-    derive_input = seed + _i2osp2(len(info)) + info
-    for counter in range(_MAX_DERIVE_COUNTER + 1):
-        secret = ristretto.hash_to_scalar(derive_input + bytes([counter]), _DERIVE_KEY_PAIR_DST)
-        if any(secret):
-            return secret
-    raise DeriveKeyPairError("DeriveKeyPair: every counter gave the zero scalar")
+    return PrivateKeyDerivation(info)(seed)
 
 
 def derive_key_pair(seed: bytes, info: bytes) -> tuple[Scalar, Element]:
@@ -75,7 +94,7 @@ def blind(
     ``blind_scalar`` replaces RandomScalar() for test vectors only.
     """
     scalar = ristretto.random_scalar(rng) if blind_scalar is None else blind_scalar
-    if not any(scalar):
+    if ristretto.is_zero_scalar(scalar):
         raise ValueError("blind must be nonzero")
     return scalar, ristretto.scalar_mult(scalar, _hash_input_to_group(private_input))
 

@@ -2,10 +2,11 @@
 
 Group operations go through libsodium (the library pysodium loads), called via
 ctypes on pysodium's own ``sodium`` handle so that we control every return code
-and never pay pysodium's per-call version checks. Scalar arithmetic modulo the
-group order L is plain Python integer arithmetic: it is not secret-dependent in
-its control flow beyond what CPython big integers already are, and it keeps the
-foreign-function surface to four libsodium calls.
+and never pay pysodium's per-call version checks. Scalar arithmetic on secret
+scalars (reduction of hash outputs, inversion of blinds) is libsodium's
+constant-time code too; plain Python integers only encode public values and
+check canonical encodings. Zero checks on secret scalars use
+``hmac.compare_digest``.
 
 Encodings (RFC 9497 section 4.1, ristretto255-SHA512):
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import hmac
 from typing import Any, NewType
 
 import pysodium
@@ -43,6 +45,7 @@ Scalar = NewType("Scalar", bytes)
 """A validated canonical scalar encoding (< L)."""
 
 _IDENTITY = bytes(ELEMENT_SIZE)  # the canonical encoding of the identity element
+_ZERO_SCALAR = bytes(SCALAR_SIZE)
 
 _sodium = pysodium.sodium
 
@@ -81,6 +84,17 @@ def _operand_error(name: str, size: int) -> TypeError:
 # --- elements ---------------------------------------------------------------
 
 
+def _has_bit_255(encoding: bytes) -> bool:
+    """Whether the top bit of a 32-byte encoding is set: never in a canonical one.
+
+    RFC 9496 section 4.3.1 decodes ``s`` as a 256-bit little-endian integer and
+    fails if ``s >= p``; libsodium before 1.0.19 (Debian 12 ships 1.0.18) masks
+    bit 255 off before its canonical check, so ``s + 2^255`` would decode as the
+    same point. Every place a peer's point enters checks this bit first.
+    """
+    return encoding[ELEMENT_SIZE - 1] & 0x80 != 0
+
+
 def decode_element(data: bytes) -> Element:
     """DeserializeElement: strict; rejects wrong length, non-canonical bytes and the identity."""
     if type(data) is not bytes:
@@ -90,6 +104,8 @@ def decode_element(data: bytes) -> Element:
     if data == _IDENTITY:
         # RFC 9497 section 2.1: DeserializeElement fails on the identity element.
         raise InvalidPointError("element is the identity")
+    if _has_bit_255(data):
+        raise InvalidPointError("element is not a canonical ristretto255 encoding (bit 255 set)")
     if _is_valid_point(data) != 1:
         raise InvalidPointError("element is not a canonical ristretto255 encoding")
     return Element(data)
@@ -108,6 +124,34 @@ def scalar_mult(scalar: Scalar, element: Element) -> Element:
     out = _ElementBuffer()
     if _scalarmult(out, scalar, element) != 0:
         raise InvalidPointError("scalar multiplication gave the identity or an invalid point")
+    return Element(out.raw)
+
+
+def decode_and_scalar_mult(scalar: Scalar, data: bytes, name: str = "element") -> Element:
+    """DeserializeElement(data), then scalar * element: both in one libsodium call.
+
+    For bytes received from a peer and used only as a multiplicand (RFC 9807's server: the
+    blinded element and client key share of KE1, the client public key of a record), this
+    is the whole of DeserializeElement (RFC 9497 section 2.1) without decoding the point
+    twice: ``crypto_scalarmult_ristretto255`` refuses a non-canonical or invalid encoding
+    (RFC 9496 section 4.3.1) and an identity result, and in a prime-order group a nonzero
+    scalar gives the identity only from the identity. (A zero scalar would refuse every
+    point: never an invalid point accepted.) Raises :class:`InvalidPointError` naming
+    ``name``.
+    """
+    if type(scalar) is not bytes or len(scalar) != SCALAR_SIZE:
+        raise _operand_error("scalar", SCALAR_SIZE)
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{name} must be bytes")
+        data = bytes(data)
+    if len(data) != ELEMENT_SIZE:
+        raise InvalidPointError(f"{name} must be {ELEMENT_SIZE} bytes, got {len(data)}")
+    if _has_bit_255(data):
+        raise InvalidPointError(f"{name} is not a canonical ristretto255 encoding (bit 255 set)")
+    out = _ElementBuffer()
+    if _scalarmult(out, scalar, data) != 0:
+        raise InvalidPointError(f"{name} is not a canonical non-identity ristretto255 element")
     return Element(out.raw)
 
 
@@ -146,9 +190,14 @@ def decode_scalar(data: bytes) -> Scalar:
 def decode_nonzero_scalar(data: bytes) -> Scalar:
     """DeserializeScalar that also rejects zero (private keys, blinds)."""
     scalar = decode_scalar(data)
-    if not any(scalar):
+    if is_zero_scalar(scalar):
         raise InvalidScalarError("scalar is zero")
     return scalar
+
+
+def is_zero_scalar(scalar: bytes) -> bool:
+    """Whether a (secret) scalar encoding is zero, in constant time (unlike ``any``)."""
+    return hmac.compare_digest(scalar, _ZERO_SCALAR)
 
 
 def scalar_from_int(value: int) -> Scalar:
@@ -191,7 +240,7 @@ def random_scalar(rng: Rng) -> Scalar:
     """
     for _ in range(8):
         scalar = scalar_reduce(draw(rng, HASH_TO_GROUP_SIZE))
-        if any(scalar):
+        if not is_zero_scalar(scalar):
             return scalar
     raise ValueError("rng keeps producing zero scalars")
 
@@ -203,7 +252,8 @@ _MAX_DST = 255
 _MAX_XMD_LENGTH = 255 * hkdf.HASH_SIZE
 
 
-_Z_PAD_STATE = hashlib.sha512(bytes(_XMD_BLOCK_SIZE))  # H state after Z_pad: one whole block
+_sha512 = hashlib.sha512
+_Z_PAD_STATE = _sha512(bytes(_XMD_BLOCK_SIZE))  # H state after Z_pad: one whole block
 
 
 def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
@@ -243,6 +293,33 @@ def hash_to_group(msg: bytes, dst: bytes) -> Element:
 def hash_to_scalar(msg: bytes, dst: bytes) -> Scalar:
     """HashToScalar: expand_message_xmd(SHA-512) to 64 bytes, reduced modulo L."""
     return scalar_reduce(expand_message_xmd(msg, dst, HASH_TO_GROUP_SIZE))
+
+
+class ScalarHash:
+    """HashToScalar under one fixed DST, its constant suffixes built once.
+
+    Equal to ``hash_to_scalar(msg, dst)``: expand_message_xmd to 64 bytes (one
+    SHA-512 output, ell = 1: RFC 9380 section 5.3.1 steps 7-8) reduced modulo L in
+    constant time. For the DeriveKeyPair of every login (RFC 9497 section 3.2.1).
+    """
+
+    __slots__ = ("_b0_suffix", "_b1_suffix")
+
+    def __init__(self, dst: bytes) -> None:
+        if not 0 < len(dst) <= _MAX_DST:
+            raise ValueError("DST must be 1..255 bytes (RFC 9380 section 5.3.3)")
+        dst_prime = dst + bytes((len(dst),))
+        # b_0 = H(Z_pad || msg || l_i_b_str || I2OSP(0, 1) || DST_prime); b_1 = H(b_0 || 1 || DST').
+        self._b0_suffix = HASH_TO_GROUP_SIZE.to_bytes(2, "big") + b"\x00" + dst_prime
+        self._b1_suffix = b"\x01" + dst_prime
+
+    def __call__(self, msg: bytes) -> Scalar:
+        b0_hash = _Z_PAD_STATE.copy()
+        b0_hash.update(msg + self._b0_suffix)
+        wide = _sha512(b0_hash.digest() + self._b1_suffix).digest()
+        out = _ElementBuffer()
+        _scalar_reduce(out, wide)
+        return Scalar(out.raw)
 
 
 def is_identity(element: bytes) -> bool:

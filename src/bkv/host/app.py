@@ -1,12 +1,16 @@
 """The host's HTTP front end (Starlette): authenticates, rate-limits and relays.
 
-The host is trusted for availability only and holds no secret. For each client
-request it:
+The host is trusted for availability only and holds no client secret. For
+each client request it:
 
-1. refuses bodies over :data:`bkv.protocol.messages.MAX_REQUEST_SIZE` (413);
-2. authenticates the bearer token (401) — the configuration lists only the
-   SHA-256 of each account's token;
-3. spends one token of the account's bucket (429);
+1. refuses a declared body over :data:`bkv.protocol.messages.MAX_REQUEST_SIZE`
+   (413) without reading it (:class:`bkv.serving.guard.RequestGuard`, which
+   also bounds the time the body may take: 408);
+2. authenticates the bearer token (401) before reading the body — the
+   configuration lists only the SHA-256 of each account's token — and spends
+   one token of the account's bucket (429); an answer given before the body
+   was read closes the connection;
+3. reads the body, up to the size limit (413 past it);
 4. decodes the outer :class:`~bkv.protocol.messages.HsmRequest` strictly (400) and
    checks it names this fleet (400) and the token's account (403). The host
    can rely on these clear fields without opening anything: the HSM opens the
@@ -15,7 +19,8 @@ request it:
    a client cannot label an attempt as something cheaper;
 5. for attempt-costing requests (``RECOVER_START``) spends one token of the
    record's bucket (429) — a record is one account's entry in this fleet;
-6. relays the exact bytes to the HSM and its exact answer back with status
+6. relays the exact bytes to the HSM, authenticated with the link key
+   (:mod:`bkv.protocol.hsm_link`), and its exact answer back with status
    200, after checking the answer is a well-formed outer response
    (``HsmResponse`` or ``HsmRejected``; 502 otherwise, and 502 when the HSM is
    unreachable or does not answer within ``hsm_timeout_seconds``). Host-made
@@ -26,8 +31,8 @@ Endpoints: ``POST /v1/request`` (octet-stream in and out), ``GET
 /v1/bundle?since=<tree size>`` (the validation bundle, :mod:`bkv.host.bundle`),
 ``GET /v1/fleet-keys``, ``GET /healthz``, ``GET /openapi.json``. Errors are JSON
 ``{"error": <name>, "message": ...}``, where the name is a :mod:`bkv.errors`
-class or one of the host's own (``NotConfigured``, ``WrongFleet``); 429 carries
-``Retry-After``.
+class or one of the host's own (``NotConfigured``, ``WrongFleet``,
+``RequestTimeout``); 429 carries ``Retry-After``.
 
 When a bundle is configured, every ``/v1/request`` answer carries the header
 ``bkv-bundle-epoch: <epoch of the bundle now served>``, so that an over-the-air
@@ -50,9 +55,11 @@ from typing import Any, Protocol
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from bkv.errors import (
     BkvError,
@@ -65,7 +72,10 @@ from bkv.errors import (
 from bkv.host.bundle import BundleSource, parse_since
 from bkv.host.config import HostConfig, token_digest
 from bkv.host.ratelimit import RateLimiter
+from bkv.keystore.files import read_small_file
+from bkv.protocol.hsm_link import LINK_MAC_HEADER, link_mac_header
 from bkv.protocol.messages import MAX_REQUEST_SIZE, OUTER_RESPONSES, HsmRequest, RequestKind
+from bkv.serving.guard import Log, RequestGuard, stderr_log
 from bkv.wire import decode, decode_any
 
 OCTET_STREAM = "application/octet-stream"
@@ -93,31 +103,68 @@ class HsmLink(Protocol):
 
 
 class HttpHsmLink:
-    """POSTs the request bytes to the HSM's HTTP endpoint (``bkv hsm serve``)."""
+    """POSTs the request bytes to the HSM's HTTP endpoint (``bkv hsm serve``), with the link MAC.
 
-    def __init__(self, url: str, timeout_seconds: float) -> None:
+    Straight to ``url``: proxy (and certificate) settings in the environment are
+    ignored (``trust_env=False``), since a proxy would see, and could replay,
+    every request of the link. The answer is read only up to
+    :data:`MAX_RESPONSE_SIZE`; httpx's timeout bounds each read, not the whole
+    answer, so a peer that kept sending would otherwise hold host memory.
+    """
+
+    def __init__(self, url: str, timeout_seconds: float, link_key: bytes) -> None:
         self._url = url
-        self._client = httpx.AsyncClient(timeout=timeout_seconds)
+        self._key = link_key
+        self._client = httpx.AsyncClient(timeout=timeout_seconds, trust_env=False)
+
+    def __repr__(self) -> str:
+        return f"HttpHsmLink({self._url!r}, <link key>)"
 
     async def exchange(self, request: bytes) -> bytes:
+        outgoing = self._client.build_request(
+            "POST", self._url, content=request, headers={"content-type": OCTET_STREAM}
+        )
+        # The MAC covers the target exactly as sent (path and query) and the body.
+        outgoing.headers[LINK_MAC_HEADER] = link_mac_header(
+            self._key, outgoing.method, outgoing.url.raw_path, request
+        )
         try:
-            response = await self._client.post(
-                self._url, content=request, headers={"content-type": OCTET_STREAM}
-            )
+            response = await self._client.send(outgoing, stream=True)
+            try:
+                _check_hsm_answer_head(response)
+                return await _read_at_most(response, MAX_RESPONSE_SIZE)
+            finally:
+                await response.aclose()
         except httpx.TimeoutException:
             raise FleetUnreachableError("the HSM did not answer in time") from None
         except httpx.HTTPError as exc:
             raise FleetUnreachableError(f"cannot reach the HSM: {type(exc).__name__}") from None
-        # `bkv hsm serve` answers 200 with an HsmResponse and 400 with an HsmRejected;
-        # both are relayed (the caller checks the bytes). Anything else is a failure.
-        if response.status_code not in (200, 400):
-            raise FleetUnreachableError(f"the HSM answered HTTP {response.status_code}")
-        if response.headers.get("content-type", "") != OCTET_STREAM:
-            raise FleetUnreachableError("the HSM answered with an unexpected content type")
-        return response.content
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _check_hsm_answer_head(response: httpx.Response) -> None:
+    # `bkv hsm serve` answers 200 with an HsmResponse and 400 with an HsmRejected;
+    # both are relayed (the caller checks the bytes). Anything else is a failure.
+    if response.status_code == 401:
+        raise FleetUnreachableError("the HSM refused this host's link key")
+    if response.status_code not in (200, 400):
+        raise FleetUnreachableError(f"the HSM answered HTTP {response.status_code}")
+    if response.headers.get("content-type", "") != OCTET_STREAM:
+        raise FleetUnreachableError("the HSM answered with an unexpected content type")
+    if "content-encoding" in response.headers:
+        # The raw bytes are what is bounded; the HSM never compresses.
+        raise FleetUnreachableError("the HSM answered with a content encoding")
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_raw():  # each chunk is one bounded network read
+        body += chunk
+        if len(body) > limit:
+            raise FleetUnreachableError("the HSM sent an oversized answer")
+    return bytes(body)
 
 
 def _error(
@@ -129,21 +176,6 @@ def _error(
     name = exc if isinstance(exc, str) else type(exc).__name__
     text = message or (str(exc) if isinstance(exc, BkvError) else "")
     return JSONResponse({"error": name, "message": text}, status_code=status, headers=headers)
-
-
-async def _read_capped(request: Request, limit: int) -> bytes | None:
-    """The body, or None if it exceeds ``limit`` (stop reading as soon as it does)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _monotonic_ms() -> int:
@@ -162,7 +194,9 @@ class Host:
         self.bundles = (
             None
             if config.bundle_file is None
-            else BundleSource(config.bundle_file, config.witness_url)
+            else BundleSource(
+                config.bundle_file, config.witness_url, log_verifier_key=config.log_verifier_key
+            )
         )
         self.account_limiter = RateLimiter(config.account_limit)
         self.record_limiter = RateLimiter(config.record_attempt_limit)
@@ -206,9 +240,8 @@ class Host:
         return Response(data, media_type=OCTET_STREAM, headers={BUNDLE_EPOCH_HEADER: str(epoch)})
 
     async def _relay(self, request: Request) -> Response:
-        body = await _read_capped(request, MAX_REQUEST_SIZE)
-        if body is None:
-            return _error(413, "SizeLimitError", f"request exceeds {MAX_REQUEST_SIZE} bytes")
+        # Token and account bucket before the body: an unauthenticated or limited
+        # client gets its answer without the host reading (or waiting for) a byte.
         try:
             account = self.authenticate(request)
         except UnauthorizedError as exc:
@@ -218,6 +251,9 @@ class Host:
             self.account_limiter.take(account, now)
         except RateLimitedError as exc:
             return self._limited(exc, self.account_limiter.retry_after_ms(account, now))
+        body = await request.body()  # size and time bounded by the RequestGuard
+        if len(body) > MAX_REQUEST_SIZE:  # the guard refused it already; never relay it
+            return _error(413, "SizeLimitError", f"request exceeds {MAX_REQUEST_SIZE} bytes")
         try:
             outer = decode(HsmRequest, body)
         except CodecError as exc:
@@ -258,11 +294,11 @@ class Host:
         if path is None:
             return _error(404, "NotConfigured", "this host publishes no fleet keys")
         try:
-            data = path.read_bytes()
-        except OSError:
+            # Non-blocking, regular files only, bounded: a FIFO or a huge file planted
+            # there must not stall the event loop or fill memory.
+            data = read_small_file(path, MAX_PUBLIC_KEYS_SIZE)
+        except (OSError, StorageError):
             return _error(503, "StorageError", "fleet keys are unavailable")
-        if len(data) > MAX_PUBLIC_KEYS_SIZE:
-            return _error(503, "StorageError", "fleet keys file is too large")
         return Response(data, media_type="application/json")
 
 
@@ -270,9 +306,24 @@ async def _healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(config: HostConfig, link: HsmLink | None = None) -> Starlette:
-    """The ASGI app; ``link`` defaults to :class:`HttpHsmLink` on ``config.hsm_url``."""
-    host = Host(config, link or HttpHsmLink(config.hsm_url, config.hsm_timeout_seconds))
+def _body_limit(scope: Scope) -> int:
+    if scope.get("method") == "POST" and scope.get("path") == "/v1/request":
+        return MAX_REQUEST_SIZE
+    return 0  # no other route takes a body
+
+
+def create_app(
+    config: HostConfig, link: HsmLink | None = None, log: Log | None = None
+) -> Starlette:
+    """The ASGI app; ``link`` defaults to :class:`HttpHsmLink` on ``config.hsm_url``.
+
+    Refused requests (body too large or too slow) are reported to ``log``, one
+    line each (default: stderr).
+    """
+    host = Host(
+        config,
+        link or HttpHsmLink(config.hsm_url, config.hsm_timeout_seconds, config.hsm_link_key),
+    )
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -291,7 +342,13 @@ def create_app(config: HostConfig, link: HsmLink | None = None) -> Starlette:
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    guard = Middleware(
+        RequestGuard,
+        timeouts=config.timeouts,
+        body_limit=_body_limit,
+        log=log or stderr_log("bkv host"),
+    )
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[guard])
     app.state.host = host
     return app
 
@@ -338,7 +395,10 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {
                         "error": {
                             "type": "string",
-                            "description": "a bkv.errors class name, or NotConfigured / WrongFleet",
+                            "description": (
+                                "a bkv.errors class name, or NotConfigured / WrongFleet / "
+                                "RequestTimeout"
+                            ),
                         },
                         "message": {"type": "string"},
                     },
@@ -368,6 +428,7 @@ def openapi_document() -> dict[str, Any]:
                         "400": _error_response("Malformed request or wrong fleet"),
                         "401": _error_response("Missing or unknown bearer token"),
                         "403": _error_response("The request names another account"),
+                        "408": _error_response("The request body was not complete in time"),
                         "413": _error_response("Request too large"),
                         "429": {
                             **_error_response("Rate limited (per account or per record)"),

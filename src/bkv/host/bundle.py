@@ -11,17 +11,19 @@ saw before (RFC 9162 §2.1.4; :func:`bkv.protocol.bundle.with_consistency_proof`
   strictly; a file that is not a bundle is a 503, never served.
 - Proofs are fetched from the witness (``GET {witness_url}/log/consistency?old=M&size=N``,
   M = ``since`` < N = the bundle's tree size), each answer read as a stream and
-  dropped past :data:`MAX_PROOF_RESPONSE` bytes. A proof is served (and cached:
-  a proof between two tree heads of an append-only log never changes) only
-  after it verifies (RFC 9162 §2.1.4.2) from the root of the checkpoint the
-  witness signed at size M (``GET {witness_url}/checkpoints/M``: same origin,
-  size M, signed by the key that signed the bundle's checkpoint -- verified
-  with ``log_verifier_key`` when the host is given one, else matched by key
-  name and ID) to the root of the bundle's own checkpoint. The cache is keyed
-  by both sizes *and* the bundle's root, so a garbled or lying answer is never
-  cached and never outlives the bundle it was checked against. The client
-  still verifies everything itself; this only keeps one bad answer from being
-  served to every client.
+  dropped past :data:`MAX_PROOF_RESPONSE` bytes and parsed with the bounded
+  JSON parser (:func:`bkv.wire.strict_json.parse_json_object`). A proof is
+  served (and cached: a proof between two tree heads of an append-only log
+  never changes) only after it verifies (RFC 9162 §2.1.4.2) from the root of
+  the checkpoint the witness signed at size M (``GET
+  {witness_url}/checkpoints/M``: the bundle's origin, size M, and a signature
+  that verifies under the log's key, ``log_verifier_key`` of the host
+  configuration -- a key name and ID anyone can copy into a signature line
+  prove nothing) to the root of the bundle's own checkpoint. The cache is
+  keyed by both sizes *and* the bundle's root, so a garbled or lying answer is
+  never cached and never outlives the bundle it was checked against. The
+  client still verifies everything itself; this only keeps one bad answer
+  from being served to every client.
 - A ``since`` above the bundle's tree size (the client saw a newer log than
   this bundle's) gets the bundle without a proof and the witness is not asked:
   a client-chosen size must not make the host fetch arbitrary proofs.
@@ -33,7 +35,6 @@ saw before (RFC 9162 §2.1.4; :func:`bkv.protocol.bundle.with_consistency_proof`
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from bkv.protocol.bundle import (
 from bkv.tlog.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint, parse_decimal
 from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES, verify_consistency
 from bkv.tlog.note import MAX_NOTE_SIZE, parse_note, parse_verifier_key
+from bkv.wire.strict_json import parse_json_object
 
 #: Most cached consistency proofs (each at most 63 hashes); the cache is cleared when full.
 MAX_CACHED_PROOFS: Final = 1024
@@ -73,8 +75,6 @@ class LoadedBundle:
     stamp: tuple[int, int, int]
     bundle: ValidationBundle
     checkpoint: Checkpoint
-    #: (key name, key ID) of every signature on the bundle's checkpoint.
-    signers: frozenset[tuple[str, int]]
 
     @property
     def epoch(self) -> int:
@@ -85,17 +85,21 @@ class LoadedBundle:
         return self.checkpoint.size
 
 
-def _checkpoint(bundle: ValidationBundle) -> tuple[Checkpoint, frozenset[tuple[str, int]]]:
+def _checkpoint(bundle: ValidationBundle) -> Checkpoint:
     try:
-        text, signatures = parse_note(bundle.checkpoint)
-        checkpoint = parse_checkpoint(text)
+        text, _ = parse_note(bundle.checkpoint)
+        return parse_checkpoint(text)
     except BkvError as exc:
         raise StorageError(f"the bundle's checkpoint is malformed: {exc}") from None
-    return checkpoint, frozenset((s.name, s.key_id) for s in signatures)
 
 
 class BundleSource:
-    """Serves the configured bundle with consistency proofs attached."""
+    """Serves the configured bundle with consistency proofs attached.
+
+    ``witness_url`` (where proofs are fetched) needs ``log_verifier_key``, the C2SP
+    verifier key of the witness log: an old checkpoint's root is used only once its
+    signature verifies under it (ValueError without it, NoteError if malformed).
+    """
 
     def __init__(
         self,
@@ -105,6 +109,8 @@ class BundleSource:
         timeout_seconds: float = 10.0,
         log_verifier_key: str | None = None,
     ) -> None:
+        if witness_url is not None and log_verifier_key is None:
+            raise ValueError("fetching proofs from the witness needs the log's verifier key")
         self._path = path
         self._witness_url = witness_url
         self._client = httpx.AsyncClient(timeout=timeout_seconds)
@@ -137,8 +143,7 @@ class BundleSource:
             bundle = decode_bundle(data)
         except CodecError as exc:
             raise StorageError(f"bundle file is not a validation bundle: {exc}") from None
-        checkpoint, signers = _checkpoint(bundle)
-        self._loaded = LoadedBundle(stamp, bundle, checkpoint, signers)
+        self._loaded = LoadedBundle(stamp, bundle, _checkpoint(bundle))
         return self._loaded
 
     async def for_client(self, since: int) -> tuple[bytes, int]:
@@ -181,21 +186,15 @@ class BundleSource:
         return proof
 
     def _old_root(self, note: bytes, loaded: LoadedBundle, old: int) -> bytes | None:
-        """Root of the witness's checkpoint at size ``old``, if it is the same log's."""
-        origin = loaded.checkpoint.origin
+        """Root of the witness's checkpoint at size ``old``, if the log's key signed it."""
+        if self._log_verifier is None:
+            return None
         try:
-            if self._log_verifier is not None:
-                checkpoint = open_checkpoint(note, origin, [self._log_verifier])
-            else:
-                text, signatures = parse_note(note)
-                checkpoint = parse_checkpoint(text)
-                if not any((s.name, s.key_id) in loaded.signers for s in signatures):
-                    return None
+            # The bundle's origin, and a signature that verifies under the log's key.
+            checkpoint = open_checkpoint(note, loaded.checkpoint.origin, [self._log_verifier])
         except BkvError:
             return None
-        if checkpoint.origin != origin or checkpoint.size != old:
-            return None
-        return checkpoint.root_hash
+        return checkpoint.root_hash if checkpoint.size == old else None
 
     async def _get_capped(self, path: str, params: dict[str, str], cap: int) -> bytes | None:
         """The witness's 200 answer at ``path``, read as a stream; None past ``cap`` bytes."""
@@ -217,10 +216,10 @@ class BundleSource:
 def _proof_from_json(body: bytes) -> tuple[bytes, ...] | None:
     """The hashes of a ``{"proof": [hex, ...]}`` answer, or None if it is not one."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+        data = parse_json_object(body, MAX_PROOF_RESPONSE)
+    except CodecError:
         return None
-    hashes = data.get("proof") if isinstance(data, dict) else None
+    hashes = data.get("proof")
     if not isinstance(hashes, list) or len(hashes) > MAX_PROOF_HASHES:
         return None
     proof: list[bytes] = []

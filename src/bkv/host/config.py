@@ -6,13 +6,19 @@ Example (relative paths are relative to the config file)::
     fleet_id = "bkv-dev"
     listen = "127.0.0.1:8080"                     # host:port; port 0 picks a free port
     hsm_url = "http://127.0.0.1:7801/v1/message"  # `bkv hsm serve` endpoint
+    hsm_link_key_file = "hsm/link.key"            # the HSM's link_key_file (`bkv hsm init`)
     hsm_timeout_seconds = 10
+    header_timeout_seconds = 10                   # optional: a client's request head and
+    body_timeout_seconds = 10                     # body must be complete within these
     public_keys_file = "hsm-state/public-keys.json"   # optional, served at /v1/fleet-keys
     bundle_file = "bundles/current.bundle"        # optional: the validation bundle that
                                                   # `bkv operator publish` wrote, served at
                                                   # /v1/bundle (re-read when it changes)
     witness_url = "http://127.0.0.1:8470"         # optional: where /v1/bundle fetches
                                                   # consistency proofs (/log/consistency)
+    log_verifier_key = "<origin>+<id>+<key>"      # with witness_url: the witness log's
+                                                  # C2SP note verifier key (`bkv witness
+                                                  # info`); old checkpoints must verify
 
     [[accounts]]
     account_id = "616c696365"                     # hex, 1..64 bytes
@@ -28,8 +34,11 @@ Example (relative paths are relative to the config file)::
     per_period = 10
     period_seconds = 3600
 
-The host holds no secret: accounts are listed by the SHA-256 of their bearer
-token, never the token. Unknown keys are errors.
+The host holds no client secret: accounts are listed by the SHA-256 of their
+bearer token, never the token. Its one key is the link key that authenticates
+it to the HSM (:mod:`bkv.protocol.hsm_link`), read at load time from a file
+only this user may read (:func:`bkv.keystore.link_key.read_link_key`).
+Unknown keys are errors.
 """
 
 from __future__ import annotations
@@ -40,9 +49,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bkv.errors import ConfigError
+from bkv.errors import ConfigError, KeystoreError, NoteError
 from bkv.host.ratelimit import Limit
+from bkv.keystore.link_key import read_link_key
 from bkv.protocol.messages import MAX_ACCOUNT_ID, MAX_FLEET_ID
+from bkv.serving.listen import ListenAddress, parse_listen
+from bkv.serving.timeouts import (
+    BODY_TIMEOUT_KEY,
+    HEADER_TIMEOUT_KEY,
+    Timeouts,
+    seconds_from,
+    timeouts_from,
+)
+from bkv.tlog.note import parse_verifier_key
 
 DEFAULT_ACCOUNT_LIMIT = Limit(burst=30, per_period=60, period_ms=60_000)
 """Every request of an account: 30 at once, then one a second."""
@@ -50,7 +69,19 @@ DEFAULT_ACCOUNT_LIMIT = Limit(burst=30, per_period=60, period_ms=60_000)
 DEFAULT_RECORD_ATTEMPT_LIMIT = Limit(burst=5, per_period=10, period_ms=3_600_000)
 """Attempt-costing requests (RecoverStart) on one record: 5 at once, then 10 an hour."""
 
-MAX_TIMEOUT_SECONDS = 300
+DEFAULT_LISTEN = ListenAddress("127.0.0.1", 8080)
+
+_HOST_REQUIRED = {"fleet_id", "hsm_url", "hsm_link_key_file"}
+_HOST_OPTIONAL = {
+    "listen",
+    "hsm_timeout_seconds",
+    "public_keys_file",
+    "bundle_file",
+    "witness_url",
+    "log_verifier_key",
+    HEADER_TIMEOUT_KEY,
+    BODY_TIMEOUT_KEY,
+}
 TOKEN_DIGEST_SIZE = 32
 
 
@@ -65,13 +96,15 @@ class HostConfig:
 
     fleet_id: str
     hsm_url: str
+    hsm_link_key: bytes = field(repr=False)
     accounts: dict[bytes, bytes] = field(repr=False)  # token SHA-256 -> account id
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8080
+    listen: ListenAddress = DEFAULT_LISTEN
     hsm_timeout_seconds: float = 10.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
     public_keys_file: Path | None = None
     bundle_file: Path | None = None
     witness_url: str | None = None
+    log_verifier_key: str | None = None
     account_limit: Limit = DEFAULT_ACCOUNT_LIMIT
     record_attempt_limit: Limit = DEFAULT_RECORD_ATTEMPT_LIMIT
 
@@ -90,20 +123,20 @@ class HostConfig:
     def from_dict(cls, data: Any, base: Path) -> HostConfig:
         """Validate a parsed configuration; relative paths are resolved against ``base``."""
         top = _object(data, "top level", required={"host", "accounts"}, optional={"rate_limits"})
-        host = _object(top["host"], "[host]", required={"fleet_id", "hsm_url"},
-                       optional={"listen", "hsm_timeout_seconds", "public_keys_file",
-                                 "bundle_file", "witness_url"})  # fmt: skip
+        host = _object(top["host"], "[host]", required=_HOST_REQUIRED, optional=_HOST_OPTIONAL)
         fleet_id = _string(host["fleet_id"], "fleet_id")
         if len(fleet_id.encode("utf-8")) > MAX_FLEET_ID:
             raise ConfigError(f"fleet_id exceeds {MAX_FLEET_ID} bytes")
         hsm_url = _string(host["hsm_url"], "hsm_url")
         if not hsm_url.startswith(("http://", "https://")):
             raise ConfigError("hsm_url must be an http(s) URL")
-        listen_host, listen_port = _parse_listen(_string(host.get("listen", "127.0.0.1:8080"),
-                                                         "listen"))  # fmt: skip
-        timeout = host.get("hsm_timeout_seconds", 10)
-        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_TIMEOUT_SECONDS:
-            raise ConfigError(f"hsm_timeout_seconds must be in (0, {MAX_TIMEOUT_SECONDS}]")
+        if "?" in hsm_url or "#" in hsm_url:
+            # The link MAC covers the target as sent, and the HSM rebuilds it from
+            # path and query: a bare "?" would not survive, and no HSM route takes one.
+            raise ConfigError("hsm_url must have no query or fragment")
+        listen = parse_listen(_string(host.get("listen", str(DEFAULT_LISTEN)), "listen"))
+        link_key = _link_key(base / _string(host["hsm_link_key_file"], "hsm_link_key_file"))
+        timeout = seconds_from(host, "hsm_timeout_seconds", 10.0, "[host]")
         keys_file = host.get("public_keys_file")
         bundle_file = host.get("bundle_file")
         witness_url = host.get("witness_url")
@@ -113,15 +146,17 @@ class HostConfig:
                 raise ConfigError("witness_url must be an http(s) URL")
             if bundle_file is None:
                 raise ConfigError("witness_url is only used with bundle_file")
+        log_verifier_key = _log_verifier_key(host.get("log_verifier_key"), witness_url)
         limits = _object(top.get("rate_limits", {}), "[rate_limits]", required=set(),
                          optional={"account", "record_attempts"})  # fmt: skip
         return cls(
             fleet_id=fleet_id,
             hsm_url=hsm_url,
+            hsm_link_key=link_key,
             accounts=_accounts(top["accounts"]),
-            listen_host=listen_host,
-            listen_port=listen_port,
-            hsm_timeout_seconds=float(timeout),
+            listen=listen,
+            hsm_timeout_seconds=timeout,
+            timeouts=timeouts_from(host, "[host]"),
             public_keys_file=(
                 None if keys_file is None else base / _string(keys_file, "public_keys_file")
             ),
@@ -129,6 +164,7 @@ class HostConfig:
                 None if bundle_file is None else base / _string(bundle_file, "bundle_file")
             ),
             witness_url=witness_url,
+            log_verifier_key=log_verifier_key,
             account_limit=_limit(limits.get("account"), DEFAULT_ACCOUNT_LIMIT, "account"),
             record_attempt_limit=_limit(
                 limits.get("record_attempts"), DEFAULT_RECORD_ATTEMPT_LIMIT, "record_attempts"
@@ -136,11 +172,26 @@ class HostConfig:
         )
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError("listen must be host:port")
-    return host, int(port_text)
+def _log_verifier_key(value: Any, witness_url: str | None) -> str | None:
+    # The host checks each old checkpoint the witness serves under this key before it
+    # trusts its root (bkv.host.bundle); a key name and ID alone would prove nothing.
+    if (value is None) != (witness_url is None):
+        raise ConfigError("witness_url and log_verifier_key go together")
+    if value is None:
+        return None
+    key = _string(value, "log_verifier_key")
+    try:
+        parse_verifier_key(key)
+    except NoteError as exc:
+        raise ConfigError(f"log_verifier_key is not a note verifier key: {exc}") from None
+    return key
+
+
+def _link_key(path: Path) -> bytes:
+    try:
+        return read_link_key(path)
+    except KeystoreError as exc:
+        raise ConfigError(f"hsm_link_key_file: {exc}") from None
 
 
 def _object(value: Any, where: str, *, required: set[str], optional: set[str]) -> dict[str, Any]:

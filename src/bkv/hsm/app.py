@@ -14,19 +14,31 @@ exactly two calls::
 plus ``app.tick(now_ms)`` every few seconds for housekeeping (same persist/ack
 protocol; it destroys records whose last allowed attempt can no longer succeed).
 
-A request that changes durable state is turned into one typed command
-(:mod:`bkv.hsm.state`), applied to a *staged* copy of the state, and the new
-state is sealed into ``effects.persist.blob``. The response is withheld inside
-the HSM until the host acknowledges that the blob is durable; only
-:meth:`HsmApp.persisted` releases it. So a KE2 never leaves before the attempt
-it answers is counted on disk (issue 3: "an attempt is counted, durably, before
-the vault answers it"). If the write fails the host calls :meth:`HsmApp.abandon`
-and the staged state and response are dropped: nothing was released, and the
-in-memory state never runs ahead of the disk.
+Requests are dispatched by the type of the opened inner message through one
+table, :data:`_HANDLERS` (docs/protocol.md, "How to add an HSM request type").
+A handler either answers at once (a read, or a change to the volatile tables)
+or returns a :class:`_Change`: one typed command (:mod:`bkv.hsm.state`) and
+how to answer from its outcome. The command is applied to a *staged* copy of
+the state, and the new state is sealed into ``effects.persist.blob``. The
+response is withheld inside the HSM until the host acknowledges that the blob
+is durable; only :meth:`HsmApp.persisted` releases it. So a KE2 never leaves
+before the attempt it answers is counted on disk (docs/threat-model.md, "The
+guess-limit argument"). If the write fails the host calls
+:meth:`HsmApp.abandon` and the staged state and response are dropped: nothing
+was released, and the in-memory state never runs ahead of the disk.
 
-Volatile, per-HSM state (not replicated, lost on restart, always safe to lose):
-open login sessions (``ServerLoginState`` between KE2 and KE3, single-use,
-random 128-bit ids) and pending registrations (single-use, random 256-bit ids).
+Volatile, per-HSM state (:mod:`bkv.hsm.sessions`: not replicated, lost on
+restart, always safe to lose): open login sessions (``ServerLoginState``
+between KE2 and KE3, single-use, random 128-bit ids) and started registrations
+(single-use, random 256-bit ids).
+
+Forgiveness. A valid KE3 forgives the attempts started before its own KE1
+(its own included), never one started after it: the session remembers the
+sequence number of the attempt its KE1 was counted as, and
+:class:`~bkv.hsm.state.ForgiveAttempts` names it. The owner is told, in
+``KeyReleased.failed_attempts``, how many other attempts counted against the
+limit when the KE3 arrived (all of them since the KE1 of the previous
+successful recovery), and ``StatusOk.failed_attempts`` counts the same.
 
 Replays. The channel (HPKE) does not stop a host from replaying a sealed
 request, so every request is safe to replay by construction:
@@ -59,10 +71,13 @@ never-registered account gets a fake-record KE2 of the same size and format.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from bkv.crypto import channel
 from bkv.crypto.interfaces import Sealer
@@ -72,12 +87,10 @@ from bkv.crypto.opaque import (
     KE3,
     Config,
     RegistrationRecord,
-    RegistrationRequest,
-    ServerLoginState,
     ServerSecrets,
     server_login_finish,
-    server_login_start,
-    server_registration_response,
+    server_login_start_bytes,
+    server_registration_response_bytes,
 )
 from bkv.crypto.rng import Rng, default_rng, draw
 from bkv.errors import (
@@ -91,7 +104,15 @@ from bkv.errors import (
     VaultError,
     VaultFullError,
 )
+from bkv.hsm.public_keys import FleetPublicKeys
 from bkv.hsm.sealing import UNBOUND_COUNTER_ID, open_snapshot, seal_snapshot
+from bkv.hsm.sessions import (
+    REGISTRATION_TTL_MS,
+    SESSION_TTL_MS,
+    LoginSession,
+    StartedRegistration,
+    VolatileTables,
+)
 from bkv.hsm.state import (
     Command,
     CommandEnvelope,
@@ -101,14 +122,16 @@ from bkv.hsm.state import (
     DestroyRecord,
     ExpirePending,
     ExposeRecord,
+    ForgiveAttempts,
     HsmSecrets,
     InstallRecord,
     Outcome,
-    ResetAttempts,
     Snapshot,
     VaultState,
     applied_slot,
     apply,
+    carried_attempts,
+    forgiven_of,
     is_exposed,
     live_record_of,
     pending_expired,
@@ -145,20 +168,10 @@ from bkv.protocol.messages import (
     VaultFailure,
     request_aad,
 )
-from bkv.wire import canonical_json, decode, decode_any, encode
-
-SESSION_TTL_MS = 5 * 60 * 1000
-"""An open login session (KE2 sent, KE3 awaited) lives at most this long."""
-
-REGISTRATION_TTL_MS = 10 * 60 * 1000
-"""A pending registration (RegisterStart answered) lives at most this long."""
-
-MAX_SESSIONS = 4096
-"""Open sessions one HSM keeps; the oldest is dropped first (its attempt stays counted)."""
-
-MAX_PENDING_REGISTRATIONS = 4096
+from bkv.wire import decode, decode_any, encode
 
 CREDENTIAL_LABEL = b"bkv.hsm.credential.v1"
+_MAX_NOW_MS = 2**64 - 1  # commands carry the clock as a u64
 FAKE_ID_LABEL = b"bkv.hsm.fake-registration-id.v1"
 
 
@@ -187,7 +200,7 @@ class Effects:
     :meth:`HsmApp.handle` always sets one, :meth:`HsmApp.tick` may set neither.
     ``commands`` are the wire-encoded :class:`~bkv.hsm.state.CommandEnvelope` s applied
     to the staged state; the envelope's index is the state version it produced
-    (one command per version), the unit the fleet issue replicates.
+    (one command per version), the unit a replicated fleet would agree on.
     """
 
     response: bytes | None = None
@@ -195,20 +208,26 @@ class Effects:
     commands: tuple[bytes, ...] = ()
 
 
-@dataclass
-class _Session:
+@dataclass(frozen=True)
+class _Request:
+    """An opened request, as every handler sees it: whose, its exact bytes, and when."""
+
     account_id: bytes
-    generation: int  # of the record the attempt was counted on; 0 for a fake record
-    login_state: ServerLoginState = field(repr=False)
-    live: bool  # False: a fake-record session, which no KE3 can complete
-    expires_ms: int
+    request: bytes = field(repr=False)  # the outer HsmRequest (a released secret is bound to it)
+    now_ms: int
 
 
 @dataclass(frozen=True)
-class _PendingRegistration:
-    registration_id: bytes
-    generation: int  # the slot's generation when started (InstallRecord checks it)
-    expires_ms: int
+class _OpensSession:
+    """An answer that opens a login session, once the state it depends on is durable."""
+
+    response: RecoverStartOk
+    session_id: bytes = field(repr=False)
+    session: LoginSession
+
+
+_Answer = Callable[[Outcome], InnerResponse | _OpensSession]
+"""How a change answers, from the outcome of its command (computed before persisting)."""
 
 
 @dataclass(frozen=True)
@@ -216,8 +235,7 @@ class _Change:
     """A request that changes durable state: the command, then how to answer."""
 
     command: Command
-    answer: Callable[[Outcome], InnerResponse] | None  # None: housekeeping, answers no one
-    on_commit: Callable[[], None] | None = None
+    answer: _Answer | None  # None: housekeeping, answers no one
 
 
 @dataclass(frozen=True)
@@ -226,7 +244,7 @@ class _Staged:
     vault: VaultState
     blob: bytes
     response: bytes | None = field(repr=False)
-    on_commit: Callable[[], None] | None
+    opens: _OpensSession | None  # the session to open once the state is durable
     account_id: bytes  # whose slot the command changed
 
 
@@ -277,8 +295,7 @@ class HsmApp:
         self._session_ttl_ms = session_ttl_ms
         # The server never runs the KSF (RFC 9807 section 6): Identity says so.
         self._config = Config(context=OPAQUE_CONTEXT, ksf=Identity())
-        self._sessions: dict[bytes, _Session] = {}
-        self._pending: dict[bytes, _PendingRegistration] = {}
+        self._tables = VolatileTables()
         self._staged: _Staged | None = None
         # Accounts whose record used its last attempt (tick() destroys them once
         # no session can prove the password any more).
@@ -371,43 +388,21 @@ class HsmApp:
         """The sealed blob of the last durable state."""
         return self._blob
 
-    def public_keys(self) -> dict[str, object]:
-        """The fleet's public keys by role, in the fleet-key artifact's key format.
-
-        Roles and algorithms are those of :mod:`bkv.protocol.artifact`
-        (``opaque_ake``/``ristretto255``, ``channel``/``x25519``), sorted by role,
-        so the operator can copy ``keys`` into the artifact unchanged.
-        """
-        return {
-            "fleet_id": self.fleet_id,
-            "keys": [
-                {
-                    "algorithm": "x25519",
-                    "public_key": self.channel_public_key.hex(),
-                    "role": "channel",
-                },
-                {
-                    "algorithm": "ristretto255",
-                    "public_key": self.opaque_public_key.hex(),
-                    "role": "opaque_ake",
-                },
-            ],
-            "policy": {"guess_limit": self._vault.max_guess_limit},
-        }
-
-    def public_keys_json(self) -> bytes:
-        """:meth:`public_keys` as canonical JSON (:mod:`bkv.wire.canonical_json`)."""
-        return canonical_json.dumps(self.public_keys())
+    def public_keys(self) -> FleetPublicKeys:
+        """What this HSM publishes (:func:`bkv.hsm.public_keys.render_public_keys` renders it)."""
+        return FleetPublicKeys(
+            fleet_id=self.fleet_id,
+            channel_public_key=self.channel_public_key,
+            opaque_public_key=self.opaque_public_key,
+            max_guess_limit=self._vault.max_guess_limit,
+        )
 
     # --- the message interface ----------------------------------------------------
 
     def handle(self, request: bytes, now_ms: int) -> Effects:
         """Process one request. State changes come back as ``Effects.persist`` to acknowledge."""
-        if self._staged is not None:
-            raise ValueError("a persist is outstanding: call persisted() or abandon() first")
-        if type(now_ms) is not int or now_ms < 0:
-            raise ValueError("now_ms must be a non-negative int")
-        self._expire(now_ms)
+        self._check_ready(now_ms)
+        self._tables.expire(now_ms)
         opened = self._open(request)
         if isinstance(opened, HsmRejected):
             return Effects(response=encode(opened))
@@ -416,7 +411,8 @@ class HsmApp:
             inner = decode_any(plaintext, INNER_REQUESTS)
             if KIND_OF_REQUEST[type(inner)] != outer.kind:
                 raise _RefusedError(ErrorCode.KIND_MISMATCH)
-            result = self._dispatch(outer, request, inner, now_ms)
+            handler = _HANDLERS[type(inner)]  # INNER_REQUESTS and the table agree (a test)
+            result = handler(self, _Request(outer.account_id, request, now_ms), inner)
             if isinstance(result, _Change):
                 return self._stage(result, channel_state)
             answer: InnerResponse = result
@@ -434,8 +430,8 @@ class HsmApp:
         staged = self._take_staged(version)
         self._vault, self._version, self._blob = staged.vault, staged.version, staged.blob
         self._track_locked(staged.account_id)
-        if staged.on_commit is not None:
-            staged.on_commit()
+        if staged.opens is not None:
+            self._tables.open_session(staged.opens.session_id, staged.opens.session)
         return staged.response
 
     def tick(self, now_ms: int) -> Effects:
@@ -450,25 +446,21 @@ class HsmApp:
         when there is nothing to do, else a persist to acknowledge with
         :meth:`persisted` (which then returns ``None``).
         """
+        self._check_ready(now_ms)
+        self._tables.expire(now_ms)
+        change = self._expired_pending_change(now_ms) or self._locked_record_change()
+        return Effects() if change is None else self._stage(change, None)
+
+    def _check_ready(self, now_ms: int) -> None:
+        """Caller misuse (``ValueError``): a persist still unacknowledged, or a bad clock value.
+
+        Commands carry the clock as a u64; one that does not fit is refused here,
+        before any change is computed from it.
+        """
         if self._staged is not None:
             raise ValueError("a persist is outstanding: call persisted() or abandon() first")
-        self._expire(now_ms)
-        for account in sorted(self._with_pending):
-            slot = self._vault.slot(account)
-            if slot is None or slot.pending is None:
-                self._with_pending.discard(account)
-                continue
-            if pending_expired(slot.pending, now_ms):
-                # An expired pending record can never go live: its secret goes now.
-                return self._stage(_Change(ExpirePending(account, now_ms), None), None)
-        for account in sorted(self._locked):
-            record = self._vault.record(account)
-            if record is None or record.attempts_left > 0:
-                self._locked.discard(account)
-                continue
-            if not self._has_live_session(account, record.generation):
-                return self._stage(_Change(DestroyRecord(account, record.generation), None), None)
-        return Effects()
+        if type(now_ms) is not int or not 0 <= now_ms <= _MAX_NOW_MS:
+            raise ValueError("now_ms must be an int in 0..2**64-1")
 
     def abandon(self, version: int) -> None:
         """The host could not persist ``version``: drop the staged state and its response."""
@@ -481,7 +473,7 @@ class HsmApp:
         self._staged = None
         return staged
 
-    # --- opening ---------------------------------------------------------------
+    # --- opening and staging -----------------------------------------------------
 
     def _open(
         self, request: bytes
@@ -516,57 +508,42 @@ class HsmApp:
     def _stage(self, change: _Change, channel_state: channel.ServerChannelState | None) -> Effects:
         try:
             vault, outcome = apply(self._vault, change.command)
-            answer = None if change.answer is None else change.answer(outcome)
+            reply = None if change.answer is None else change.answer(outcome)
         except (CodecError, CryptoError, VaultError) as exc:
             if channel_state is None:
                 raise
             return Effects(response=self._seal_answer(channel_state, VaultFailure(_code_for(exc))))
+        opens = reply if isinstance(reply, _OpensSession) else None
+        answer = reply.response if isinstance(reply, _OpensSession) else reply
         version = self._version + 1
         snapshot = Snapshot(version, self._secrets, vault)
         blob = seal_snapshot(self._sealer, snapshot, self._counter_id)
         response = None
         if channel_state is not None and answer is not None:
             response = self._seal_answer(channel_state, answer)
+        logged = encode(CommandEnvelope(version, change.command))  # nothing staged if it raises
         self._staged = _Staged(
             version=version,
             vault=vault,
             blob=blob,
             response=response,
-            on_commit=change.on_commit,
+            opens=opens,
             account_id=change.command.account_id,
         )
-        logged = encode(CommandEnvelope(version, change.command))
         return Effects(persist=Persist(version, blob), commands=(logged,))
 
-    # --- requests ----------------------------------------------------------------
+    # --- request handlers (dispatched by _HANDLERS) -----------------------------------
 
-    def _dispatch(
-        self, outer: HsmRequest, request: bytes, inner: object, now_ms: int
-    ) -> InnerResponse | _Change:
-        account = outer.account_id
-        if isinstance(inner, RegisterStart):
-            return self._register_start(account, inner, now_ms)
-        if isinstance(inner, RegisterFinish):
-            return self._register_finish(account, inner, now_ms)
-        if isinstance(inner, RegisterExpose):
-            return self._register_expose(account, inner, now_ms)
-        if isinstance(inner, RecoverStart):
-            return self._recover_start(account, inner, now_ms)
-        if isinstance(inner, RecoverFinish):
-            return self._recover_finish(account, request, inner, now_ms)
-        if isinstance(inner, RecoverAbort):
-            return self._recover_abort(account, inner, now_ms)
-        if isinstance(inner, StatusRequest):
-            return self._status(account)
-        raise TypeError(f"unhandled request {type(inner).__name__}")  # registry and this agree
-
-    def _register_start(self, account: bytes, inner: RegisterStart, now_ms: int) -> InnerResponse:
-        request = RegistrationRequest.from_bytes(inner.registration_request)
+    def _register_start(self, req: _Request, inner: RegisterStart) -> InnerResponse:
+        account = req.account_id
         registration_id = draw(self._rng, REGISTRATION_ID_SIZE)
         # A fresh OPRF key per registration: this evaluation can never help
-        # guess the password of any record that exists or will exist.
-        response = server_registration_response(
-            self._opaque, request, credential_identifier(account, registration_id)
+        # guess the password of any record that exists or will exist. (The
+        # encoding form decodes and checks the blinded element in the multiplication.)
+        response = server_registration_response_bytes(
+            self._opaque,
+            inner.registration_request,
+            credential_identifier(account, registration_id),
         )
         slot = self._vault.slot(account)
         live_generation = 0 if slot is None or slot.record is None else slot.record.generation
@@ -576,183 +553,159 @@ class HsmApp:
             # while the host held this request back. Starting anyway would give the
             # same password a record with a fresh counter behind the client's back.
             raise ProtocolStateError("the live record is not the one this registration replaces")
-        self._pending.pop(account, None)
-        if len(self._pending) >= MAX_PENDING_REGISTRATIONS:
-            self._pending.pop(next(iter(self._pending)))
-        self._pending[account] = _PendingRegistration(
-            registration_id, 0 if slot is None else slot.generation, now_ms + REGISTRATION_TTL_MS
+        started = StartedRegistration(
+            registration_id=registration_id,
+            generation=0 if slot is None else slot.generation,
+            expires_ms=req.now_ms + REGISTRATION_TTL_MS,
         )
-        return RegisterStartOk(response.to_bytes(), registration_id)
+        self._tables.start_registration(account, started)
+        return RegisterStartOk(response, registration_id)
 
-    def _register_finish(self, account: bytes, inner: RegisterFinish, now_ms: int) -> _Change:
-        pending = self._pending.get(account)
-        if pending is None or not hmac.compare_digest(
-            pending.registration_id, inner.registration_id
-        ):
-            raise ProtocolStateError("no pending registration with this id")
+    def _register_finish(self, req: _Request, inner: RegisterFinish) -> _Change:
+        account = req.account_id
+        started = self._tables.registration(account, inner.registration_id)
         if not 1 <= inner.guess_limit <= self._vault.max_guess_limit:
             raise _RefusedError(ErrorCode.INVALID_POLICY)
         record = RegistrationRecord.from_bytes(inner.registration_record)
-        del self._pending[account]  # single-use, whatever the outcome from here on
+        self._tables.end_registration(account)  # single-use, whatever the outcome from here on
         command = InstallRecord(
             account_id=account,
-            expected_generation=pending.generation,
-            registration_id=pending.registration_id,
+            expected_generation=started.generation,
+            registration_id=started.registration_id,
             opaque_record=record.to_bytes(),
             secret=inner.secret,
             guess_limit=inner.guess_limit,
-            now_ms=now_ms,
+            now_ms=req.now_ms,
         )
+        return _Change(command, _answer_installed)
 
-        def answer(outcome: Outcome) -> InnerResponse:
-            slot = applied_slot(outcome)
-            if slot.pending is None:
-                raise ValueError("InstallRecord left no pending record")  # apply guarantees it
-            # What the record would have left if exposed now (the counter carries over).
-            carried = 0 if slot.record is None else slot.record.attempts_used
-            left = max(0, slot.pending.guess_limit - carried)
-            return RegisterFinishOk(slot.pending.generation, slot.pending.guess_limit, left)
-
-        return _Change(command, answer)
-
-    def _register_expose(
-        self, account: bytes, inner: RegisterExpose, now_ms: int
-    ) -> InnerResponse | _Change:
+    def _register_expose(self, req: _Request, inner: RegisterExpose) -> InnerResponse | _Change:
         # Everything is checked inside apply (the pending record is durable state,
         # replicated like the rest): unknown, replaced, expired or replayed ids
         # are ProtocolStateError; a carried-over counter at the limit RecordExistsError.
-        slot = self._vault.slot(account)
-        live = None if slot is None else slot.record
-        pending = None if slot is None else slot.pending
-        if (
-            live is not None
-            and is_exposed(slot, inner.registration_id)
-            and (pending is None or pending.registration_id != inner.registration_id)
-        ):
+        slot = self._vault.slot(req.account_id)
+        if slot is not None and slot.record is not None and is_exposed(slot, inner.registration_id):
             # Idempotent (the client lost RegisterExposeOk and retries): answer
-            # again without a state change, so no new version is persisted.
+            # again without a state change, so no new version is persisted. (A
+            # pending record never has the live record's id: the HSM draws each
+            # registration id afresh.)
+            live = slot.record
             return RegisterExposeOk(live.generation, live.guess_limit, live.attempts_left)
+        return _Change(
+            ExposeRecord(req.account_id, inner.registration_id, req.now_ms), _answer_exposed
+        )
 
-        def answer(outcome: Outcome) -> InnerResponse:
-            live = live_record_of(outcome)
-            return RegisterExposeOk(live.generation, live.guess_limit, live.attempts_left)
-
-        return _Change(ExposeRecord(account, inner.registration_id, now_ms), answer)
-
-    def _recover_start(self, account: bytes, inner: RecoverStart, now_ms: int) -> _Change:
-        ke1 = KE1.from_bytes(inner.ke1)  # a malformed KE1 is refused before it costs anything
+    def _recover_start(self, req: _Request, inner: RecoverStart) -> _Change:
+        KE1.from_bytes(inner.ke1)  # a malformed KE1 is refused before it costs an attempt
         session_id = draw(self._rng, SESSION_ID_SIZE)
-        sessions = self._sessions
-        staged_sessions: list[Callable[[], None]] = []
-
-        def answer(outcome: Outcome) -> InnerResponse:
-            if isinstance(outcome, Counted):
-                record = outcome.record
-                ke2, login_state = server_login_start(
-                    self._opaque,
-                    self._config,
-                    RegistrationRecord.from_bytes(record.opaque_record),
-                    credential_identifier(account, record.registration_id),
-                    ke1,
-                    rng=self._rng,
-                )
-                session = _Session(
-                    account_id=account,
-                    generation=record.generation,
-                    login_state=login_state,
-                    live=True,
-                    expires_ms=now_ms + self._session_ttl_ms,
-                )
-            else:
-                # RFC 9807 section 10.9: a fake record, derived per account, so an
-                # unknown, destroyed, deleted or pending-only account answers exactly
-                # like a live one (a pending record is never checked against).
-                ke2, login_state = server_login_start(
-                    self._opaque,
-                    self._config,
-                    None,
-                    credential_identifier(account, self._fake_registration_id(account)),
-                    ke1,
-                    rng=self._rng,
-                )
-                session = _Session(account, 0, login_state, False, now_ms + self._session_ttl_ms)
-
-            def open_session() -> None:
-                if len(sessions) >= MAX_SESSIONS:
-                    sessions.pop(next(iter(sessions)))
-                sessions[session_id] = session
-
-            staged_sessions.append(open_session)
-            return RecoverStartOk(session_id, ke2.to_bytes())
-
-        def on_commit() -> None:
-            for open_session in staged_sessions:
-                open_session()
-
         # Every KE1 goes through the same command and the same persist, whether
         # or not a live record exists, so the host cannot tell them apart by
         # the HSM's behaviour either.
-        return _Change(CountAttempt(account), answer, on_commit)
+        answer = functools.partial(self._answer_ke1, req, inner.ke1, session_id)
+        return _Change(CountAttempt(req.account_id), answer)
 
-    def _take_session(self, account: bytes, session_id: bytes, now_ms: int) -> _Session:
-        # Look up and check first: a request naming another account's session id
-        # must not close (destroy) that account's session.
-        session = self._sessions.get(session_id)
-        if session is None or session.account_id != account or session.expires_ms <= now_ms:
-            raise ProtocolStateError("no open session with this id for this account")
-        del self._sessions[session_id]  # single-use: gone from here on, whatever the outcome
-        return session
+    def _answer_ke1(
+        self, req: _Request, ke1: bytes, session_id: bytes, outcome: Outcome
+    ) -> _OpensSession:
+        """KE2 for a counted attempt (real record) or for an uncounted one (fake record)."""
+        account = req.account_id
+        expires_ms = req.now_ms + self._session_ttl_ms
+        if isinstance(outcome, Counted):
+            record = outcome.record
+            ke2, login_state = server_login_start_bytes(
+                self._opaque,
+                self._config,
+                record.opaque_record,
+                credential_identifier(account, record.registration_id),
+                ke1,
+                rng=self._rng,
+            )
+            # The attempt's sequence number: the one a valid KE3 in this session forgives.
+            attempt = record.attempts_started
+            session = LoginSession(account, record.generation, attempt, login_state, expires_ms)
+        else:
+            # RFC 9807 section 10.9: a fake record, derived per account, so an
+            # unknown, destroyed, deleted or pending-only account answers exactly
+            # like a live one (a pending record is never checked against).
+            ke2, login_state = server_login_start_bytes(
+                self._opaque,
+                self._config,
+                None,
+                credential_identifier(account, self._fake_registration_id(account)),
+                ke1,
+                rng=self._rng,
+            )
+            session = LoginSession(account, 0, 0, login_state, expires_ms)
+        return _OpensSession(RecoverStartOk(session_id, ke2), session_id, session)
 
-    def _recover_finish(
-        self, account: bytes, request: bytes, inner: RecoverFinish, now_ms: int
-    ) -> InnerResponse | _Change:
-        session = self._take_session(account, inner.session_id, now_ms)
+    def _recover_finish(self, req: _Request, inner: RecoverFinish) -> InnerResponse | _Change:
+        account = req.account_id
+        session = self._tables.take_session(account, inner.session_id, req.now_ms)
         try:
             session_key = server_login_finish(session.login_state, KE3.from_bytes(inner.ke3))
         except ClientAuthenticationError:
             if self._all_attempts_failed(session):
-                return _Change(
-                    DestroyRecord(account, session.generation),
-                    lambda _outcome: VaultFailure(ErrorCode.LOGIN_FAILED),
-                )
+                return _Change(DestroyRecord(account, session.generation), _answer_login_failed)
             raise
         if not session.live:
             # Unreachable in practice (nobody can complete a login on a fake record).
             raise ClientAuthenticationError("no record behind this session")
         if inner.action is FinishAction.DELETE:
-            return _Change(
-                DeleteRecord(account, session.generation),
-                lambda _outcome: RecordDeleted(session.generation),
-            )
+            deleted = RecordDeleted(session.generation)
+            return _Change(DeleteRecord(account, session.generation), lambda _: deleted)
+        forgive = ForgiveAttempts(account, session.generation, session.attempt)
+        return _Change(forgive, functools.partial(self._answer_release, req, session_key))
 
-        def answer(outcome: Outcome) -> InnerResponse:
-            record = live_record_of(outcome)
-            sealed_secret = release.seal_release(session_key, request, record.secret, self._rng)
-            return KeyReleased(record.generation, max(record.attempts_used - 1, 0), sealed_secret)
+    def _answer_release(self, req: _Request, session_key: bytes, outcome: Outcome) -> KeyReleased:
+        """The secret, sealed to this login and request, and the failed attempts to report."""
+        forgiven = forgiven_of(outcome)
+        record = forgiven.record
+        sealed_secret = release.seal_release(session_key, req.request, record.secret, self._rng)
+        return KeyReleased(record.generation, forgiven.failed_attempts, sealed_secret)
 
-        return _Change(ResetAttempts(account, session.generation), answer)
-
-    def _recover_abort(
-        self, account: bytes, inner: RecoverAbort, now_ms: int
-    ) -> InnerResponse | _Change:
-        session = self._take_session(account, inner.session_id, now_ms)
+    def _recover_abort(self, req: _Request, inner: RecoverAbort) -> InnerResponse | _Change:
+        session = self._tables.take_session(req.account_id, inner.session_id, req.now_ms)
         if self._all_attempts_failed(session):
-            return _Change(DestroyRecord(account, session.generation), lambda _outcome: AbortOk())
+            return _Change(DestroyRecord(req.account_id, session.generation), _answer_aborted)
         return AbortOk()
 
-    def _status(self, account: bytes) -> InnerResponse:
-        record = self._vault.record(account)
+    def _status(self, req: _Request, _inner: StatusRequest) -> InnerResponse:
+        record = self._vault.record(req.account_id)
         if record is None:
             return StatusOk(
                 exists=False, generation=0, guess_limit=0, attempts_left=0, failed_attempts=0
             )
+        # Every attempt that counts against the limit has not succeeded (so far):
+        # those since the KE1 of the last successful recovery.
         return StatusOk(
-            True,
-            record.generation,
-            record.guess_limit,
-            record.attempts_left,
-            record.attempts_used,
+            exists=True,
+            generation=record.generation,
+            guess_limit=record.guess_limit,
+            attempts_left=record.attempts_left,
+            failed_attempts=record.attempts_used,
         )
+
+    # --- housekeeping ---------------------------------------------------------------
+
+    def _expired_pending_change(self, now_ms: int) -> _Change | None:
+        """Zeroize the first pending record past its expiry: it can never go live."""
+        for account in sorted(self._with_pending):
+            slot = self._vault.slot(account)
+            if slot is None or slot.pending is None:
+                self._with_pending.discard(account)
+            elif pending_expired(slot.pending, now_ms):
+                return _Change(ExpirePending(account, now_ms), None)
+        return None
+
+    def _locked_record_change(self) -> _Change | None:
+        """Destroy the first record at its limit that no open session can still rescue."""
+        for account in sorted(self._locked):
+            record = self._vault.record(account)
+            if record is None or record.attempts_left > 0:
+                self._locked.discard(account)
+            elif not self._tables.has_live_session(account, record.generation):
+                return _Change(DestroyRecord(account, record.generation), None)
+        return None
 
     # --- helpers ------------------------------------------------------------------
 
@@ -772,7 +725,7 @@ class HsmApp:
         else:
             self._with_pending.discard(account)
 
-    def _all_attempts_failed(self, failed: _Session) -> bool:
+    def _all_attempts_failed(self, failed: LoginSession) -> bool:
         """Whether ``failed`` (already closed) was the record's last hope.
 
         True when its record is at the guess limit and no other open session on
@@ -786,20 +739,59 @@ class HsmApp:
             record is not None
             and record.generation == failed.generation
             and record.attempts_left == 0
-            and not self._has_live_session(failed.account_id, failed.generation)
+            and not self._tables.has_live_session(failed.account_id, failed.generation)
         )
 
-    def _has_live_session(self, account: bytes, generation: int) -> bool:
-        return any(
-            s.live and s.account_id == account and s.generation == generation
-            for s in self._sessions.values()
-        )
 
-    def _expire(self, now_ms: int) -> None:
-        for session_id in [k for k, s in self._sessions.items() if s.expires_ms <= now_ms]:
-            del self._sessions[session_id]
-        for account in [k for k, p in self._pending.items() if p.expires_ms <= now_ms]:
-            del self._pending[account]
+# --- answers that need nothing but the outcome ---------------------------------------
 
 
-__all__ = ["Effects", "HsmApp", "Persist", "credential_identifier"]
+def _answer_installed(outcome: Outcome) -> RegisterFinishOk:
+    slot = applied_slot(outcome)
+    if slot.pending is None:
+        raise ValueError("InstallRecord left no pending record")  # apply guarantees it
+    # What the record would have left if exposed now (the counter carries over).
+    left = max(0, slot.pending.guess_limit - carried_attempts(slot))
+    return RegisterFinishOk(slot.pending.generation, slot.pending.guess_limit, left)
+
+
+def _answer_exposed(outcome: Outcome) -> RegisterExposeOk:
+    live = live_record_of(outcome)
+    return RegisterExposeOk(live.generation, live.guess_limit, live.attempts_left)
+
+
+def _answer_login_failed(_outcome: Outcome) -> VaultFailure:
+    return VaultFailure(ErrorCode.LOGIN_FAILED)
+
+
+def _answer_aborted(_outcome: Outcome) -> AbortOk:
+    return AbortOk()
+
+
+# --- dispatch ----------------------------------------------------------------------
+
+_Handler = Callable[[HsmApp, _Request, Any], InnerResponse | _Change]
+"""``handler(app, request, inner)``: answer now, or a :class:`_Change` to persist first."""
+
+_HANDLERS: Mapping[type, _Handler] = MappingProxyType(
+    {
+        RegisterStart: HsmApp._register_start,
+        RegisterFinish: HsmApp._register_finish,
+        RegisterExpose: HsmApp._register_expose,
+        RecoverStart: HsmApp._recover_start,
+        RecoverFinish: HsmApp._recover_finish,
+        RecoverAbort: HsmApp._recover_abort,
+        StatusRequest: HsmApp._status,
+    }
+)
+"""The handler of each inner request type: one entry per type in ``INNER_REQUESTS``."""
+
+
+__all__ = [
+    "REGISTRATION_TTL_MS",
+    "SESSION_TTL_MS",
+    "Effects",
+    "HsmApp",
+    "Persist",
+    "credential_identifier",
+]

@@ -40,10 +40,10 @@ STATE_AAD_LABEL = b"bkv.hsm.state.v2"
 UNBOUND_COUNTER_ID = bytes(COUNTER_ID_SIZE)
 """The counter id of an app run without a device (unit tests, benchmarks).
 
-The HSM process (:mod:`bkv.hsm.server`) always passes its counter's real id."""
+The HSM process (:mod:`bkv.hsm.node`) always passes its counter's real id."""
 
 SEAL_OVERHEAD = 64
-"""Room for the Sealer's algorithm byte, nonce and tag (29 bytes today)."""
+"""Room for the Sealer's algorithm byte, salt and tag (49 bytes today, bkv.keystore.sealed)."""
 
 MAX_SEALED_STATE = MAX_STATE_SIZE + 1024 + SEAL_OVERHEAD
 

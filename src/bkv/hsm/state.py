@@ -8,9 +8,10 @@ commands below, applied by the pure function :func:`apply`::
 ``apply`` reads nothing but its two arguments (no clock: commands carry
 ``now_ms`` where it matters; no randomness: random values are drawn before the
 command is made and travel inside it), so replicas that apply the same
-commands in the same order reach byte-identical states. The fleet issue puts
-these exact commands through majority consensus; here a single HSM applies
-them and seals the result before answering (:mod:`bkv.hsm.app`).
+commands in the same order reach byte-identical states. Replication (next:
+docs/threat-model.md §13) puts these exact commands through majority
+consensus; here a single HSM applies them and seals the result before
+answering (:mod:`bkv.hsm.app`).
 
 A refused command raises a typed :class:`bkv.errors.VaultError` and leaves the
 state unchanged (``apply`` never mutates: states are frozen).
@@ -26,6 +27,12 @@ slot's *pending* record, which answers no password check; only
 RegisterFinishOk) makes it the live record, carrying over every attempt the
 live record it replaces has spent.
 
+Forgiveness (docs/threat-model.md, "The guess-limit argument"): every attempt
+counted on a record gets a sequence number (``Record.attempts_started`` after
+counting it). A valid KE3 forgives the attempts numbered up to its own
+(:class:`ForgiveAttempts`), never the ones started after its KE1: those may be
+the host's guesses made while the owner's login was in flight.
+
 What is *not* here, on purpose: open login sessions and started registrations
 (RegisterStart answered, RegisterFinish not yet). They are volatile, local to
 the HSM that holds them, and lost on restart. Losing them is always safe: a lost
@@ -39,8 +46,10 @@ import bisect
 import dataclasses
 import hmac
 import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import field
-from typing import Annotated
+from types import MappingProxyType
+from typing import Annotated, Any
 
 from bkv.crypto.opaque import REGISTRATION_RECORD_SIZE, SERVER_SECRETS_SIZE
 from bkv.errors import ProtocolStateError, RecordExistsError, VaultFullError
@@ -57,7 +66,7 @@ MAX_ACCOUNTS = 50_000
 """Accounts one HSM state holds (the internet-scale design moves records to host storage)."""
 
 MAX_STATE_SIZE = 48 * 1024 * 1024
-"""Ceiling on an encoded snapshot (50 000 accounts of at most ~815 bytes, live + pending, fit)."""
+"""Ceiling on an encoded snapshot (50 000 accounts of at most ~845 bytes, live + pending, fit)."""
 
 CHANNEL_KEY_SIZE = 32
 FAKE_KEY_SIZE = 32
@@ -69,9 +78,15 @@ PENDING_RECORD_TTL_MS = 10 * 60 * 1000
 """How long after RegisterFinish a pending record may still be exposed (then it is refused)."""
 
 
-@message(tag=0x0703, version=1)
+@message(tag=0x0703, version=2)
 class Record:
     """One registration: OPAQUE record, the client's secret, the policy and the counter.
+
+    The counter is two monotone numbers: ``attempts_started``, the sequence
+    number of the latest attempt counted on the record (carried-over attempts
+    included), and ``forgiven_through``, the latest attempt a valid KE3 forgave
+    (every attempt up to it is forgiven). The attempts that count against the
+    limit are those in between: :attr:`attempts_used`.
 
     The OPAQUE record (with the masking key), the secret and the registration id
     (the capability to expose a pending record) never appear in a repr.
@@ -82,14 +97,26 @@ class Record:
     opaque_record: Annotated[bytes, Fixed(REGISTRATION_RECORD_SIZE)] = field(repr=False)
     secret: Annotated[bytes, Bytes(max_len=MAX_SECRET, min_len=1)] = field(repr=False)
     guess_limit: U8 = 10
-    attempts_used: U8 = 0
+    attempts_started: U64 = 0
+    forgiven_through: U64 = 0
     created_ms: U64 = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.guess_limit <= MAX_GUESS_LIMIT:
             raise ValueError("guess limit out of range")
+        if self.forgiven_through > self.attempts_started:
+            raise ValueError("forgiven an attempt that was never started")
         if self.attempts_used > self.guess_limit:
             raise ValueError("attempts used over the guess limit")
+
+    @property
+    def attempts_used(self) -> int:
+        """Attempts that count against the limit: those started after the last forgiven one.
+
+        None of them has succeeded yet (a success forgives at least its own);
+        each failed, was abandoned, or is a session still open.
+        """
+        return self.attempts_started - self.forgiven_through
 
     @property
     def attempts_left(self) -> int:
@@ -107,7 +134,7 @@ class AccountSlot:
     before a destroy (it names the generation it started at) cannot finish
     after it. ``pending`` is a finished registration not
     yet exposed: it answers no password check (KE1 gets the fake-record KE2)
-    and always has ``attempts_used == 0``.
+    and has counted no attempt (``attempts_started == 0``).
     """
 
     account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
@@ -116,7 +143,7 @@ class AccountSlot:
     pending: Record | None = None
 
     def __post_init__(self) -> None:
-        if self.pending is not None and self.pending.attempts_used != 0:
+        if self.pending is not None and self.pending.attempts_started != 0:
             raise ValueError("a pending record has answered no check")
 
 
@@ -190,17 +217,26 @@ class Snapshot:
 
 @message(tag=0x0401, version=1)
 class CountAttempt:
-    """KE1 arrived for ``account_id``: count it (or destroy a record at its limit)."""
+    """KE1 arrived for ``account_id``: count it (or destroy a record at its limit).
+
+    The counted attempt's sequence number is the record's new ``attempts_started``
+    (:class:`Counted`); the session that answers the KE1 keeps it.
+    """
 
     account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
 
 
-@message(tag=0x0402, version=1)
-class ResetAttempts:
-    """A valid KE3 for the record of ``generation``: the counter goes back to zero."""
+@message(tag=0x0402, version=2)
+class ForgiveAttempts:
+    """A valid KE3 in the session of ``attempt`` on the record of ``generation``.
+
+    Forgives the attempts numbered up to ``attempt`` (its own and every earlier
+    one), never one started after it.
+    """
 
     account_id: Annotated[bytes, Bytes(max_len=MAX_ACCOUNT_ID, min_len=1)]
     generation: U32
+    attempt: U64
 
 
 @message(tag=0x0403, version=1)
@@ -254,7 +290,7 @@ class ExpirePending:
 
 Command = (
     CountAttempt
-    | ResetAttempts
+    | ForgiveAttempts
     | DestroyRecord
     | DeleteRecord
     | InstallRecord
@@ -290,6 +326,18 @@ class NoRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class Forgiven:
+    """Outcome of ForgiveAttempts: the record after it, and what the owner is told.
+
+    ``failed_attempts``: the attempts that counted against the limit just before
+    this KE3, other than its own; none of them had succeeded.
+    """
+
+    record: Record
+    failed_attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Applied:
     """Outcome of every other command: the slot after the change."""
 
@@ -316,26 +364,22 @@ def applied_slot(outcome: Outcome) -> AccountSlot:
     return outcome.slot
 
 
-Outcome = Counted | NoRecord | Applied
+def forgiven_of(outcome: Outcome) -> Forgiven:
+    """A ``Forgiven`` outcome as such (caller misuse otherwise: ``ValueError``)."""
+    if not isinstance(outcome, Forgiven):
+        raise ValueError(f"expected a Forgiven outcome, got {type(outcome).__name__}")
+    return outcome
+
+
+Outcome = Counted | NoRecord | Forgiven | Applied
 
 
 def apply(state: VaultState, command: Command) -> tuple[VaultState, Outcome]:
     """Apply one command; pure and deterministic. Raises VaultError subclasses on refusal."""
-    if isinstance(command, CountAttempt):
-        return _count_attempt(state, command)
-    if isinstance(command, ResetAttempts):
-        return _reset_attempts(state, command)
-    if isinstance(command, DestroyRecord):
-        return _destroy_record(state, command)
-    if isinstance(command, DeleteRecord):
-        return _delete_record(state, command)
-    if isinstance(command, InstallRecord):
-        return _install_record(state, command)
-    if isinstance(command, ExposeRecord):
-        return _expose_record(state, command)
-    if isinstance(command, ExpirePending):
-        return _expire_pending(state, command)
-    raise TypeError(f"not a command: {type(command).__name__}")
+    rule = _RULES.get(type(command))
+    if rule is None:
+        raise TypeError(f"not a command: {type(command).__name__}")
+    return rule(state, command)
 
 
 def _count_attempt(state: VaultState, command: CountAttempt) -> tuple[VaultState, Outcome]:
@@ -344,11 +388,12 @@ def _count_attempt(state: VaultState, command: CountAttempt) -> tuple[VaultState
         return state, NoRecord(destroyed_now=False)
     record = slot.record
     if record.attempts_used >= record.guess_limit:
-        # The limit was reached and that last attempt never proved the password
-        # (a valid KE3 would have reset the counter): destroy, answer as if unknown.
+        # The limit was reached and none of the counted attempts has proved the
+        # password yet (a valid KE3 forgives at least its own): destroy, answer as
+        # if unknown.
         tombstone = _without_records(slot)
         return state.with_slot(tombstone), NoRecord(destroyed_now=True)
-    counted = dataclasses.replace(record, attempts_used=record.attempts_used + 1)
+    counted = dataclasses.replace(record, attempts_started=record.attempts_started + 1)
     return state.with_slot(dataclasses.replace(slot, record=counted)), Counted(counted)
 
 
@@ -362,17 +407,26 @@ def _live_record(
     return slot, slot.record
 
 
-def _reset_attempts(state: VaultState, command: ResetAttempts) -> tuple[VaultState, Outcome]:
+def _forgive_attempts(state: VaultState, command: ForgiveAttempts) -> tuple[VaultState, Outcome]:
     slot, record = _live_record(state, command.account_id, command.generation)
-    new_slot = dataclasses.replace(slot, record=dataclasses.replace(record, attempts_used=0))
-    return state.with_slot(new_slot), Applied(new_slot)
+    if not 1 <= command.attempt <= record.attempts_started:
+        raise ProtocolStateError("no such attempt on this record")
+    # Only what started before this KE1 is forgiven: attempts started after it
+    # (a host may open sessions while the owner's login is in flight) stay
+    # counted. An older session succeeding after a newer one forgives nothing more.
+    own_still_counted = command.attempt > record.forgiven_through
+    failed = record.attempts_used - (1 if own_still_counted else 0)
+    forgiven_through = max(record.forgiven_through, command.attempt)
+    forgiven = dataclasses.replace(record, forgiven_through=forgiven_through)
+    new_slot = dataclasses.replace(slot, record=forgiven)
+    return state.with_slot(new_slot), Forgiven(forgiven, failed)
 
 
 def _destroy_record(state: VaultState, command: DestroyRecord) -> tuple[VaultState, Outcome]:
     slot, record = _live_record(state, command.account_id, command.generation)
     if record.attempts_used < record.guess_limit:
         # Only a record at its limit is destroyed by a failed attempt: a stale
-        # or replayed DestroyRecord cannot wipe a record that a login has reset.
+        # or replayed DestroyRecord cannot wipe a record that a login has forgiven.
         raise ProtocolStateError("record is not at its guess limit")
     new_slot = _without_records(slot)
     return state.with_slot(new_slot), Applied(new_slot)
@@ -400,7 +454,7 @@ def _without_records(slot: AccountSlot) -> AccountSlot:
     return dataclasses.replace(slot, generation=generation, record=None, pending=None)
 
 
-def _carried_attempts(slot: AccountSlot) -> int:
+def carried_attempts(slot: AccountSlot) -> int:
     """Attempts the live record has spent: a record that replaces it inherits all of them."""
     return 0 if slot.record is None else slot.record.attempts_used
 
@@ -417,7 +471,7 @@ def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultSta
     # dropped is worth nothing to the host, and a retried RegisterFinish just
     # replaces it. Refuse early
     # what the expose would refuse anyway (ExposeRecord checks again).
-    if _carried_attempts(slot) >= command.guess_limit:
+    if carried_attempts(slot) >= command.guess_limit:
         raise RecordExistsError("the live record's spent attempts reach the new guess limit")
     if slot.generation >= MAX_GENERATION:
         raise RecordExistsError("the account has used up its record generations")
@@ -427,7 +481,6 @@ def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultSta
         opaque_record=command.opaque_record,
         secret=command.secret,
         guess_limit=command.guess_limit,
-        attempts_used=0,
         created_ms=command.now_ms,
     )
     new_slot = AccountSlot(command.account_id, pending.generation, slot.record, pending)
@@ -469,10 +522,12 @@ def _expose_record(state: VaultState, command: ExposeRecord) -> tuple[VaultState
     # record it replaces has spent, also when that record is at its limit (then
     # the expose is refused: the locked record is destroyed by the normal path,
     # and only after that may the account start afresh).
-    carried = _carried_attempts(slot)
+    carried = carried_attempts(slot)
     if carried >= pending.guess_limit:
         raise RecordExistsError("the live record's spent attempts reach the new guess limit")
-    live = dataclasses.replace(pending, attempts_used=carried)
+    # The carried attempts are the new record's first ones (numbered 1..carried);
+    # sessions of the old record cannot forgive them (their generation is stale).
+    live = dataclasses.replace(pending, attempts_started=carried)
     new_slot = dataclasses.replace(slot, record=live, pending=None)
     return state.with_slot(new_slot), Applied(new_slot)
 
@@ -485,3 +540,19 @@ def _expire_pending(state: VaultState, command: ExpirePending) -> tuple[VaultSta
     # names the pending record's generation (InstallRecord moved the slot to it).
     new_slot = dataclasses.replace(slot, pending=None)
     return state.with_slot(new_slot), Applied(new_slot)
+
+
+_Rule = Callable[[VaultState, Any], tuple[VaultState, Outcome]]
+
+_RULES: Mapping[type, _Rule] = MappingProxyType(
+    {
+        CountAttempt: _count_attempt,
+        ForgiveAttempts: _forgive_attempts,
+        DestroyRecord: _destroy_record,
+        DeleteRecord: _delete_record,
+        InstallRecord: _install_record,
+        ExposeRecord: _expose_record,
+        ExpirePending: _expire_pending,
+    }
+)
+"""How each command changes the state: one pure function per command type."""

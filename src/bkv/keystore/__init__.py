@@ -7,9 +7,10 @@ backend (SoftHSM2 in tests; a real HSM in a real deployment):
   32-byte key; ``sign(message)`` returns the 64-byte signature over exactly
   ``message`` (PureEdDSA: no pre-hash, no context).
 - :class:`Sealer` — an AEAD for state at rest. ``seal(plaintext, aad)``
-  returns ``tag || nonce || ciphertext`` (format in :mod:`bkv.keystore.sealed`);
-  ``open(sealed, aad)`` returns the plaintext or raises
-  :class:`bkv.errors.SealingError`.
+  returns ``alg || salt || ciphertext || tag``, encrypted under a key derived
+  for that blob alone (format and sealing-key budget in
+  :mod:`bkv.keystore.sealed`); ``open(sealed, aad)`` returns the plaintext or
+  raises :class:`bkv.errors.SealingError`.
 
 Backends:
 
@@ -20,6 +21,10 @@ Backends:
   ``init_token``: keys are generated inside the token as sensitive and
   non-extractable and never leave it. Imported explicitly (it loads the PKCS#11
   library), never from here, so that importing :mod:`bkv.keystore` does no I/O.
+
+The HSM's NV counter (:mod:`bkv.keystore.counter`) moves by compare-and-swap,
+and :func:`bkv.keystore.files.lock_private_directory` keeps a second HSM process
+off the HSM's private directory.
 """
 
 from __future__ import annotations

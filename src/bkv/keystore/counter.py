@@ -11,6 +11,16 @@ but it cannot rewind the counter. bkv emulates that with two backends behind
 - :class:`bkv.keystore.pkcs11.Pkcs11Counter` (PKCS#11 backend): a private
   token data object, next to the sealing key inside the token.
 
+An advance is a compare-and-swap: :meth:`MonotonicCounter.advance` names the
+exact value it moves from (version, digest and id) and refuses with
+:class:`bkv.errors.NvCounterConflictError` if the stored value is any other,
+checked and written under an exclusive lock. Two writers that read the same
+value therefore cannot both move on from it: if they could, each would release
+a response for the same state version, and a record with guess limit 1 would
+answer two password checks (docs/threat-model.md, "Rollback on one HSM").
+One HSM process per private directory is enforced separately, for
+the life of the process (:func:`bkv.keystore.files.lock_private_directory`).
+
 What the counter holds (:class:`CounterValue`): its own random 16-byte id,
 drawn once when the counter is created, the version of the newest
 sealed state whose dependent response may have left the HSM, and the SHA-256
@@ -30,14 +40,17 @@ version (u64 BE) || digest (32)``, read strictly.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
 from bkv.crypto.rng import Rng, default_rng, draw
-from bkv.errors import NvCounterError, StorageError
+from bkv.errors import NvCounterConflictError, NvCounterError, StorageError
 from bkv.keystore import COUNTER_ID_SIZE
 from bkv.keystore.files import fsync_directory, read_small_file, replace_file
 
@@ -100,8 +113,14 @@ class MonotonicCounter(Protocol):
         """The current value; :class:`NvCounterError` if it is missing or malformed."""
         ...
 
-    def advance(self, value: CounterValue) -> None:
-        """Durably move to ``value``, whose version must be higher (ValueError otherwise)."""
+    def advance(self, expected: CounterValue, new: CounterValue) -> None:
+        """Compare-and-swap: durably move from exactly ``expected`` to ``new``.
+
+        ValueError if ``new`` is not a forward move from ``expected`` (a caller
+        bug); :class:`NvCounterConflictError` if the stored value is not
+        ``expected`` (another writer moved the counter); returns once ``new``
+        is durable.
+        """
         ...
 
     def close(self) -> None:
@@ -109,12 +128,28 @@ class MonotonicCounter(Protocol):
         ...
 
 
-def check_advance(current: CounterValue, new: CounterValue) -> None:
+def check_advance(expected: CounterValue, new: CounterValue) -> None:
     """Refuse a move that is not strictly forward: the counter never goes back or repeats."""
-    if new.counter_id != current.counter_id:
+    if not isinstance(expected, CounterValue) or not isinstance(new, CounterValue):
+        raise TypeError("an NV counter moves between CounterValues")
+    if new.counter_id != expected.counter_id:
         raise ValueError("a counter value carries another counter's id")
-    if new.version <= current.version:
+    if new.version <= expected.version:
         raise ValueError("an NV counter only moves to a higher version")
+
+
+def check_unchanged(stored: CounterValue, expected: CounterValue) -> None:
+    """The compare of compare-and-swap: the stored value must be exactly the expected one.
+
+    Version, digest and id all count: a sibling blob committed at the same
+    version by another writer (same version, other digest) is a conflict too.
+    The values are not secret (the digest is of a blob the host stores).
+    """
+    if stored != expected:
+        raise NvCounterConflictError(
+            f"the NV counter holds version {stored.version}, not the expected value at version"
+            f" {expected.version}: another writer moved it"
+        )
 
 
 COUNTER_FILE_NAME: Final = "nv-counter"
@@ -168,13 +203,35 @@ class FileCounter:
             raise NvCounterError(f"NV counter: {exc}") from None
         return CounterValue.from_bytes(data)
 
-    def advance(self, value: CounterValue) -> None:
-        """Durably move forward to ``value`` (atomic replace; returns once on disk)."""
-        check_advance(self.read(), value)
-        self._write(value)
+    def advance(self, expected: CounterValue, new: CounterValue) -> None:
+        """Compare-and-swap from ``expected`` to ``new`` (atomic replace; returns once on disk).
+
+        The read, the compare and the write run under an exclusive ``flock`` on
+        the counter's directory, so of two processes that both expect the same
+        value, the second finds the first one's value and is refused.
+        """
+        check_advance(expected, new)
+        with self._exclusive():
+            check_unchanged(self.read(), expected)
+            self._write(new)
 
     def close(self) -> None:
         """Nothing to release: every call opens and closes the file."""
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # The directory, not the file: the file is replaced by a rename, and a
+        # lock on the old inode would not exclude a writer that opened the new
+        # one. Blocking: a holder keeps it only for one read and one write.
+        try:
+            fd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NvCounterError(f"cannot open the NV counter: {type(exc).__name__}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     def _write(self, value: CounterValue) -> None:
         try:
@@ -194,5 +251,6 @@ __all__ = [
     "FileCounter",
     "MonotonicCounter",
     "check_advance",
+    "check_unchanged",
     "initial_value",
 ]

@@ -4,7 +4,8 @@ This is an adapter: it loads a PKCS#11 library (Debian's SoftHSM2 in tests and
 development) through python-pkcs11 and runs ``softhsm2-util``. The keys are
 generated *inside* the token with ``CKA_SENSITIVE`` true and ``CKA_EXTRACTABLE``
 false, so their values never leave it: signing (CKM_EDDSA, Ed25519) and
-sealing (CKM_AES_GCM, AES-256) run in the token.
+sealing (a per-blob key derived with CKM_AES_ECB_ENCRYPT_DATA, then
+CKM_AES_GCM; :mod:`bkv.keystore.sealed`) run in the token.
 
 One SoftHSM2 configuration per process
 --------------------------------------
@@ -27,12 +28,14 @@ reference-counted, and every call into the library holds one process-wide lock
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +47,7 @@ from pkcs11.exceptions import MultipleObjectsReturned, NoSuchKey, NoSuchToken, P
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from bkv.crypto.rng import Rng, default_rng, draw
+from bkv.crypto.rng import Rng, default_rng
 from bkv.errors import (
     ConfigError,
     KeyExistsError,
@@ -54,7 +57,8 @@ from bkv.errors import (
     SealingError,
 )
 from bkv.keystore import sealed
-from bkv.keystore.counter import CounterValue, check_advance, initial_value
+from bkv.keystore.counter import CounterValue, check_advance, check_unchanged, initial_value
+from bkv.keystore.files import PrivateDirectoryLock, hold_lock_file
 from bkv.keystore.sealed import SealAlgorithm
 
 DEFAULT_MODULE_PATH: Final = "/usr/lib/softhsm/libsofthsm2.so"
@@ -374,34 +378,28 @@ def _raw_ed25519_point(ec_point: bytes) -> bytes:
 
 def generate_signing_key(config: Pkcs11Config, label: str) -> Pkcs11Signer:
     """Generate an Ed25519 key pair in the token (private half sensitive, non-extractable)."""
-    _check_label(label, MAX_KEY_LABEL_SIZE, "key label")
-    session = _Runtime.acquire(config)
-    try:
-        with _Runtime.lock:
-            if _label_in_use(session, label):
-                raise KeyExistsError(f"a key labelled {label!r} already exists")
-            params = session.create_domain_parameters(
-                KeyType.EC_EDWARDS,
-                {Attribute.EC_PARAMS: encode_named_curve_parameters(ED25519_OID)},
-                local=True,
-            )
-            params.generate_keypair(
-                store=True,
-                label=label,
-                public_template={Attribute.TOKEN: True, Attribute.VERIFY: True},
-                private_template={
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.SIGN: True,
-                },
-            )
-    except PKCS11Error as exc:
-        raise KeystoreError(f"token refused to generate the key: {type(exc).__name__}") from None
-    finally:
-        _Runtime.release(config)
+    _generate_in_token(config, label, _make_ed25519_pair)
     return Pkcs11Signer(config, label)
+
+
+def _make_ed25519_pair(session: Any, label: str) -> None:
+    params = session.create_domain_parameters(
+        KeyType.EC_EDWARDS,
+        {Attribute.EC_PARAMS: encode_named_curve_parameters(ED25519_OID)},
+        local=True,
+    )
+    params.generate_keypair(
+        store=True,
+        label=label,
+        public_template={Attribute.TOKEN: True, Attribute.VERIFY: True},
+        private_template={
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SIGN: True,
+        },
+    )
 
 
 def load_signing_key(config: Pkcs11Config, label: str) -> Pkcs11Signer:
@@ -413,12 +411,17 @@ def load_signing_key(config: Pkcs11Config, label: str) -> Pkcs11Signer:
 
 
 class Pkcs11Sealer(_TokenKey):
-    """AES-256-GCM (CKM_AES_GCM) with a sensitive, non-extractable key inside the token.
+    """AES-256-GCM under per-blob keys derived in the token from a sensitive AES-256 key.
 
-    Blobs have the :mod:`bkv.keystore.sealed` format with ``alg`` = AES-256-GCM,
-    byte-compatible with :class:`bkv.keystore.SoftwareSealer` under the same key.
-    Nonces are random 96-bit values drawn from ``rng`` on the host (the nonce
-    need not be secret, only unique); the 2^32-seals-per-key limit applies.
+    Blobs have the :mod:`bkv.keystore.sealed` format, byte-compatible with
+    :class:`bkv.keystore.SoftwareSealer` under the same key. Each seal draws a
+    fresh salt from ``rng`` on the host (:func:`bkv.keystore.sealed.new_salt`; it
+    need not be secret), derives
+    the blob key in the token (CKM_AES_ECB_ENCRYPT_DATA) as a sensitive,
+    non-extractable session object, encrypts with it (CKM_AES_GCM) and destroys
+    it. The sealing key therefore needs CKA_DERIVE; one made before per-blob
+    keys (encrypt/decrypt only) is refused at load. Legacy blobs (alg 0x01)
+    open only with a key that also has CKA_DECRYPT.
     """
 
     def __init__(self, config: Pkcs11Config, label: str, rng: Rng = default_rng) -> None:
@@ -430,77 +433,152 @@ class Pkcs11Sealer(_TokenKey):
                 self._key = self._find(ObjectClass.SECRET_KEY, KeyType.AES)
                 if self._key[Attribute.VALUE_LEN] != sealed.KEY_SIZE:
                     raise KeystoreError(f"key {label!r} is not an AES-256 key")
+                if not self._key[Attribute.DERIVE]:
+                    raise KeystoreError(
+                        f"key {label!r} cannot derive per-blob keys (CKA_DERIVE is false);"
+                        " generate a new sealing key"
+                    )
+        except PKCS11Error as exc:
+            self.close()
+            raise KeystoreError(f"cannot inspect key {label!r}: {type(exc).__name__}") from None
         except BaseException:
             self.close()
             raise
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        """``alg || nonce || AES-256-GCM(plaintext, ad = alg || aad)``, encrypted in the token."""
+        """``alg || salt || AES-256-GCM(blob key, plaintext, ad = alg || aad)``, in the token."""
         sealed.check_seal_arguments(plaintext, aad)
         self._check_open()
-        nonce = draw(self._rng, sealed.NONCE_SIZE)
-        alg = SealAlgorithm.AES_256_GCM
-        params = GCMParams(nonce, sealed.associated_data(alg, aad), sealed.TAG_SIZE * 8)
-        try:
-            with _Runtime.lock:
-                body = self._key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
-                                         mechanism_param=params)  # fmt: skip
-        except PKCS11Error as exc:
-            raise KeystoreError(f"token refused to seal: {type(exc).__name__}") from None
-        return sealed.encode(alg, nonce, bytes(body))
+        alg = sealed.SEAL_ALGORITHM
+        salt = sealed.new_salt(self._rng)
+        params = _gcm_params(sealed.BLOB_KEY_NONCE, sealed.associated_data(alg, aad))
+        with _Runtime.lock:
+            blob_key = self._derive(salt, Attribute.ENCRYPT)
+            try:
+                body = blob_key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                        mechanism_param=params)  # fmt: skip
+            except PKCS11Error as exc:
+                raise KeystoreError(f"token refused to seal: {type(exc).__name__}") from None
+            finally:
+                _destroy_session_key(blob_key)
+        return sealed.encode(alg, salt, bytes(body))
 
     def open(self, ciphertext: bytes, aad: bytes) -> bytes:
         """The plaintext of a blob sealed under this key with ``aad``, decrypted in the token."""
-        alg = SealAlgorithm.AES_256_GCM
-        nonce, body = sealed.decode(ciphertext, aad, alg)
+        blob = sealed.decode(ciphertext, aad)
         self._check_open()
-        params = GCMParams(nonce, sealed.associated_data(alg, aad), sealed.TAG_SIZE * 8)
+        params = _gcm_params(blob.nonce, sealed.associated_data(blob.alg, aad))
+        with _Runtime.lock:
+            if blob.alg is SealAlgorithm.AES_256_GCM_BLOB_KEY:
+                blob_key = self._derive(blob.head, Attribute.DECRYPT)
+                try:
+                    return _gcm_open(blob_key, blob.body, params)
+                finally:
+                    _destroy_session_key(blob_key)
+            if not isinstance(self._key, pkcs11.DecryptMixin):
+                raise SealingError("this key has no CKA_DECRYPT: it opens no legacy (0x01) blob")
+            return _gcm_open(self._key, blob.body, params)
+
+    def _derive(self, salt: bytes, use: Attribute) -> Any:
+        """The blob key for ``salt``: a sensitive session key allowed ``use`` and nothing else."""
+        template = {
+            Attribute.TOKEN: False,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.ENCRYPT: use is Attribute.ENCRYPT,
+            Attribute.DECRYPT: use is Attribute.DECRYPT,
+            Attribute.DERIVE: False,
+            Attribute.WRAP: False,
+            Attribute.UNWRAP: False,
+            Attribute.SIGN: False,
+            Attribute.VERIFY: False,
+        }
         try:
-            with _Runtime.lock:
-                plaintext = self._key.decrypt(body, mechanism=Mechanism.AES_GCM,
-                                              mechanism_param=params)  # fmt: skip
-        except PKCS11Error:
-            # SoftHSM2 reports a bad GCM tag as CKR_GENERAL_ERROR (or
-            # CKR_ENCRYPTED_DATA_INVALID); the token does not say which input was wrong.
-            raise SealingError("sealed blob failed to authenticate") from None
-        return bytes(plaintext)
+            return self._key.derive_key(
+                KeyType.AES,
+                sealed.KEY_SIZE * 8,
+                mechanism=Mechanism.AES_ECB_ENCRYPT_DATA,
+                mechanism_param=salt,
+                store=False,
+                template=template,
+            )
+        except PKCS11Error as exc:
+            raise KeystoreError(
+                f"token refused to derive a blob key: {type(exc).__name__}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Pkcs11Sealer(label={self._label!r})"
 
 
+def _gcm_params(nonce: bytes, associated_data: bytes) -> GCMParams:
+    return GCMParams(nonce, associated_data, sealed.TAG_SIZE * 8)
+
+
+def _gcm_open(key: Any, body: bytes, params: GCMParams) -> bytes:
+    try:
+        return bytes(key.decrypt(body, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+    except PKCS11Error:
+        # SoftHSM2 reports a bad GCM tag as CKR_GENERAL_ERROR (or
+        # CKR_ENCRYPTED_DATA_INVALID); the token does not say which input was wrong.
+        raise SealingError("sealed blob failed to authenticate") from None
+
+
+def _destroy_session_key(key: Any) -> None:
+    # A blob key is a session object: should destroying it fail, it still ends
+    # with the session, and it is sensitive and non-extractable until then.
+    with contextlib.suppress(PKCS11Error):
+        key.destroy()
+
+
 def generate_sealing_key(config: Pkcs11Config, label: str, rng: Rng = default_rng) -> Pkcs11Sealer:
-    """Generate an AES-256 key in the token: sensitive, non-extractable, no wrap/unwrap."""
+    """Generate an AES-256 sealing key in the token: sensitive, non-extractable, derive only."""
+    _generate_in_token(config, label, _make_aes_sealing_key)
+    return Pkcs11Sealer(config, label, rng)
+
+
+def _make_aes_sealing_key(session: Any, label: str) -> None:
+    # The sealing key only derives blob keys (bkv.keystore.sealed): it never
+    # encrypts, decrypts, wraps or signs anything itself.
+    session.generate_key(
+        KeyType.AES,
+        sealed.KEY_SIZE * 8,
+        label=label,
+        store=True,
+        template={
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.DERIVE: True,
+            Attribute.ENCRYPT: False,
+            Attribute.DECRYPT: False,
+            Attribute.WRAP: False,
+            Attribute.UNWRAP: False,
+            Attribute.SIGN: False,
+            Attribute.VERIFY: False,
+        },
+    )
+
+
+def _generate_in_token(config: Pkcs11Config, label: str, make: Callable[[Any, str], None]) -> None:
+    """The one key generator: refuse a label in use, then ``make(session, label)`` in the token.
+
+    The label check and the generation run under the process-wide lock on one
+    session, so this process cannot make two keys with one label.
+    """
     _check_label(label, MAX_KEY_LABEL_SIZE, "key label")
     session = _Runtime.acquire(config)
     try:
         with _Runtime.lock:
             if _label_in_use(session, label):
                 raise KeyExistsError(f"a key labelled {label!r} already exists")
-            session.generate_key(
-                KeyType.AES,
-                sealed.KEY_SIZE * 8,
-                label=label,
-                store=True,
-                template={
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.ENCRYPT: True,
-                    Attribute.DECRYPT: True,
-                    Attribute.WRAP: False,
-                    Attribute.UNWRAP: False,
-                    Attribute.SIGN: False,
-                    Attribute.VERIFY: False,
-                    Attribute.DERIVE: False,
-                },
-            )
+            make(session, label)
     except PKCS11Error as exc:
         raise KeystoreError(f"token refused to generate the key: {type(exc).__name__}") from None
     finally:
         _Runtime.release(config)
-    return Pkcs11Sealer(config, label, rng)
 
 
 def load_sealing_key(config: Pkcs11Config, label: str, rng: Rng = default_rng) -> Pkcs11Sealer:
@@ -526,16 +604,34 @@ class Pkcs11Counter(_TokenKey):
     read takes the higher version, so the counter never goes back. The objects
     are ``CKA_PRIVATE`` (readable only after login) and ``CKA_TOKEN`` (kept in
     the token's non-volatile store, like the sealing key).
+
+    PKCS#11 has no compare-and-swap on objects, and create-then-destroy is two
+    calls, so an open counter holds an exclusive lock for as long as it is
+    open (:func:`counter_lock`): no other process can open the same counter,
+    and the compare and the swap of :meth:`advance` run under it (and under the
+    process-wide library lock against this process's other threads).
     """
 
     def __init__(self, config: Pkcs11Config, label: str) -> None:
         _check_label(label, MAX_KEY_LABEL_SIZE, "counter label")
-        super().__init__(config, label)
+        self._lock = counter_lock(config, label)
+        try:
+            super().__init__(config, label)
+        except BaseException:
+            self._lock.release()
+            raise
         try:
             self.read()  # must exist and be well formed
         except BaseException:
             self.close()
             raise
+
+    def close(self) -> None:
+        """Release the session share and the counter's lock (the counter stays in the token)."""
+        try:
+            super().close()
+        finally:
+            self._lock.release()
 
     def read(self) -> CounterValue:
         """The current value: the highest version among the counter's objects."""
@@ -543,13 +639,14 @@ class Pkcs11Counter(_TokenKey):
         with _Runtime.lock:
             return _newest(self._objects())[0]
 
-    def advance(self, value: CounterValue) -> None:
-        """Durably move forward to ``value``: create its object, then destroy the older ones."""
+    def advance(self, expected: CounterValue, new: CounterValue) -> None:
+        """Compare-and-swap from ``expected`` to ``new``: create its object, destroy the older."""
+        check_advance(expected, new)
         self._check_open()
         with _Runtime.lock:
             found = self._objects()
-            check_advance(_newest(found)[0], value)
-            _create_counter_object(self._session, self._label, value)
+            check_unchanged(_newest(found)[0], expected)
+            _create_counter_object(self._session, self._label, new)
             try:
                 for _value, old in found:
                     old.destroy()
@@ -605,18 +702,41 @@ def _create_counter_object(session: Any, label: str, value: CounterValue) -> Non
         raise NvCounterError(f"token refused to store the counter: {type(exc).__name__}") from None
 
 
+def counter_lock(config: Pkcs11Config, label: str) -> PrivateDirectoryLock:
+    """The exclusive lock of the counter ``label`` in the config's token, held until released.
+
+    PKCS#11 has no lock an application can hold on an object, so the lock is a
+    file next to the token's configuration (for SoftHSM2, the directory that
+    holds the token: the emulated HSM's inside), one per token and label.
+    Raises :class:`bkv.errors.DirectoryLockedError` if another process holds it.
+    """
+    name = hashlib.sha256(
+        b"bkv.keystore.pkcs11.counter-lock\x00"
+        + config.token_label.encode("utf-8")
+        + b"\x00"
+        + label.encode("utf-8")
+    ).hexdigest()[:32]
+    path = Path(config.conf_path).parent / f"bkv-counter-{name}.lock"
+    return hold_lock_file(path, f"the NV counter {label!r} of token {config.token_label!r}")
+
+
 def create_counter(config: Pkcs11Config, label: str, rng: Rng = default_rng) -> Pkcs11Counter:
     """Create the NV counter (version 0, fresh random id); refuse if the label is in use."""
     _check_label(label, MAX_KEY_LABEL_SIZE, "counter label")
-    session = _Runtime.acquire(config)
-    try:
-        with _Runtime.lock:
-            if _label_in_use(session, label):
-                # Never reset a counter: re-initializing would make older states fresh again.
-                raise NvCounterError(f"an object labelled {label!r} already exists in the token")
-            _create_counter_object(session, label, initial_value(rng))
-    finally:
-        _Runtime.release(config)
+    # Under the counter's lock: two processes creating at once could otherwise
+    # both find the label free and make two counters with different ids.
+    with counter_lock(config, label):
+        session = _Runtime.acquire(config)
+        try:
+            with _Runtime.lock:
+                if _label_in_use(session, label):
+                    # Never reset a counter: re-initializing would make older states fresh again.
+                    raise NvCounterError(
+                        f"an object labelled {label!r} already exists in the token"
+                    )
+                _create_counter_object(session, label, initial_value(rng))
+        finally:
+            _Runtime.release(config)
     return Pkcs11Counter(config, label)
 
 

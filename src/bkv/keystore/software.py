@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bkv.crypto.rng import Rng, default_rng, draw
 from bkv.errors import SealingError
@@ -55,59 +56,60 @@ class SoftwareSigner:
 
 
 class SoftwareSealer:
-    """AEAD sealing (AES-256-GCM by default) with a key held in process memory.
+    """AES-256-GCM sealing under a per-blob key, with the sealing key held in process memory.
 
-    Every seal draws a fresh random 96-bit nonce from ``rng``; see
-    :mod:`bkv.keystore.sealed` for the nonce-safety limit (2^32 seals per key).
+    Every seal draws a fresh salt from ``rng`` (:func:`bkv.keystore.sealed.new_salt`)
+    and encrypts under ``AES-256-ECB(key, salt)``, so no GCM key ever encrypts twice; see
+    :mod:`bkv.keystore.sealed` for the format and the sealing-key budget. Blobs
+    in the legacy format (alg 0x01, GCM under the key itself) still open.
     """
 
-    __slots__ = ("_aead", "_algorithm", "_key", "_rng")
+    __slots__ = ("_key", "_key_gcm", "_rng")
 
-    def __init__(
-        self,
-        key: bytes,
-        algorithm: SealAlgorithm = SealAlgorithm.AES_256_GCM,
-        rng: Rng = default_rng,
-    ) -> None:
+    def __init__(self, key: bytes, rng: Rng = default_rng) -> None:
         if not isinstance(key, bytes) or len(key) != sealed.KEY_SIZE:
             raise ValueError("a sealing key is exactly 32 bytes")
-        self._algorithm = SealAlgorithm(algorithm)
         self._key = key
-        self._aead: AESGCM | ChaCha20Poly1305 = (
-            AESGCM(key) if self._algorithm is SealAlgorithm.AES_256_GCM else ChaCha20Poly1305(key)
-        )
+        self._key_gcm = AESGCM(key)  # legacy blobs only: never used to seal
         self._rng = rng
 
     @classmethod
-    def generate(
-        cls, algorithm: SealAlgorithm = SealAlgorithm.AES_256_GCM, rng: Rng = default_rng
-    ) -> SoftwareSealer:
+    def generate(cls, rng: Rng = default_rng) -> SoftwareSealer:
         """A fresh random key."""
-        return cls(draw(rng, sealed.KEY_SIZE), algorithm, rng)
-
-    @property
-    def algorithm(self) -> SealAlgorithm:
-        """The AEAD this key is used with."""
-        return self._algorithm
+        return cls(draw(rng, sealed.KEY_SIZE), rng)
 
     def key_bytes(self) -> bytes:
         """The raw key, for the caller to persist under its own protection."""
         return self._key
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        """``alg || nonce || AEAD(plaintext, ad = alg || aad)`` under a fresh random nonce."""
+        """``alg || salt || AES-256-GCM(blob key, plaintext, ad = alg || aad)``."""
         sealed.check_seal_arguments(plaintext, aad)
-        nonce = draw(self._rng, sealed.NONCE_SIZE)
-        ad = sealed.associated_data(self._algorithm, aad)
-        return sealed.encode(self._algorithm, nonce, self._aead.encrypt(nonce, plaintext, ad))
+        alg = sealed.SEAL_ALGORITHM
+        salt = sealed.new_salt(self._rng)
+        body = AESGCM(self._blob_key(salt)).encrypt(
+            sealed.BLOB_KEY_NONCE, plaintext, sealed.associated_data(alg, aad)
+        )
+        return sealed.encode(alg, salt, body)
 
     def open(self, ciphertext: bytes, aad: bytes) -> bytes:
-        """The plaintext of a blob made by :meth:`seal` with the same key and ``aad``."""
-        nonce, body = sealed.decode(ciphertext, aad, self._algorithm)
+        """The plaintext of a blob sealed under this key with ``aad``."""
+        blob = sealed.decode(ciphertext, aad)
+        if blob.alg is SealAlgorithm.AES_256_GCM_BLOB_KEY:
+            aead = AESGCM(self._blob_key(blob.head))
+        else:
+            aead = self._key_gcm
         try:
-            return self._aead.decrypt(nonce, body, sealed.associated_data(self._algorithm, aad))
+            return aead.decrypt(blob.nonce, blob.body, sealed.associated_data(blob.alg, aad))
         except InvalidTag:
             raise SealingError("sealed blob failed to authenticate") from None
 
+    def _blob_key(self, salt: bytes) -> bytes:
+        # AES-256-ECB over the two salt blocks: what CKM_AES_ECB_ENCRYPT_DATA derives
+        # in a token (bkv.keystore.sealed). ECB is right here: the input is random
+        # and block-sized, and each block is encrypted on its own by definition.
+        encryptor = Cipher(algorithms.AES(self._key), modes.ECB()).encryptor()  # noqa: S305
+        return encryptor.update(salt) + encryptor.finalize()
+
     def __repr__(self) -> str:
-        return f"SoftwareSealer(algorithm={self._algorithm.name})"
+        return f"SoftwareSealer(algorithm={sealed.SEAL_ALGORITHM.name})"

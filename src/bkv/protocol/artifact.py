@@ -3,9 +3,10 @@
 The artifact is the thing the witness vouches for. The witness signs only its
 SHA-256 digest (``digest = SHA-256(exact artifact bytes)``), so the artifact
 must have exactly one byte encoding: it is canonical JSON as produced by
-:mod:`bkv.wire.canonical_json` (sorted keys, no insignificant whitespace,
-integers only), and :func:`parse_artifact` rejects any input whose
-re-encoding differs from the bytes it was given.
+:mod:`bkv.wire.canonical_json` (RFC 8785 subset: sorted keys, no insignificant
+whitespace, integers only), and :func:`parse_artifact` rejects any input that
+is not, byte for byte, :meth:`FleetKeyArtifact.to_bytes` of the artifact it
+parses to.
 
 Layout (version 1; every field required, no other field allowed)::
 
@@ -27,25 +28,26 @@ digest of anything else (another JSON document, a later version) cannot be
 mistaken for a v1 fleet-key artifact. The roles ``opaque_ake`` and ``channel``
 are required: a client has no use for a fleet it cannot run OPAQUE with or
 seal requests to. The quorum must be a strict majority of the members: the
-guess limit rests on majority consensus (BRIEF, "The problem"), so a client
+guess limit rests on majority consensus (docs/properties.md §2), so a client
 refuses a fleet whose quorum could be satisfied by two disjoint minorities.
 
-This module lives in :mod:`bkv.witness` because the witness runs the same strict
-parser before it signs a digest (it must never vouch for bytes no client could
-parse); :mod:`bkv.protocol.artifact` re-exports it for clients. It imports only
-:mod:`bkv.errors` and :mod:`bkv.wire` (sans-IO).
+The witness runs this same strict parser before it signs a digest (it must
+never vouch for bytes no client could parse), and clients parse with it. It is
+sans-IO (docs/architecture.md#layers).
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bkv.errors import ArtifactError, CodecError
-from bkv.wire import canonical_json
+from bkv.errors import ArtifactError
+from bkv.protocol import messages as hsm_messages
 
 #: The one artifact size limit, for the witness (submissions) and for clients (the
 #: fleet-key artifact and the validation bundle that carries it): a fleet-key
@@ -56,9 +58,6 @@ MAX_ARTIFACT_BYTES: Final = 16 * 1024
 ARTIFACT_TYPE: Final = "bkv.fleet_keys"
 ARTIFACT_VERSION: Final = 1
 
-#: Largest artifact accepted, in bytes (a fleet of MAX_MEMBERS with all roles fits easily).
-#: The same constant bounds what the witness accepts in a submission.
-MAX_ARTIFACT_SIZE: Final = MAX_ARTIFACT_BYTES
 #: Largest number of HSMs in one fleet.
 MAX_MEMBERS: Final = 64
 #: Largest number of keys (roles) in one artifact.
@@ -68,10 +67,9 @@ MAX_ID_LENGTH: Final = 64
 #: Largest integer in the artifact: beyond 2**53 - 1 JSON numbers are not portable
 #: (RFC 8785 §3.2.2.3).
 MAX_JSON_INT: Final = 2**53 - 1
-#: Largest guess limit a fleet may declare: the HSMs' own cap
-#: (``bkv.protocol.messages.MAX_GUESS_LIMIT``; a test keeps the two equal), so that no
-#: artifact promises a policy the HSM application would refuse.
-MAX_GUESS_LIMIT: Final = 100
+#: Largest guess limit a fleet may declare: the HSMs' own cap, so that no artifact
+#: promises a policy the HSM application would refuse.
+MAX_GUESS_LIMIT: Final = hsm_messages.MAX_GUESS_LIMIT
 
 #: Public key length in bytes for each algorithm.
 KEY_LENGTHS: Final[Mapping[str, int]] = {"ed25519": 32, "x25519": 32, "ristretto255": 32}
@@ -82,10 +80,9 @@ ROLE_HSM_ATTESTATION: Final = "hsm_attestation"
 REQUIRED_ROLES: Final = frozenset({ROLE_OPAQUE_AKE, ROLE_CHANNEL})
 
 DIGEST_SIZE: Final = 32
-#: Deepest nesting in an artifact (object > keys array > key object).
-_MAX_DEPTH: Final = 4
 
 _ID_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_LOWER_HEX_RE: Final = re.compile(r"[0-9a-f]*")
 _ROLE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TOP_FIELDS: Final = frozenset(
     {
@@ -183,10 +180,34 @@ class FleetKeyArtifact:
         }
 
     def to_bytes(self) -> bytes:
-        """The canonical JSON bytes of the artifact (what the digest covers)."""
-        data = canonical_json.dumps(self.to_json_value(), max_size=1 << 20)
-        if len(data) > MAX_ARTIFACT_SIZE:
-            raise ArtifactError(f"artifact exceeds {MAX_ARTIFACT_SIZE} bytes")
+        """The canonical JSON bytes of the artifact (what the digest covers).
+
+        Byte for byte ``bkv.wire.canonical_json.dumps(self.to_json_value())`` (a test
+        checks), written out directly because clients re-encode every artifact they
+        parse: members in sorted order (RFC 8785 §3.2.3), integers in plain decimal
+        (§3.2.2.3), and strings between quotes as they are, since every string of a
+        valid artifact (ids, roles, algorithm names, lowercase hex) is in an alphabet
+        that has nothing to escape (§3.2.2.2).
+        """
+        keys = ",".join(
+            f'{{"algorithm":"{k.algorithm}","public_key":"{k.key.hex()}","role":"{k.role}"}}'
+            for k in self.keys
+        )
+        members = ",".join(f'"{m}"' for m in self.members)
+        evidence = "null" if self.evidence_digest is None else f'"{self.evidence_digest.hex()}"'
+        text = (
+            f'{{"evidence_digest":{evidence},"fleet_id":"{self.fleet_id}",'
+            f'"keys":[{keys}],"members":[{members}],'
+            f'"policy":{{"guess_limit":{self.policy.guess_limit:d},'
+            f'"quorum":{self.policy.quorum:d}}},'
+            f'"type":"{ARTIFACT_TYPE}",'
+            f'"validity":{{"not_after_ms":{self.not_after_ms:d},'
+            f'"not_before_ms":{self.not_before_ms:d}}},'
+            f'"version":{ARTIFACT_VERSION:d}}}'
+        )
+        data = text.encode("ascii")
+        if len(data) > MAX_ARTIFACT_BYTES:
+            raise ArtifactError(f"artifact exceeds {MAX_ARTIFACT_BYTES} bytes")
         return data
 
     @property
@@ -203,40 +224,99 @@ def artifact_digest(data: bytes) -> bytes:
 def parse_artifact(data: bytes) -> FleetKeyArtifact:
     """Strictly parse artifact bytes; raise :class:`ArtifactError` on anything but canonical v1.
 
-    Rejected: empty or oversized input, invalid UTF-8, duplicate JSON object
-    keys, floats / NaN / huge integers, nesting deeper than the schema,
-    missing or unknown fields, wrong types, bad or uppercase hex, wrong key
-    lengths, unsorted or duplicate roles or members, a quorum that is not a
-    majority, an empty validity window, and any non-canonical spelling
-    (whitespace, key order, escapes).
+    Rejected: empty or oversized input, invalid UTF-8, floats / NaN / huge
+    integers, missing or unknown fields, wrong types, bad or uppercase hex,
+    wrong key lengths, unsorted or duplicate roles or members, a quorum that is
+    not a majority, an empty validity window, and any other spelling than the
+    canonical one (whitespace, key order, escapes, duplicate keys, number forms).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError("artifact must be bytes")
     data = bytes(data)
     if not data:
         raise ArtifactError("artifact is empty")
-    if len(data) > MAX_ARTIFACT_SIZE:
-        raise ArtifactError(f"artifact exceeds {MAX_ARTIFACT_SIZE} bytes")
-    value = _load_strict_json(data)
-    artifact = _from_json_value(value)
+    if len(data) > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(f"artifact exceeds {MAX_ARTIFACT_BYTES} bytes")
+    artifact = _read_canonical(data)
+    if artifact is not None:
+        return artifact
+    # Not a valid artifact in canonical form: JSON and the schema name what is wrong.
+    artifact = _from_json_value(_load_json(data))
     # The digest covers the exact bytes, so only the one canonical spelling is an artifact:
-    # canonical_json.loads refused every other spelling of the value, and the value must be
-    # exactly the one this artifact encodes to (so to_bytes() gives back ``data``).
-    if artifact.to_json_value() != value:
+    # whatever the JSON parser tolerated (whitespace, escapes, duplicate or unsorted
+    # names, 1.0 or 1e0) re-encodes to other bytes than ``data``.
+    if artifact.to_bytes() != data:
         raise ArtifactError("artifact is not canonical JSON")
     return artifact
 
 
-# --- strict JSON ---------------------------------------------------------------
+# --- the canonical layout, read directly ----------------------------------------------
+
+# Every client parses the artifact of every bundle, and a valid artifact has one byte
+# layout (to_bytes): members in sorted order, no whitespace, strings in alphabets with
+# nothing to escape, integers in plain decimal. That layout is matched with one regular
+# expression; anything else goes to the JSON parser and the schema, which name the error.
+_KEY_FIELDS_LAYOUT: Final = ("[a-z0-9]{1,32}", "[0-9a-f]{2,128}", "[a-z][a-z0-9_]{0,63}")
+_KEY_TEMPLATE: Final = r'\{"algorithm":"%s","public_key":"%s","role":"%s"\}'
+_KEY_LAYOUT: Final = _KEY_TEMPLATE % _KEY_FIELDS_LAYOUT
+_KEY_RE: Final = re.compile(_KEY_TEMPLATE % tuple(f"({f})" for f in _KEY_FIELDS_LAYOUT))
+_MEMBER_LAYOUT: Final = '"[a-z0-9][a-z0-9._-]{0,63}"'
+_INT_LAYOUT: Final = "(0|[1-9][0-9]{0,15})"
+_CANONICAL_RE: Final = re.compile(
+    r'\{"evidence_digest":(?:null|"([0-9a-f]{64})"),'
+    r'"fleet_id":"([a-z0-9][a-z0-9._-]{0,63})",'
+    rf'"keys":\[((?:{_KEY_LAYOUT},)*{_KEY_LAYOUT})\],'
+    rf'"members":\[((?:{_MEMBER_LAYOUT},)*{_MEMBER_LAYOUT})\],'
+    rf'"policy":\{{"guess_limit":{_INT_LAYOUT},"quorum":{_INT_LAYOUT}\}},'
+    rf'"type":"{re.escape(ARTIFACT_TYPE)}",'
+    rf'"validity":\{{"not_after_ms":{_INT_LAYOUT},"not_before_ms":{_INT_LAYOUT}\}},'
+    rf'"version":{ARTIFACT_VERSION}\}}'
+)
 
 
-def _load_strict_json(data: bytes) -> Any:
-    # bkv.wire.canonical_json refuses duplicate names, floats, NaN, unsafe integers,
-    # deep nesting and every non-canonical spelling; we report all of it as ArtifactError.
+def _read_canonical(data: bytes) -> FleetKeyArtifact | None:
+    """The artifact if ``data`` is laid out as a valid one, else None (never an error).
+
+    What this returns, the JSON parser and the schema would return too, and its
+    :meth:`~FleetKeyArtifact.to_bytes` is ``data`` (tests check both): the expression
+    is the grammar of ``to_bytes`` (same order, alphabets, minimal decimals), and the
+    artifact is built with the same checked constructors.
+    """
     try:
-        return canonical_json.loads(data, max_size=MAX_ARTIFACT_SIZE, max_depth=_MAX_DEPTH)
-    except CodecError as exc:
-        raise ArtifactError(f"artifact is not canonical JSON: {exc}") from None
+        match = _CANONICAL_RE.fullmatch(data.decode("ascii"))
+        if match is None:
+            return None
+        evidence, fleet_id, keys, members, guess_limit, quorum, not_after, not_before = (
+            match.groups()
+        )
+        return FleetKeyArtifact(
+            fleet_id=fleet_id,
+            keys=tuple(
+                PublicKey(role, algorithm, binascii.unhexlify(key))
+                for algorithm, key, role in _KEY_RE.findall(keys)
+            ),
+            # Member ids contain neither quotes nor commas: '","' separates them.
+            members=tuple(members[1:-1].split('","')),
+            policy=FleetPolicy(guess_limit=int(guess_limit), quorum=int(quorum)),
+            not_before_ms=int(not_before),
+            not_after_ms=int(not_after),
+            evidence_digest=None if evidence is None else binascii.unhexlify(evidence),
+        )
+    except (ArtifactError, ValueError):  # ValueError: not ASCII, or odd-length hex
+        return None  # e.g. unsorted members: the schema path names it
+
+
+# --- JSON ----------------------------------------------------------------------
+
+
+def _load_json(data: bytes) -> Any:
+    # Bounded input (MAX_ARTIFACT_BYTES); strict UTF-8 (json.loads would guess UTF-16/32
+    # from raw bytes). ValueError: malformed JSON or an integer over Python's digit
+    # limit; RecursionError: nesting deeper than the parser's recursion limit.
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ArtifactError("artifact is not JSON") from None
 
 
 # --- schema --------------------------------------------------------------------
@@ -245,13 +325,12 @@ def _load_strict_json(data: bytes) -> Any:
 def _object(value: Any, where: str, fields: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ArtifactError(f"{where} must be a JSON object")
+    if value.keys() == fields:
+        return value
     missing = fields - value.keys()
     if missing:
         raise ArtifactError(f"{where}: missing field(s) {sorted(missing)}")
-    unknown = value.keys() - fields
-    if unknown:
-        raise ArtifactError(f"{where}: unknown field(s) {sorted(unknown)}")
-    return value
+    raise ArtifactError(f"{where}: unknown field(s) {sorted(value.keys() - fields)}")
 
 
 def _string(value: Any, where: str) -> str:
@@ -272,7 +351,7 @@ def _integer(value: Any, where: str) -> int:
 def _hex(value: Any, where: str, size: int) -> bytes:
     text = _string(value, where)
     # Lowercase only: one spelling per value, so the digest is unique.
-    if len(text) != 2 * size or any(c not in "0123456789abcdef" for c in text):
+    if len(text) != 2 * size or _LOWER_HEX_RE.fullmatch(text) is None:
         raise ArtifactError(f"{where} must be {2 * size} lowercase hex digits")
     return bytes.fromhex(text)
 
@@ -351,8 +430,9 @@ def _check_keys(keys: tuple[PublicKey, ...]) -> None:
 def _check_members(members: tuple[str, ...]) -> None:
     if not 1 <= len(members) <= MAX_MEMBERS:
         raise ArtifactError(f"a fleet has 1..{MAX_MEMBERS} members")
-    for member in members:
-        _check_id("member id", member)
+    for member in members:  # _check_id, inlined: a fleet has up to 64 members
+        if not isinstance(member, str) or _ID_RE.fullmatch(member) is None:
+            raise ArtifactError(f"member id must match {_ID_RE.pattern}")
     if len(set(members)) != len(members):
         raise ArtifactError("duplicate member")
     if list(members) != sorted(members):
@@ -360,6 +440,9 @@ def _check_members(members: tuple[str, ...]) -> None:
 
 
 def _check_policy(policy: FleetPolicy, member_count: int) -> None:
+    for name, value in (("guess_limit", policy.guess_limit), ("quorum", policy.quorum)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ArtifactError(f"policy.{name} must be an integer")
     if not 1 <= policy.guess_limit <= MAX_GUESS_LIMIT:
         raise ArtifactError(f"policy.guess_limit must be 1..{MAX_GUESS_LIMIT}")
     # A strict majority: two quorums always intersect, so no counter can fork.

@@ -4,7 +4,7 @@ A bundle is one :mod:`bkv.wire` message (tag ``0x0301``, version 1; the
 ``0x03xx`` range is "fleet keys, validation bundles, deployment evidence")::
 
     ValidationBundle {
-      artifact            opaque<1..MAX_ARTIFACT_SIZE>      canonical JSON fleet-key artifact
+      artifact            opaque<1..MAX_ARTIFACT_BYTES>     canonical JSON fleet-key artifact
       namespace           utf8<1..MAX_NAMESPACE_BYTES>      must equal the statement's
       epoch               u64                               must equal the statement's
       signature_message   opaque<1..MAX_SIGNATURE_MESSAGE>  Plexi SignatureMessage, exact bytes
@@ -19,7 +19,7 @@ A bundle is one :mod:`bkv.wire` message (tag ``0x0301``, version 1; the
       consistency_proof   opaque[32]<0..63>                 RFC 9162 §2.1.4 proof
     }
 
-The log entry is the witness's :class:`bkv.witness.submission.AuditEntry` (wire tag
+The log entry is the witness's :class:`bkv.protocol.submission.AuditEntry` (wire tag
 ``0x0501``): the statement's fields, the witness signature and key id, and the
 operator's submission signature. It is shipped as exact bytes because the leaf
 hash covers fields the statement does not (evidence digest, submission time,
@@ -47,7 +47,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Annotated, Final
 
-from bkv.protocol.artifact import MAX_ARTIFACT_SIZE
+from bkv.protocol.artifact import MAX_ARTIFACT_BYTES
 from bkv.protocol.plexi import (
     ED25519_SIGNATURE_SIZE,
     MAX_NAMESPACE_BYTES,
@@ -61,7 +61,7 @@ BUNDLE_TAG: Final = 0x0301
 BUNDLE_VERSION: Final = 1
 #: Largest signed checkpoint note carried (log signature plus a few dozen cosignatures).
 MAX_CHECKPOINT_SIZE: Final = 16 * 1024
-#: Largest witness log entry carried (a bkv.witness.submission.AuditEntry is under 500 bytes).
+#: Largest witness log entry carried (a bkv.protocol.submission.AuditEntry is under 500 bytes).
 MAX_LOG_ENTRY_SIZE: Final = 1024
 #: Largest encoded bundle; the declaration checks the field limits fit under it.
 MAX_BUNDLE_SIZE: Final = 40 * 1024
@@ -73,7 +73,7 @@ Hash = Annotated[bytes, Fixed(HASH_SIZE)]
 class ValidationBundle:
     """The fields listed in the module docstring, in that order."""
 
-    artifact: Annotated[bytes, Bytes(max_len=MAX_ARTIFACT_SIZE, min_len=1)]
+    artifact: Annotated[bytes, Bytes(max_len=MAX_ARTIFACT_BYTES, min_len=1)]
     namespace: Annotated[str, Text(max_len=MAX_NAMESPACE_BYTES, min_len=1)]
     epoch: U64
     signature_message: Annotated[bytes, Bytes(max_len=MAX_SIGNATURE_MESSAGE_BYTES, min_len=1)]

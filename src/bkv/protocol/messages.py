@@ -75,14 +75,16 @@ Inner requests (client -> HSM, sealed) and their responses (HSM -> client, seale
   derived from the OPAQUE session key and the request, :mod:`bkv.protocol.release`)
   or :class:`RecordDeleted` (action DELETE: the account owner deletes the
   record; proving the password in the same session is the authorization).
-  A valid KE3 resets the attempt counter. Sessions are single-use.
+  A valid KE3 forgives the attempts started before its own KE1 (its own
+  included), never one started after it; ``KeyReleased.failed_attempts``
+  tells the owner how many others counted. Sessions are single-use.
 - ``RECOVER_ABORT``   :class:`RecoverAbort` (session_id) -> :class:`AbortOk`.
   The client found the password wrong (KE2 did not open); if the record has
   used all its attempts and no other session for it is open, it is destroyed
   now rather than at the next KE1 or housekeeping tick.
 - ``STATUS``          :class:`StatusRequest` -> :class:`StatusOk` (exists,
-  generation, guess limit, attempts left of the *live* record; never the
-  secret). STATUS does reveal whether the account has a live record, to
+  generation, guess limit, attempts left and failed attempts of the *live*
+  record; never the secret). STATUS does reveal whether the account has a live record, to
   whoever can build a request for the account — and the host can (sealing
   needs only the public channel key). That is no loss: the host relays every
   registration and recovery of the account anyway. Enumeration protection
@@ -162,7 +164,7 @@ class RequestKind(enum.IntEnum):
 class FinishAction(enum.IntEnum):
     """What a valid KE3 authorizes."""
 
-    RELEASE = 1  # release the secret to the client, reset the counter
+    RELEASE = 1  # release the secret to the client, forgive the attempts before its KE1
     DELETE = 2  # delete the record (the account owner proved the password)
 
 
@@ -324,8 +326,11 @@ class RecoverStartOk:
 class KeyReleased:
     """The secret, sealed under the OPAQUE session key (see :mod:`bkv.protocol.release`).
 
-    ``failed_attempts`` is how many password checks of this record failed since
-    its last successful recovery, so that the owner learns someone was guessing.
+    ``failed_attempts`` is how many attempts counted against the record's limit
+    when this KE3 arrived, other than its own: every attempt since the KE1 of
+    the previous successful recovery (carried-over ones included), none of which
+    had succeeded. The owner learns that someone was guessing (or that another
+    of its own logins is still open).
     """
 
     generation: U32
@@ -347,8 +352,12 @@ class AbortOk:
 
 @message(tag=0x0287, version=2)
 class StatusOk:
-    """Whether a live record exists, its counter, and the password checks that failed
-    since its last successful recovery. Never the secret."""
+    """Whether a live record exists, its counter, and its failed attempts. Never the secret.
+
+    ``failed_attempts`` counts the attempts that count against the limit: every
+    one since the KE1 of the last successful recovery (none has succeeded; some
+    may be logins still open), so ``attempts_left + failed_attempts == guess_limit``.
+    """
 
     exists: bool
     generation: U32

@@ -44,7 +44,7 @@ decoded message gives back the input bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
@@ -77,6 +77,7 @@ __all__ = [
     "encode_signature_message",
     "key_id_for",
     "sign_statement",
+    "verify_message_signature",
     "verify_statement",
 ]
 
@@ -96,6 +97,7 @@ MAX_SIGNATURE_MESSAGE_BYTES = 400
 _UINT32_MAX = (1 << 32) - 1
 _UINT64_MAX = (1 << 64) - 1
 _MAX_VARINT_BYTES = 10  # ceil(64 / 7)
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
 
 # Tags: (field_number << 3) | wire_type. Wire types: 0 = VARINT, 2 = LEN.
 _TAG_CIPHERSUITE = 0x08
@@ -119,21 +121,22 @@ _FIELD_NAMES = {
 
 
 def _encode_varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]  # tags, lengths and small values: the common case
     if value < 0 or value > _UINT64_MAX:
         raise ValueError("varint out of uint64 range")
     out = bytearray()
-    while True:
-        low = value & 0x7F
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
         value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+    out.append(value)
+    return bytes(out)
 
 
 def _decode_varint(data: bytes, offset: int, field: str) -> tuple[int, int]:
     """Return (value, new offset); reject truncation, overlong and >64-bit encodings."""
+    if offset < len(data) and data[offset] < 0x80:
+        return data[offset], offset + 1  # one byte: minimal by construction
     value = 0
     for index in range(_MAX_VARINT_BYTES):
         position = offset + index
@@ -164,30 +167,21 @@ class SignatureMessage:
     digest: bytes
     ciphersuite: int = CIPHERSUITE_PROTOBUF_ED25519
 
+    #: The encoding, computed once (decoding, verifying and comparing each need it).
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         _check_fields(self.ciphersuite, self.namespace, self.timestamp_ms, self.epoch, self.digest)
 
     def to_bytes(self) -> bytes:
         """The exact protobuf bytes Plexi signs."""
-        namespace = self.namespace.encode("utf-8")
-        epoch = bytes([_TAG_EPOCH_INNER]) + _encode_varint(self.epoch)
-        return b"".join(
-            (
-                bytes([_TAG_CIPHERSUITE]),
-                _encode_varint(self.ciphersuite),
-                bytes([_TAG_NAMESPACE]),
-                _encode_varint(len(namespace)),
-                namespace,
-                bytes([_TAG_TIMESTAMP]),
-                _encode_varint(self.timestamp_ms),
-                bytes([_TAG_EPOCH]),
-                _encode_varint(len(epoch)),
-                epoch,
-                bytes([_TAG_DIGEST]),
-                _encode_varint(len(self.digest)),
-                self.digest,
+        if self._encoded is None:
+            encoded = _encode(
+                self.ciphersuite, self.namespace, self.timestamp_ms, self.epoch, self.digest
             )
-        )
+            object.__setattr__(self, "_encoded", encoded)
+            return encoded
+        return self._encoded
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignatureMessage:
@@ -224,7 +218,34 @@ def _check_fields(
 
 def encode_signature_message(namespace: str, timestamp_ms: int, epoch: int, digest: bytes) -> bytes:
     """Encode a ciphersuite-0x0001 ``SignatureMessage`` exactly as Plexi does."""
-    return SignatureMessage(namespace, timestamp_ms, epoch, digest).to_bytes()
+    ciphersuite = CIPHERSUITE_PROTOBUF_ED25519
+    _check_fields(ciphersuite, namespace, timestamp_ms, epoch, digest)
+    return _encode(ciphersuite, namespace, timestamp_ms, epoch, digest)
+
+
+def _encode(
+    ciphersuite: int, namespace: str, timestamp_ms: int, epoch: int, digest: bytes
+) -> bytes:
+    """The field layout of the module docstring, for values :func:`_check_fields` accepted."""
+    namespace_bytes = namespace.encode("utf-8")
+    epoch_body = _ONE_BYTE[_TAG_EPOCH_INNER] + _encode_varint(epoch)
+    return b"".join(
+        (
+            _ONE_BYTE[_TAG_CIPHERSUITE],
+            _encode_varint(ciphersuite),
+            _ONE_BYTE[_TAG_NAMESPACE],
+            _encode_varint(len(namespace_bytes)),
+            namespace_bytes,
+            _ONE_BYTE[_TAG_TIMESTAMP],
+            _encode_varint(timestamp_ms),
+            _ONE_BYTE[_TAG_EPOCH],
+            _encode_varint(len(epoch_body)),
+            epoch_body,
+            _ONE_BYTE[_TAG_DIGEST],
+            _encode_varint(len(digest)),
+            digest,
+        )
+    )
 
 
 class _Reader:
@@ -289,6 +310,49 @@ def decode_signature_message(data: bytes) -> SignatureMessage:
         raise SizeLimitError(
             f"plexi: SignatureMessage is {len(data)} bytes, limit {MAX_SIGNATURE_MESSAGE_BYTES}"
         )
+    message = _decode_common_layout(data)
+    if message is not None:
+        return message
+    # Anything else is read field by field, so that the error names what is wrong.
+    return _decode_field_by_field(data)
+
+
+def _decode_common_layout(data: bytes) -> SignatureMessage | None:
+    """The message if it is in the layout every honest signer writes, else None.
+
+    Every client decodes statements, so the usual shape (ciphersuite 1, one-byte
+    namespace, Epoch and digest lengths) is read directly at fixed offsets, each
+    length checked against the bytes it covers and each varint minimal: what this
+    returns encodes to exactly ``data``, and :func:`_decode_field_by_field` returns
+    the same for it (a test compares the two on every edit of valid messages).
+    """
+    try:
+        if data[:3] != b"\x08\x01\x12" or data[3] >= 0x80:
+            return None
+        end = 4 + data[3]
+        namespace = data[4:end].decode("utf-8")
+        if data[end] != _TAG_TIMESTAMP:
+            return None
+        timestamp_ms, offset = _decode_varint(data, end + 1, "timestamp")
+        if data[offset] != _TAG_EPOCH or data[offset + 2] != _TAG_EPOCH_INNER:
+            return None
+        epoch_length = data[offset + 1]
+        epoch, digest_tag = _decode_varint(data, offset + 3, "epoch")
+        digest_length = data[digest_tag + 1]
+        if (
+            digest_tag != offset + 2 + epoch_length
+            or data[digest_tag] != _TAG_DIGEST
+            or digest_length != len(data) - digest_tag - 2
+        ):
+            return None
+        message = SignatureMessage(namespace, timestamp_ms, epoch, data[digest_tag + 2 :])
+    except (IndexError, UnicodeDecodeError, ValueError, CodecError):
+        return None
+    object.__setattr__(message, "_encoded", data)
+    return message
+
+
+def _decode_field_by_field(data: bytes) -> SignatureMessage:
     reader = _Reader(data)
     reader.tag()
     ciphersuite = reader.varint("ciphersuite")
@@ -352,6 +416,8 @@ class WitnessKey:
 
     public_key: bytes
     not_before_ms: int = 0
+    #: The key loaded once for verification (pinned keys verify every statement).
+    loaded: Ed25519PublicKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key_id_for(self.public_key)
@@ -359,6 +425,7 @@ class WitnessKey:
         check_ed25519_public_key(self.public_key, "witness key")
         if not 0 <= self.not_before_ms <= _UINT64_MAX:
             raise ValueError("not_before_ms out of uint64 range")
+        object.__setattr__(self, "loaded", Ed25519PublicKey.from_public_bytes(self.public_key))
 
     @property
     def key_id(self) -> int:
@@ -378,12 +445,14 @@ class SignedStatement:
         return decode_signature_message(self.message_bytes)
 
 
-def _ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> None:
+def _ed25519_verify(public_key: bytes | Ed25519PublicKey, signature: bytes, message: bytes) -> None:
     """Raise :class:`WitnessSignatureError` unless ``signature`` verifies (never a bool)."""
     if len(signature) != ED25519_SIGNATURE_SIZE:
         raise WitnessSignatureError("witness signature is not 64 bytes")
+    if isinstance(public_key, bytes):
+        public_key = Ed25519PublicKey.from_public_bytes(public_key)
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        public_key.verify(signature, message)
     except InvalidSignature:
         raise WitnessSignatureError("witness signature does not verify") from None
 
@@ -423,6 +492,18 @@ def verify_statement(
     epoch and digest policy are the caller's to check on the returned message.
     """
     message = decode_signature_message(message_bytes)
+    verify_message_signature(message, signature, key_id, keys)
+    return message
+
+
+def verify_message_signature(
+    message: SignatureMessage, signature: bytes, key_id: int, keys: Iterable[WitnessKey]
+) -> None:
+    """:func:`verify_statement` for a message already decoded (errors as there).
+
+    The signature is checked over ``message.to_bytes()``, the one encoding of the
+    message: for a decoded message these are exactly the bytes it was decoded from.
+    """
     if not isinstance(signature, bytes) or len(signature) != ED25519_SIGNATURE_SIZE:
         raise WitnessSignatureError("witness signature is not 64 bytes")
     if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 <= key_id <= 0xFF:
@@ -436,12 +517,13 @@ def verify_statement(
             f"witness key {key_id} is not valid before its not_before (statement too early)"
         )
     # Key ids are one byte, so two pinned keys may share one: try each that matches.
+    message_bytes = message.to_bytes()
     for key in valid:
         try:
-            _ed25519_verify(key.public_key, signature, message_bytes)
+            _ed25519_verify(key.loaded, signature, message_bytes)
         except WitnessSignatureError:
             continue
-        return message
+        return
     raise WitnessSignatureError(
         f"witness signature over the SignatureMessage does not verify under key id {key_id}"
     )

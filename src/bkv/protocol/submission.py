@@ -41,6 +41,7 @@ __all__ = [
     "check_namespace_name",
     "check_operator_key",
     "check_uint64",
+    "namespace_path_segment",
     "sign_submission",
     "submission_signing_bytes",
     "verify_submission_signature",
@@ -81,6 +82,16 @@ def check_namespace_name(name: str) -> str:
     if not isinstance(name, str) or _NAMESPACE_RE.fullmatch(name) is None:
         raise ValueError("namespace must match [A-Za-z0-9][A-Za-z0-9._-]{0,254}")
     return name
+
+
+def namespace_path_segment(name: str) -> str:
+    """The namespace as one URL path segment (``/namespaces/{ns}/...``); ValueError if invalid.
+
+    A valid name holds only RFC 3986 section 2.3 unreserved characters and starts
+    with a letter or digit (so it is never a "." or ".." dot-segment, section 3.3):
+    it is its own percent-encoding, with nothing to escape.
+    """
+    return check_namespace_name(name)
 
 
 def check_operator_key(public_key: bytes) -> Ed25519PublicKey:

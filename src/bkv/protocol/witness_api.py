@@ -14,6 +14,15 @@ Plexi (cloudflare/plexi at 0108f7d2, ``plexi_core``) serializes with serde:
   "key_id", "serialized_message": hex}`` (field order as Plexi's serializer emits it).
 - ``GET /namespaces/{ns}/last-verified-epoch`` -> ``LastVerifiedEpoch``:
   ``{"job_id": uuid, "epoch", "start_hash": hex, "end_hash": hex, "timestamp"}``.
+- ``NamespaceInfo`` advertises ``audits_uri`` (``/namespaces/{ns}/audits``) and
+  ``reports_uri`` (``/namespaces/{ns}/reports``) without defining what they list.
+  We list there, a page at a time (:func:`listing_query`), every signed epoch as a
+  ``SignatureResponse`` and every verification as a ``LastVerifiedEpoch`` (one per
+  epoch: the step from the previous digest to this one), ``{"namespace", "audits" |
+  "reports": [...], "next": uri | null}``.
+
+Plexi epochs are ``u64`` (``Epoch(u64)`` in lib.rs): a path or query epoch is any
+canonical decimal up to ``2**64 - 1`` (:func:`parse_epoch`).
 
 Our additions are extra keys (serde ignores unknown fields): see
 docs/protocol.md. Hex is lowercase (Rust ``hex::encode``); the decoder here
@@ -36,15 +45,16 @@ from typing import Any
 
 from bkv.errors import CodecError, SizeLimitError
 from bkv.protocol import plexi
+from bkv.protocol.artifact import MAX_ARTIFACT_BYTES
 from bkv.protocol.bundle import MAX_CHECKPOINT_SIZE, MAX_LOG_ENTRY_SIZE
 from bkv.protocol.submission import (
-    MAX_ARTIFACT_BYTES,
     MAX_EVIDENCE_BYTES,
     Submission,
     check_namespace_name,
+    namespace_path_segment,
 )
 from bkv.tlog.merkle import HASH_SIZE, MAX_PROOF_HASHES
-from bkv.wire.strict_json import parse_hex, parse_json_object, parse_uint64
+from bkv.wire.strict_json import UINT64_MAX, parse_hex, parse_json_object, parse_uint64
 
 # Hex doubles sizes; the JSON framing around the fields is small.
 MAX_SUBMISSION_BODY = 2 * (MAX_ARTIFACT_BYTES + MAX_EVIDENCE_BYTES) + 4096
@@ -156,6 +166,64 @@ def info_response(
 def error_body(error: BaseException) -> dict[str, str]:
     """``{"error": <exception class>, "message": <what failed>}`` (messages hold no secrets)."""
     return {"error": type(error).__name__, "message": str(error)}
+
+
+# --- epochs in paths and listings ----------------------------------------------------
+
+#: Most epochs (or reports) one listing page holds; also the default page size.
+MAX_LISTED_EPOCHS = 100
+_UINT64_DIGITS = len(str(UINT64_MAX))
+
+
+def parse_epoch(text: str, what: str = "epoch") -> int:
+    """A Plexi epoch (``u64``) written as a canonical ASCII decimal (CodecError otherwise).
+
+    No sign, no leading zeros, no other digits than ASCII (``int()`` would take
+    ``"\u0661"``), at most ``2**64 - 1``.
+    """
+    if not text or len(text) > _UINT64_DIGITS or not text.isascii() or not text.isdigit():
+        raise CodecError(f"{what} is not an ASCII decimal")
+    if text != "0" and text.startswith("0"):
+        raise CodecError(f"{what} has leading zeros")
+    value = int(text)
+    if value > UINT64_MAX:
+        raise CodecError(f"{what} is above 2**64 - 1")
+    return value
+
+
+def listing_query(params: Mapping[str, str]) -> tuple[int, int]:
+    """``(start, limit)`` of ``?start=<epoch>&limit=<count>`` (both optional; CodecError).
+
+    ``start`` is the first epoch listed (default 1, at least 1), ``limit`` the most
+    entries on the page (1..:data:`MAX_LISTED_EPOCHS`, default the maximum).
+    """
+    unknown = set(params) - {"start", "limit"}
+    if unknown:
+        raise CodecError(f"unknown query parameter(s) {sorted(unknown)}; use start and limit")
+    start = parse_epoch(params.get("start", "1"), "start")
+    limit = parse_epoch(params.get("limit", str(MAX_LISTED_EPOCHS)), "limit")
+    if start < 1:
+        raise CodecError("start must be an epoch, at least 1")
+    if not 1 <= limit <= MAX_LISTED_EPOCHS:
+        raise CodecError(f"limit must be 1..{MAX_LISTED_EPOCHS}")
+    return start, limit
+
+
+def listing_page(
+    namespace: str,
+    kind: str,
+    items: Sequence[Mapping[str, Any]],
+    *,
+    next_start: int | None,
+    limit: int,
+) -> dict[str, Any]:
+    """One page of ``/namespaces/{ns}/{kind}``; ``next`` is the next page's path or null."""
+    path = f"/namespaces/{namespace_path_segment(namespace)}/{kind}"
+    return {
+        "namespace": namespace,
+        kind: list(items),
+        "next": None if next_start is None else f"{path}?start={next_start}&limit={limit}",
+    }
 
 
 # --- reading the witness's answers ------------------------------------------------

@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,12 +95,18 @@ def check_key_name(name: str) -> None:
     """Raise NoteError unless ``name`` is a valid key name (non-empty, no spaces or '+')."""
     if not name or len(name.encode()) > MAX_KEY_NAME_SIZE:
         raise NoteError("key name is empty or too long")
-    if "+" in name or any(ch.isspace() for ch in name) or _has_control(name):
+    if "+" in name or _SPACE.search(name) is not None or _has_control(name):
         raise NoteError("key name contains a space, '+' or a control character")
 
 
+#: C0 controls (one regex search, not a Python loop: notes are checked on every validation).
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f]")
+_SPACE = re.compile(r"\s")  # str.isspace(): both are Py_UNICODE_ISSPACE
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(ch) < 0x20 for ch in text)
+    return _CONTROL.search(text) is not None
 
 
 def b64decode_canonical(value: str, what: str) -> bytes:
@@ -223,13 +230,15 @@ class Ed25519Verifier:
     name: str
     public_key: bytes
     key_id: int = field(init=False)
+    #: The key checked and loaded once (a pinned log key verifies every checkpoint).
+    _key: Ed25519PublicKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        load_ed25519_public_key(self.public_key)
+        object.__setattr__(self, "_key", load_ed25519_public_key(self.public_key))
         object.__setattr__(self, "key_id", key_id(self.name, ALG_ED25519, self.public_key))
 
     def verify(self, text: bytes, signature: bytes) -> None:
-        ed25519_verify(load_ed25519_public_key(self.public_key), text, signature)
+        ed25519_verify(self._key, text, signature)
 
     def verifier_key(self) -> str:
         """The vkey string ``name+hex8+base64(0x01 || public key)``."""
@@ -380,7 +389,7 @@ def check_text(text: str) -> None:
     """Raise NoteError unless ``text`` is a valid note text."""
     if not text or not text.endswith("\n"):
         raise NoteError("note text is empty or does not end in a newline")
-    if any(ord(ch) < 0x20 and ch != "\n" for ch in text):
+    if _CONTROL_BUT_NEWLINE.search(text) is not None:
         raise NoteError("note text contains a control character")
     if len(text.encode()) > MAX_NOTE_SIZE:
         raise NoteError("note text is too large")
@@ -424,7 +433,7 @@ def parse_note(data: bytes) -> tuple[str, list[NoteSignature]]:
         whole = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise NoteError("note is not UTF-8") from None
-    if any(ord(ch) < 0x20 and ch != "\n" for ch in whole):
+    if _CONTROL_BUT_NEWLINE.search(whole) is not None:
         raise NoteError("note contains a control character")
     # The text ends at the last blank line (signed-note, "Format").
     split = whole.rfind("\n\n")

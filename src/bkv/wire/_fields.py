@@ -118,8 +118,14 @@ class UInt(Spec):
                 raise ValueError(f"{where}: {value} is out of range for u{8 * width}")
             out += packer.pack(value)
 
+        unpack_from = packer.unpack_from
+
         def decode(data: bytes, pos: int) -> tuple[Any, int]:
-            return _read_uint(data, pos, width, where)
+            # _read_uint, inlined: every message decodes its integers here.
+            end = pos + width
+            if end > len(data):
+                raise TruncatedError(f"{where}: input ends inside a {width}-byte integer")
+            return unpack_from(data, pos)[0], end
 
         return encode, decode
 
@@ -176,9 +182,14 @@ def _compile_length(
 ) -> Callable[[bytes, int], tuple[int, int]]:
     """Decoder of a length/count prefix that enforces [min_len, max_len] before anything else."""
     width = prefix_width(max_len)
+    unpack_from = _UINT_STRUCTS[width].unpack_from
 
     def read_length(data: bytes, pos: int) -> tuple[int, int]:
-        n, pos = _read_uint(data, pos, width, where)
+        # _read_uint, inlined: every length and count prefix is read here.
+        end = pos + width
+        if end > len(data):
+            raise TruncatedError(f"{where}: input ends inside a {width}-byte integer")
+        n, pos = unpack_from(data, pos)[0], end
         if n > max_len:
             raise SizeLimitError(f"{where}: {n} {unit} over the maximum of {max_len}")
         if n < min_len:
@@ -448,7 +459,20 @@ class ListOf(Spec):
                 items.append(item)
             return tuple(items), pos
 
-        return encode, decode
+        element = self._element()
+        if not isinstance(element, Fixed):
+            return encode, decode
+        size = element.length
+
+        def decode_fixed(data: bytes, pos: int) -> tuple[Any, int]:
+            # Items of one fixed size (e.g. the hashes of a proof) are sliced out at once.
+            n, pos = read_count(data, pos)
+            end = pos + n * size
+            if end > len(data):
+                raise TruncatedError(f"{where}[]: input ends inside a {size}-byte field")
+            return tuple([data[i : i + size] for i in range(pos, end, size)]), end
+
+        return encode, decode_fixed
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,19 @@ from typing import Any
 
 from bkv.errors import CodecError, NonCanonicalError, SizeLimitError
 
-__all__ = ["UINT64_MAX", "parse_hex", "parse_json_object", "parse_uint64"]
+__all__ = [
+    "MAX_QUOTED_TEXT",
+    "UINT64_MAX",
+    "parse_hex",
+    "parse_json_object",
+    "parse_uint64",
+    "quote_untrusted",
+]
 
 UINT64_MAX = (1 << 64) - 1
+
+#: How much of a peer's free text (an error ``message``) goes into our own errors.
+MAX_QUOTED_TEXT = 200
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -74,3 +84,16 @@ def parse_uint64(value: object, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT64_MAX:
         raise CodecError(f"{field} must be an integer in [0, 2**64)")
     return value
+
+
+def quote_untrusted(value: object, max_len: int = MAX_QUOTED_TEXT) -> str:
+    """A peer's free text, made safe to put in an error or a log line.
+
+    Only a string is quoted; it is cut to ``max_len`` characters and every
+    character that is not printable (control characters, line breaks, escape
+    sequences that would repaint a terminal) is replaced by ``?``, so that an
+    untrusted server can neither flood our errors nor forge log lines.
+    """
+    if not isinstance(value, str):
+        return ""
+    return "".join(c if c.isprintable() else "?" for c in value[:max_len])

@@ -7,13 +7,22 @@ The JSON shapes the witness shares with operators and auditors are in
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from bkv.protocol import plexi
-from bkv.protocol.witness_api import proof_fields, statement_response
+from bkv.protocol.submission import namespace_path_segment
+from bkv.protocol.witness_api import listing_page, proof_fields, statement_response
 from bkv.witness import core
 
-__all__ = ["last_verified_epoch", "namespace_info", "receipt_response", "signature_response"]
+__all__ = [
+    "audits_page",
+    "last_verified_epoch",
+    "namespace_info",
+    "receipt_response",
+    "reports_page",
+    "signature_response",
+]
 
 #: Namespace UUID for Plexi's ``job_id`` of last-verified-epoch (uuid5 of ns/epoch).
 _JOB_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://bkv.invalid/witness/job")
@@ -21,17 +30,7 @@ _JOB_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://bkv.invalid/witness/
 
 def signature_response(signed: core.SignedEpoch) -> dict[str, Any]:
     """Plexi ``SignatureResponse`` JSON for a signed epoch (same key order as Plexi)."""
-    return {
-        "version": plexi.CIPHERSUITE_PROTOBUF_ED25519,
-        "ciphersuite": plexi.CIPHERSUITE_PROTOBUF_ED25519,
-        "namespace": signed.namespace,
-        "timestamp": signed.timestamp_ms,
-        "epoch": signed.epoch,
-        "digest": signed.digest.hex(),
-        "signature": signed.signature.hex(),
-        "key_id": signed.key_id,
-        "serialized_message": signed.message_bytes.hex(),
-    }
+    return statement_response(signed.statement)
 
 
 def receipt_response(receipt: core.Receipt) -> dict[str, Any]:
@@ -53,10 +52,10 @@ def namespace_info(
     info: dict[str, Any] = {
         "name": record.name,
         "log_directory": None,
-        "root": None if first is None else f"{first.epoch}/{first.digest.hex()}",
+        "root": None if first is None else f"{first.entry.epoch}/{first.entry.digest.hex()}",
     }
     if last is not None:
-        info["last_verified_epoch"] = last.epoch
+        info["last_verified_epoch"] = last.entry.epoch
     info |= {
         "status": "Initialization" if last is None else "Online",
         "reports_uri": f"/namespaces/{record.name}/reports",
@@ -72,11 +71,52 @@ def last_verified_epoch(
     last: core.SignedEpoch, previous: core.SignedEpoch | None
 ) -> dict[str, Any]:
     """Plexi ``LastVerifiedEpoch``: start/end hash are the previous and current digests."""
-    job = uuid.uuid5(_JOB_ID_NAMESPACE, f"{last.namespace}/{last.epoch}")
+    entry = last.entry
+    job = uuid.uuid5(_JOB_ID_NAMESPACE, f"{entry.namespace}/{entry.epoch}")
     return {
         "job_id": str(job),
-        "epoch": last.epoch,
-        "start_hash": "" if previous is None else previous.digest.hex(),
-        "end_hash": last.digest.hex(),
-        "timestamp": last.timestamp_ms,
+        "epoch": entry.epoch,
+        "start_hash": "" if previous is None else previous.entry.digest.hex(),
+        "end_hash": entry.digest.hex(),
+        "timestamp": entry.timestamp_ms,
     }
+
+
+def audits_page(
+    namespace: str, page: Sequence[core.SignedEpoch], *, more: bool, limit: int
+) -> dict[str, Any]:
+    """``GET /namespaces/{ns}/audits``: each epoch's ``SignatureResponse`` and its URI."""
+    items = [
+        signature_response(s) | {"audit_uri": _audit_uri(namespace, s.entry.epoch)} for s in page
+    ]
+    return listing_page(namespace, "audits", items, next_start=_next(page, more), limit=limit)
+
+
+def reports_page(
+    namespace: str,
+    before: core.SignedEpoch | None,
+    page: Sequence[core.SignedEpoch],
+    *,
+    more: bool,
+    limit: int,
+) -> dict[str, Any]:
+    """``GET /namespaces/{ns}/reports``: a ``LastVerifiedEpoch`` for each epoch of ``page``.
+
+    ``before`` is the epoch just before the page (None for epoch 1): its digest is the
+    first report's ``start_hash``.
+    """
+    items = []
+    previous = before
+    for signed in page:
+        items.append(last_verified_epoch(signed, previous))
+        previous = signed
+    return listing_page(namespace, "reports", items, next_start=_next(page, more), limit=limit)
+
+
+def _next(page: Sequence[core.SignedEpoch], more: bool) -> int | None:
+    # Epochs are consecutive from 1 (core rule 5), so the next page starts right after.
+    return page[-1].entry.epoch + 1 if more and page else None
+
+
+def _audit_uri(namespace: str, epoch: int) -> str:
+    return f"/namespaces/{namespace_path_segment(namespace)}/audits/{epoch}"

@@ -58,7 +58,6 @@ from bkv.protocol import artifact as artifact_format
 from bkv.protocol import plexi
 from bkv.protocol.countersign import verify_countersignature
 from bkv.protocol.submission import (
-    MAX_ARTIFACT_BYTES,
     MAX_EVIDENCE_BYTES,
     SHA256_SIZE,
     SUBMISSION_MAX_AGE_MS,
@@ -99,20 +98,26 @@ class NamespaceRecord:
 
 @dataclass(frozen=True)
 class SignedEpoch:
-    """Everything the witness keeps about one signed epoch."""
+    """Everything the witness keeps about one signed epoch.
 
-    namespace: str
-    epoch: int
-    timestamp_ms: int
-    digest: bytes
-    message_bytes: bytes
-    signature: bytes
-    key_id: int
+    ``entry`` is the leaf logged at ``log_index`` (statement fields, witness signature
+    and key id, operator submission signature); the artifact and evidence are what the
+    operator submitted.
+    """
+
+    entry: AuditEntry
     log_index: int
     artifact: bytes = field(repr=False)
     evidence: bytes | None = field(repr=False)
-    submitted_at_ms: int
-    operator_signature: bytes
+
+    @property
+    def statement(self) -> plexi.SignedStatement:
+        """The witness's statement of this epoch, as it signed it."""
+        return plexi.SignedStatement(
+            message_bytes=self.entry.message_bytes(),
+            signature=self.entry.witness_signature,
+            key_id=self.entry.key_id,
+        )
 
 
 class WitnessState(Protocol):
@@ -202,8 +207,9 @@ def register_namespace(
 
 
 def _check_sizes(submission: Submission) -> None:
-    if not 0 < len(submission.artifact) <= MAX_ARTIFACT_BYTES:
-        raise SizeLimitError(f"artifact must be 1..{MAX_ARTIFACT_BYTES} bytes")
+    max_artifact = artifact_format.MAX_ARTIFACT_BYTES
+    if not 0 < len(submission.artifact) <= max_artifact:
+        raise SizeLimitError(f"artifact must be 1..{max_artifact} bytes")
     if submission.evidence is not None and not 0 < len(submission.evidence) <= MAX_EVIDENCE_BYTES:
         raise SizeLimitError(f"evidence must be 1..{MAX_EVIDENCE_BYTES} bytes")
     if len(submission.digest) != SHA256_SIZE:
@@ -264,7 +270,7 @@ def process_submission(
     _check_evidence(submission, evidence_checker)
 
     last = state.last_signed(submission.namespace)
-    expected = 1 if last is None else last.epoch + 1
+    expected = 1 if last is None else last.entry.epoch + 1
     if submission.epoch != expected:
         raise EpochConflictError(
             f"namespace {submission.namespace}: epoch {submission.epoch} refused, "
@@ -274,7 +280,7 @@ def process_submission(
         raise DigestReusedError(
             f"namespace {submission.namespace}: digest {submission.digest.hex()} was already signed"
         )
-    if last is not None and now_ms < last.timestamp_ms:
+    if last is not None and now_ms < last.entry.timestamp_ms:
         raise TimestampError("witness clock is behind its last statement in this namespace")
 
     statement = plexi.sign_statement(
@@ -299,18 +305,7 @@ def process_submission(
     state.record_checkpoint(size, checkpoint)
     state.record_signed(
         SignedEpoch(
-            namespace=submission.namespace,
-            epoch=submission.epoch,
-            timestamp_ms=now_ms,
-            digest=submission.digest,
-            message_bytes=statement.message_bytes,
-            signature=statement.signature,
-            key_id=statement.key_id,
-            log_index=index,
-            artifact=submission.artifact,
-            evidence=submission.evidence,
-            submitted_at_ms=submission.submitted_at_ms,
-            operator_signature=submission.operator_signature,
+            entry=entry, log_index=index, artifact=submission.artifact, evidence=submission.evidence
         )
     )
     return Receipt(
@@ -351,7 +346,9 @@ def record_countersignature(
     signed = state.signed_epoch(namespace, epoch)
     if signed is None:
         raise UnknownEpochError(f"epoch {epoch} of {namespace} was never signed")
-    verify_countersignature(record.operator_public_key, signed.signature, counter_signature)
+    verify_countersignature(
+        record.operator_public_key, signed.entry.witness_signature, counter_signature
+    )
     existing = state.countersignature(namespace, epoch)
     if existing is not None:
         if hmac.compare_digest(existing, counter_signature):

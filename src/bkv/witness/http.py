@@ -6,6 +6,8 @@ Routes (JSON shapes in :mod:`bkv.witness.api`, docs in docs/protocol.md):
 GET    ``/info``                                     witness keys (``not_before``), log keys
 GET    ``/namespaces``                               every namespace (Plexi ``NamespaceInfo``)
 GET    ``/namespaces/{ns}``                          one namespace
+GET    ``/namespaces/{ns}/audits?start=&limit=``     a page of ``SignatureResponse`` (audits_uri)
+GET    ``/namespaces/{ns}/reports?start=&limit=``    a page of ``LastVerifiedEpoch`` (reports_uri)
 GET    ``/namespaces/{ns}/audits/{epoch}``           Plexi ``SignatureResponse`` + log proof
 GET    ``/namespaces/{ns}/audits/{epoch}/artifact``  the artifact's exact bytes
 GET    ``/namespaces/{ns}/audits/{epoch}/evidence``  the deployment evidence's exact bytes
@@ -23,21 +25,22 @@ POST   ``/add-checkpoint``                           C2SP tlog-witness: cosign a
 
 Every refusal is JSON ``{"error": <class>, "message": <what failed>}`` with a 4xx status
 (except add-checkpoint, whose statuses and bodies follow tlog-witness), and changes no
-state. Every request body is capped (:data:`BODY_LIMITS`); over the cap -> 413.
+state. Every request body is capped (:data:`BODY_LIMITS`; over the cap -> 413) and must
+arrive in time (408), by :class:`bkv.serving.guard.RequestGuard`; :func:`serve` runs the
+app the way every bkv server runs (:mod:`bkv.serving`).
 """
 
 from __future__ import annotations
 
-import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from bkv.errors import (
     AddCheckpointError,
@@ -58,6 +61,9 @@ from bkv.errors import (
     UnknownNamespaceError,
 )
 from bkv.protocol import witness_api
+from bkv.serving.guard import Log, RequestGuard, stderr_log
+from bkv.serving.listen import ListenAddress
+from bkv.serving.timeouts import Timeouts
 from bkv.tlog import tiles, witness_protocol
 from bkv.tlog.checkpoint import parse_decimal
 from bkv.tlog.log import MerkleLog
@@ -101,8 +107,7 @@ def status_for(error: BaseException) -> int:
     return 400
 
 
-class _BodyTooLargeError(Exception):
-    pass
+LOG_NAME = "bkv witness"
 
 
 def _limit_for(scope: Scope) -> int:
@@ -114,55 +119,6 @@ def _limit_for(scope: Scope) -> int:
     if scope.get("method") == "POST" and path == "/add-checkpoint":
         return BODY_LIMITS["add-checkpoint"]
     return BODY_LIMITS["other"]
-
-
-class BodyLimitMiddleware:
-    """413 for any request whose body (declared or streamed) exceeds its route's limit."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = _limit_for(scope)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
-                await _too_large(scope, receive, send, limit)
-                return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLargeError
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLargeError:
-            if started:
-                raise
-            await _too_large(scope, receive, send, limit)
-
-
-async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    response = JSONResponse(
-        {"error": "SizeLimitError", "message": f"request body over the {limit}-byte limit"},
-        status_code=413,
-        headers={"Connection": "close"},
-    )
-    await response(scope, receive, send)
 
 
 def _error(error: BaseException, status: int | None = None) -> JSONResponse:
@@ -189,7 +145,7 @@ class _Handlers:
         if self.store.namespace(ns) is None:
             return _error(UnknownNamespaceError(f"namespace {ns} is not registered"))
         try:
-            epoch = _parse_int(epoch_text, "epoch")
+            epoch = witness_api.parse_epoch(epoch_text)
         except CodecError as exc:
             return _error(exc)
         signed = self.store.signed_epoch(ns, epoch)
@@ -241,8 +197,9 @@ class _Handlers:
         body = api.signature_response(signed) | witness_api.proof_fields(
             signed.log_index, entry, size, proof, note
         )
-        base = f"/namespaces/{ns}/audits/{signed.epoch}"
-        counter_signature = self.store.countersignature(ns, signed.epoch)
+        epoch = signed.entry.epoch
+        base = f"/namespaces/{ns}/audits/{epoch}"
+        counter_signature = self.store.countersignature(ns, epoch)
         body |= {
             "counter_signature": None if counter_signature is None else counter_signature.hex(),
             "artifact": signed.artifact.hex(),
@@ -272,8 +229,40 @@ class _Handlers:
         last = self.store.last_signed(ns)
         if last is None:
             return _not_found(f"no epoch of {ns} was signed yet")
-        previous = self.store.signed_epoch(ns, last.epoch - 1) if last.epoch > 1 else None
+        epoch = last.entry.epoch
+        previous = self.store.signed_epoch(ns, epoch - 1) if epoch > 1 else None
         return JSONResponse(api.last_verified_epoch(last, previous))
+
+    def _page(
+        self, request: Request
+    ) -> tuple[str, int, int, list[core.SignedEpoch], bool] | JSONResponse:
+        """(ns, start, limit, the page's epochs, whether more follow) of a listing request."""
+        ns = request.path_params["ns"]
+        if self.store.namespace(ns) is None:
+            return _error(UnknownNamespaceError(f"namespace {ns} is not registered"))
+        try:
+            start, limit = witness_api.listing_query(request.query_params)
+        except CodecError as exc:
+            return _error(exc)
+        epochs = self.store.signed_epochs(ns, start, limit + 1)  # one more: is there a next?
+        return ns, start, limit, epochs[:limit], len(epochs) > limit
+
+    async def audits(self, request: Request) -> Response:
+        """``GET /namespaces/{ns}/audits``: the signed epochs, a bounded page at a time."""
+        page = self._page(request)
+        if isinstance(page, JSONResponse):
+            return page
+        ns, _, limit, epochs, more = page
+        return JSONResponse(api.audits_page(ns, epochs, more=more, limit=limit))
+
+    async def reports(self, request: Request) -> Response:
+        """``GET /namespaces/{ns}/reports``: one ``LastVerifiedEpoch`` per signed epoch."""
+        page = self._page(request)
+        if isinstance(page, JSONResponse):
+            return page
+        ns, start, limit, epochs, more = page
+        before = self.store.signed_epoch(ns, start - 1) if epochs and start > 1 else None
+        return JSONResponse(api.reports_page(ns, before, epochs, more=more, limit=limit))
 
     async def submit(self, request: Request) -> Response:
         ns = request.path_params["ns"]
@@ -289,7 +278,7 @@ class _Handlers:
         ns, epoch_text = request.path_params["ns"], request.path_params["epoch"]
         body = await request.body()
         try:
-            epoch = _parse_int(epoch_text, "epoch")
+            epoch = witness_api.parse_epoch(epoch_text)
             counter_signature = witness_api.countersignature_from_json(body)
             created = self.service.add_countersignature(ns, epoch, counter_signature)
         except BkvError as exc:
@@ -399,13 +388,17 @@ class _Handlers:
         return Response(lines, media_type="text/plain; charset=utf-8")
 
 
-def create_app(service: WitnessService) -> Starlette:
-    """The ASGI app serving ``service``."""
+def create_app(
+    service: WitnessService, timeouts: Timeouts | None = None, log: Log | None = None
+) -> Starlette:
+    """The ASGI app serving ``service``; refused requests go to ``log`` (default: stderr)."""
     h = _Handlers(service)
     routes = [
         Route("/info", h.info, methods=["GET"]),
         Route("/namespaces", h.namespaces, methods=["GET"]),
         Route("/namespaces/{ns}", h.namespace, methods=["GET"]),
+        Route("/namespaces/{ns}/audits", h.audits, methods=["GET"]),
+        Route("/namespaces/{ns}/reports", h.reports, methods=["GET"]),
         Route("/namespaces/{ns}/audits/{epoch}", h.audit, methods=["GET"]),
         Route("/namespaces/{ns}/audits/{epoch}/artifact", h.artifact, methods=["GET"]),
         Route("/namespaces/{ns}/audits/{epoch}/evidence", h.evidence, methods=["GET"]),
@@ -423,33 +416,28 @@ def create_app(service: WitnessService) -> Starlette:
         Route("/log/consistency", h.consistency, methods=["GET"]),
         Route("/add-checkpoint", h.add_checkpoint, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
-    app.add_middleware(BodyLimitMiddleware)
-    return app
+    guard = Middleware(
+        RequestGuard,
+        timeouts=timeouts or Timeouts(),
+        body_limit=_limit_for,
+        log=log or stderr_log(LOG_NAME),
+    )
+    return Starlette(routes=routes, middleware=[guard])
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (port 0 = any free port), ValueError otherwise."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError("listen address must be HOST:PORT")
-    return host.strip("[]"), int(port_text)
+def serve(service: WitnessService, address: ListenAddress, timeouts: Timeouts) -> None:
+    """Run the witness until SIGINT/SIGTERM (uvicorn, one process, one event loop).
 
-
-def serve(service: WitnessService, host: str, port: int) -> None:
-    """Run the witness until interrupted (uvicorn, one process, one event loop).
-
-    The socket is bound here so that port 0 works: the bound address is printed on
-    stdout (``listening on http://HOST:PORT``) before requests are served.
+    Prints ``listening on http://HOST:PORT`` on stdout once connections are
+    accepted (port 0 picks a free port).
     """
-    import uvicorn  # noqa: PLC0415  (only the serving process needs it)
+    from bkv.serving.server import serve as serve_app  # noqa: PLC0415 - uvicorn only here
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound_port = sock.getsockname()[1]
-    print(f"listening on http://{host}:{bound_port}", flush=True)
-    sys.stdout.flush()
-    config = uvicorn.Config(create_app(service), log_level="warning", lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    log = stderr_log(LOG_NAME)
+    serve_app(
+        create_app(service, timeouts, log),
+        address,
+        timeouts=timeouts,
+        ready_line=lambda url: f"listening on {url}",
+        log=log,
+    )

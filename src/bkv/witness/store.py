@@ -32,12 +32,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bkv.errors import (
+    CodecError,
     CountersignatureExistsError,
     DigestReusedError,
     EpochConflictError,
     NamespaceExistsError,
     StorageError,
 )
+from bkv.protocol.submission import AuditEntry
 from bkv.tlog.log import MerkleLog, stored_hash_count
 from bkv.tlog.witness_protocol import LogState
 from bkv.witness.core import NamespaceRecord, SignedEpoch
@@ -157,23 +159,28 @@ _EPOCH_COLUMNS = (
     "namespace, epoch, timestamp_ms, digest, message, signature, key_id, log_index, "
     "artifact, evidence, submitted_at_ms, operator_signature"
 )
+#: A signed epoch with its log entry: what is served comes from the logged leaf itself.
+_SELECT_EPOCHS = (
+    "SELECT s.namespace, s.epoch, s.log_index, s.artifact, s.evidence, e.entry "
+    "FROM signed_epochs s JOIN log_entries e ON e.idx = s.log_index "
+)
+#: SQLite integers are signed 64-bit: no epoch above this was ever stored.
+_MAX_STORED_EPOCH = (1 << 63) - 1
 
 
 def _signed_epoch(row: Sequence[object]) -> SignedEpoch:
-    (ns, epoch, ts, digest, message, signature, key_id, index, artifact, evidence, sub, op) = row
+    ns, epoch, index, artifact, evidence, entry_bytes = row
+    try:
+        entry = AuditEntry.from_bytes(bytes(entry_bytes))  # type: ignore[call-overload]
+    except CodecError:
+        raise StorageError(f"log entry {index} is not an audit entry") from None
+    if (entry.namespace, entry.epoch) != (ns, epoch):
+        raise StorageError(f"log entry {index} does not record epoch {epoch} of {ns}")
     return SignedEpoch(
-        namespace=str(ns),
-        epoch=int(epoch),  # type: ignore[call-overload]
-        timestamp_ms=int(ts),  # type: ignore[call-overload]
-        digest=bytes(digest),  # type: ignore[call-overload]
-        message_bytes=bytes(message),  # type: ignore[call-overload]
-        signature=bytes(signature),  # type: ignore[call-overload]
-        key_id=int(key_id),  # type: ignore[call-overload]
+        entry=entry,
         log_index=int(index),  # type: ignore[call-overload]
         artifact=bytes(artifact),  # type: ignore[call-overload]
         evidence=None if evidence is None else bytes(evidence),  # type: ignore[call-overload]
-        submitted_at_ms=int(sub),  # type: ignore[call-overload]
-        operator_signature=bytes(op),  # type: ignore[call-overload]
     )
 
 
@@ -260,32 +267,34 @@ class _Transaction:
         return row is not None
 
     def record_signed(self, signed: SignedEpoch) -> None:
+        entry = signed.entry
         try:
             self._conn.execute(
                 f"INSERT INTO signed_epochs ({_EPOCH_COLUMNS}) "  # noqa: S608
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    signed.namespace,
-                    signed.epoch,
-                    signed.timestamp_ms,
-                    signed.digest,
-                    signed.message_bytes,
-                    signed.signature,
-                    signed.key_id,
+                    entry.namespace,
+                    entry.epoch,
+                    entry.timestamp_ms,
+                    entry.digest,
+                    entry.message_bytes(),
+                    entry.witness_signature,
+                    entry.key_id,
                     signed.log_index,
                     signed.artifact,
                     signed.evidence,
-                    signed.submitted_at_ms,
-                    signed.operator_signature,
+                    entry.submitted_at_ms,
+                    entry.operator_signature,
                 ),
             )
-        except sqlite3.IntegrityError as exc:
-            # The schema is the last line of defence; name what it caught.
+        except (sqlite3.IntegrityError, OverflowError) as exc:
+            # The schema is the last line of defence; name what it caught. OverflowError:
+            # an epoch beyond SQLite's signed 64 bits (never the next epoch of a namespace).
             text = str(exc)
             if "digest" in text:
-                raise DigestReusedError(f"digest already signed in {signed.namespace}") from None
+                raise DigestReusedError(f"digest already signed in {entry.namespace}") from None
             raise EpochConflictError(
-                f"epoch {signed.epoch} of {signed.namespace} refused by the store ({text})"
+                f"epoch {entry.epoch} of {entry.namespace} refused by the store ({text})"
             ) from None
 
     def record_checkpoint(self, size: int, note: bytes) -> None:
@@ -326,15 +335,27 @@ def _read_namespace(conn: sqlite3.Connection, name: str) -> NamespaceRecord | No
 
 
 def _read_epoch(conn: sqlite3.Connection, name: str, epoch: int) -> SignedEpoch | None:
+    if epoch > _MAX_STORED_EPOCH:
+        return None  # a valid Plexi epoch (u64) that no namespace ever reached
     row = conn.execute(
-        f"SELECT {_EPOCH_COLUMNS} FROM signed_epochs "  # noqa: S608
-        "WHERE namespace = ? AND epoch = ?",
-        (name, epoch),
+        _SELECT_EPOCHS + "WHERE s.namespace = ? AND s.epoch = ?", (name, epoch)
     ).fetchone()
     return None if row is None else _signed_epoch(row)
 
 
+def _read_epochs(conn: sqlite3.Connection, name: str, first: int, count: int) -> list[SignedEpoch]:
+    if first > _MAX_STORED_EPOCH:
+        return []
+    rows = conn.execute(
+        _SELECT_EPOCHS + "WHERE s.namespace = ? AND s.epoch >= ? ORDER BY s.epoch LIMIT ?",
+        (name, first, count),
+    ).fetchall()
+    return [_signed_epoch(row) for row in rows]
+
+
 def _read_countersignature(conn: sqlite3.Connection, name: str, epoch: int) -> bytes | None:
+    if epoch > _MAX_STORED_EPOCH:
+        return None
     row = conn.execute(
         "SELECT counter_signature FROM countersignatures WHERE namespace = ? AND epoch = ?",
         (name, epoch),
@@ -344,9 +365,7 @@ def _read_countersignature(conn: sqlite3.Connection, name: str, epoch: int) -> b
 
 def _read_last(conn: sqlite3.Connection, name: str) -> SignedEpoch | None:
     row = conn.execute(
-        f"SELECT {_EPOCH_COLUMNS} FROM signed_epochs WHERE namespace = ? "  # noqa: S608
-        "ORDER BY epoch DESC LIMIT 1",
-        (name,),
+        _SELECT_EPOCHS + "WHERE s.namespace = ? ORDER BY s.epoch DESC LIMIT 1", (name,)
     ).fetchone()
     return None if row is None else _signed_epoch(row)
 
@@ -445,6 +464,13 @@ class WitnessStore:
     def signed_epoch(self, name: str, epoch: int) -> SignedEpoch | None:
         with self._usable():
             return _read_epoch(self._conn, name, epoch)
+
+    def signed_epochs(self, name: str, first: int, count: int) -> list[SignedEpoch]:
+        """Up to ``count`` signed epochs of ``name`` from epoch ``first`` on, in order."""
+        if count < 0:
+            raise ValueError("count must not be negative")
+        with self._usable():
+            return _read_epochs(self._conn, name, first, count)
 
     def countersignature(self, name: str, epoch: int) -> bytes | None:
         """The operator's stored counter-signature of the epoch, or None."""

@@ -6,7 +6,9 @@ One module per protocol noun: :mod:`~.messages` (wire forms), :mod:`~.keys`
 :mod:`~.client`, :mod:`~.server`, :mod:`~.config`.
 
 The server functions are pure and take the server's secrets only as a
-:class:`ServerSecrets`, so they can run inside the HSM application alone.
+:class:`ServerSecrets`, so they can run inside the HSM application alone. Each
+server step has a ``*_bytes`` form that takes and returns encodings and decodes
+each received point in the multiplication that uses it (the hot path).
 Randomness is injected (``rng``); nothing here does I/O.
 """
 
@@ -35,12 +37,15 @@ from bkv.crypto.opaque.registration import (
     client_registration_finish,
     client_registration_start,
     server_registration_response,
+    server_registration_response_bytes,
 )
 from bkv.crypto.opaque.server import (
     SERVER_LOGIN_STATE_SIZE,
     ServerLoginState,
     server_login_finish,
+    server_login_finish_bytes,
     server_login_start,
+    server_login_start_bytes,
 )
 from bkv.crypto.rng import Rng, default_rng
 
@@ -74,6 +79,9 @@ __all__ = [
     "client_registration_start",
     "default_rng",
     "server_login_finish",
+    "server_login_finish_bytes",
     "server_login_start",
+    "server_login_start_bytes",
     "server_registration_response",
+    "server_registration_response_bytes",
 ]

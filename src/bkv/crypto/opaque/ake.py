@@ -19,10 +19,6 @@ _LABEL_PREFIX = b"OPAQUE-"  # section 6.4.2: Expand-Label's label prefix
 _MAX_LABEL_CONTEXT = 255  # Expand-Label's context<0..255>
 
 
-def _prefixed2(value: bytes) -> bytes:
-    return len(value).to_bytes(2, "big") + value
-
-
 def preamble(
     context: bytes,
     client_identity: bytes,
@@ -34,14 +30,39 @@ def preamble(
     server_public_keyshare: bytes,
 ) -> bytes:
     """Preamble (RFC 9807 section 6.4.3): the exact transcript both MACs cover."""
+    return preamble_of_encodings(
+        context,
+        client_identity,
+        ke1.to_bytes(),
+        server_identity,
+        credential_response.to_bytes(),
+        server_nonce=server_nonce,
+        server_public_keyshare=server_public_keyshare,
+    )
+
+
+def preamble_of_encodings(
+    context: bytes,
+    client_identity: bytes,
+    ke1: bytes,
+    server_identity: bytes,
+    credential_response: bytes,
+    *,
+    server_nonce: bytes,
+    server_public_keyshare: bytes,
+) -> bytes:
+    """:func:`preamble` over the serialized KE1 and CredentialResponse (RFC 9807 section 6.4.3)."""
     return b"".join(
         (
             _PREAMBLE_TAG,
-            _prefixed2(context),
-            _prefixed2(client_identity),
-            ke1.to_bytes(),
-            _prefixed2(server_identity),
-            credential_response.to_bytes(),
+            len(context).to_bytes(2, "big"),
+            context,
+            len(client_identity).to_bytes(2, "big"),
+            client_identity,
+            ke1,
+            len(server_identity).to_bytes(2, "big"),
+            server_identity,
+            credential_response,
             server_nonce,
             server_public_keyshare,
         )
@@ -73,8 +94,9 @@ def derive_secret(secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
 # to the context are computed once. The context is the 64-byte preamble hash or empty.
 _HANDSHAKE_SECRET_HEADER = _label_header(b"HandshakeSecret", NX)
 _SESSION_KEY_HEADER = _label_header(b"SessionKey", NX)
-_SERVER_MAC_INFO = _label_header(b"ServerMAC", NX) + b"\x00"  # empty context
-_CLIENT_MAC_INFO = _label_header(b"ClientMAC", NX) + b"\x00"
+# Km2 and Km3 have an empty context; their HKDF-Expand input (info || 0x01) is all constant.
+_SERVER_MAC_INFO = _label_header(b"ServerMAC", NX) + b"\x00\x01"
+_CLIENT_MAC_INFO = _label_header(b"ClientMAC", NX) + b"\x00\x01"
 _HASH_CONTEXT_LENGTH = bytes((hkdf.HASH_SIZE,))
 
 
@@ -90,12 +112,14 @@ class AkeKeys:
 
 def _derive_keys_from_hash(ikm: bytes, preamble_hash: bytes) -> AkeKeys:
     """DeriveKeys with Hash(preamble) already computed (RFC 9807 section 6.4.2)."""
-    prk = hkdf.extract(b"", ikm)
+    # PRK and handshake secret key two Expands each (RFC 5869 T(1) = HMAC(PRK, info || 0x01)).
+    prk = hkdf.HmacKey(hkdf.extract(b"", ikm))
     context = _HASH_CONTEXT_LENGTH + preamble_hash
-    handshake_secret = hkdf.expand(prk, _HANDSHAKE_SECRET_HEADER + context, NX)
-    session_key = hkdf.expand(prk, _SESSION_KEY_HEADER + context, NX)
-    server_mac_key = hkdf.expand(handshake_secret, _SERVER_MAC_INFO, NX)
-    client_mac_key = hkdf.expand(handshake_secret, _CLIENT_MAC_INFO, NX)
+    handshake_secret = prk.mac(_HANDSHAKE_SECRET_HEADER + context + b"\x01")
+    session_key = prk.mac(_SESSION_KEY_HEADER + context + b"\x01")
+    handshake_key = hkdf.HmacKey(handshake_secret)
+    server_mac_key = handshake_key.mac(_SERVER_MAC_INFO)
+    client_mac_key = handshake_key.mac(_CLIENT_MAC_INFO)
     return AkeKeys(handshake_secret, server_mac_key, client_mac_key, session_key)
 
 

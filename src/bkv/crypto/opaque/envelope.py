@@ -59,13 +59,28 @@ def create_cleartext_credentials(
     client_identity: bytes | None,
 ) -> CleartextCredentials:
     """CreateCleartextCredentials (RFC 9807 section 4.1.2)."""
-    _check_identity("server_identity", server_identity)
-    _check_identity("client_identity", client_identity)
-    return CleartextCredentials(
-        server_public_key,
-        server_public_key if server_identity is None else server_identity,
-        client_public_key if client_identity is None else client_identity,
+    server_identity, client_identity = cleartext_identities(
+        server_public_key, client_public_key, server_identity, client_identity
     )
+    return CleartextCredentials(server_public_key, server_identity, client_identity)
+
+
+def cleartext_identities(
+    server_public_key: bytes,
+    client_public_key: bytes,
+    server_identity: bytes | None,
+    client_identity: bytes | None,
+) -> tuple[bytes, bytes]:
+    """(server_identity, client_identity) as CreateCleartextCredentials sets them (4.1.2)."""
+    if server_identity is None:
+        server_identity = server_public_key
+    else:
+        _check_identity("server_identity", server_identity)
+    if client_identity is None:
+        client_identity = client_public_key
+    else:
+        _check_identity("client_identity", client_identity)
+    return server_identity, client_identity
 
 
 def derive_masking_key(randomized_password: bytes) -> bytes:

@@ -24,15 +24,23 @@ OPRF_SEED_SIZE = NH
 _OPRF_KEY_INFO = b"OPAQUE-DeriveKeyPair"
 _DH_KEY_INFO = b"OPAQUE-DeriveDiffieHellmanKeyPair"
 _OPRF_KEY_LABEL = b"OprfKey"
+# bkv's own labels for the fake record of an unknown identifier (not in RFC 9807; see
+# bkv.crypto.opaque.server and docs/protocol.md, "Fake records").
+_FAKE_CLIENT_KEY_SEED_LABEL = b"bkv-OPAQUE-FakeRecord-ClientKeySeed"
+_FAKE_MASKING_KEY_LABEL = b"bkv-OPAQUE-FakeRecord-MaskingKey"
 
 SERVER_SECRETS_SIZE = OPRF_SEED_SIZE + NSK + NPK
+
+_derive_oprf_private_key = oprf.PrivateKeyDerivation(_OPRF_KEY_INFO)
+_derive_dh_private_key = oprf.PrivateKeyDerivation(_DH_KEY_INFO)
 
 
 def derive_diffie_hellman_key_pair(seed: bytes) -> tuple[Scalar, Element]:
     """DeriveDiffieHellmanKeyPair(seed) (RFC 9807 section 6.4.1) for ristretto255."""
     if len(seed) != NSEED:
         raise ValueError(f"key pair seed must be {NSEED} bytes")
-    return oprf.derive_key_pair(seed, _DH_KEY_INFO)
+    private_key = _derive_dh_private_key(seed)
+    return private_key, ristretto.scalar_mult_base(private_key)
 
 
 def generate_auth_key_pair(rng: Rng = default_rng) -> tuple[Scalar, Element]:
@@ -46,9 +54,13 @@ def derive_oprf_key(oprf_seed: bytes, credential_identifier: bytes) -> Scalar:
     seed = Expand(oprf_seed, credential_identifier || "OprfKey", Nok), then
     DeriveKeyPair(seed, "OPAQUE-DeriveKeyPair").
     """
-    seed = hkdf.expand(oprf_seed, credential_identifier + _OPRF_KEY_LABEL, NOK)
+    return _oprf_key(hkdf.HmacKey(oprf_seed), credential_identifier)
+
+
+def _oprf_key(oprf_seed: hkdf.HmacKey, credential_identifier: bytes) -> Scalar:
+    seed = oprf_seed.expand(credential_identifier + _OPRF_KEY_LABEL, NOK)
     # Only the server ever needs this key, and never its public half.
-    return oprf.derive_private_key(seed, _OPRF_KEY_INFO)
+    return _derive_oprf_private_key(seed)
 
 
 def diffie_hellman(private_key: Scalar, public_key: Element) -> bytes:
@@ -68,6 +80,9 @@ class ServerSecrets:
     oprf_seed: bytes = field(repr=False)
     server_private_key: bytes = field(repr=False)
     server_public_key: bytes
+    fake_client_public_key: Element = field(init=False, repr=False, compare=False)
+    """The client public key of every fake record (see :meth:`fake_masking_key`)."""
+    _oprf_seed_key: hkdf.HmacKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.oprf_seed) != OPRF_SEED_SIZE:
@@ -78,6 +93,26 @@ class ServerSecrets:
         expected = ristretto.scalar_mult_base(private_key)
         if not hmac.compare_digest(expected, ristretto.decode_element(self.server_public_key)):
             raise InvalidScalarError("server public key does not match the private key")
+        # Derived once: every login keys two HMACs with the seed (its HMAC state is the seed
+        # in another form and lives exactly as long; nothing per-request is kept), and
+        # answering an unknown identifier must cost no more group operations than a real
+        # login (docs/threat-model.md, "Timing").
+        oprf_seed_key = hkdf.HmacKey(self.oprf_seed)
+        seed = oprf_seed_key.expand(_FAKE_CLIENT_KEY_SEED_LABEL, NSEED)
+        object.__setattr__(self, "_oprf_seed_key", oprf_seed_key)
+        object.__setattr__(self, "fake_client_public_key", derive_diffie_hellman_key_pair(seed)[1])
+
+    def oprf_key(self, credential_identifier: bytes) -> Scalar:
+        """:func:`derive_oprf_key` under this server's OPRF seed."""
+        return _oprf_key(self._oprf_seed_key, credential_identifier)
+
+    def fake_masking_key(self, credential_identifier: bytes) -> bytes:
+        """The masking key of the fake record for ``credential_identifier``.
+
+        Expand(oprf_seed, credential_identifier || "bkv-OPAQUE-FakeRecord-MaskingKey", Nh): fixed
+        per identifier and per fleet (bkv.crypto.opaque.server explains why).
+        """
+        return self._oprf_seed_key.expand(credential_identifier + _FAKE_MASKING_KEY_LABEL, NH)
 
     @classmethod
     def generate(cls, rng: Rng = default_rng) -> Self:

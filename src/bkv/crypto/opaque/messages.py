@@ -7,7 +7,8 @@ is decoded at once (canonical, non-identity, else :class:`InvalidPointError`).
 
 Constructors check field types and lengths only (``ValueError``: caller
 misuse); they are how the protocol code builds its own outputs, whose points
-it just computed. Untrusted bytes must enter through ``from_bytes``. As a
+it just computed. Untrusted bytes must enter through ``from_bytes`` (or through
+the server's ``*_bytes`` functions, which make the same checks). As a
 second line, every point the protocol multiplies goes through libsodium's
 ``crypto_scalarmult_ristretto255``, which itself rejects non-canonical
 encodings and identity results (:func:`bkv.crypto.ristretto.scalar_mult`).
@@ -37,7 +38,7 @@ KE3_SIZE = NM
 MASKING_KEY_SIZE = 64  # Nh
 
 
-def _check_size(name: str, data: bytes, size: int) -> bytes:
+def exact_bytes(name: str, data: bytes, size: int) -> bytes:
     """Exact-length check for decoding untrusted bytes; returns them as ``bytes``."""
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -89,7 +90,7 @@ class RegistrationRequest:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        return cls(_element(_check_size("RegistrationRequest", data, REGISTRATION_REQUEST_SIZE)))
+        return cls(_element(exact_bytes("RegistrationRequest", data, REGISTRATION_REQUEST_SIZE)))
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class RegistrationResponse:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        data = _check_size("RegistrationResponse", data, REGISTRATION_RESPONSE_SIZE)
+        data = exact_bytes("RegistrationResponse", data, REGISTRATION_RESPONSE_SIZE)
         return cls(_element(data[:NOE]), _element(data[NOE:]))
 
 
@@ -142,7 +143,7 @@ class Envelope:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        data = _check_size("Envelope", data, ENVELOPE_SIZE)
+        data = exact_bytes("Envelope", data, ENVELOPE_SIZE)
         return cls(data[:NN], data[NN:])
 
 
@@ -177,7 +178,7 @@ class RegistrationRecord:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        data = _check_size("RegistrationRecord", data, REGISTRATION_RECORD_SIZE)
+        data = exact_bytes("RegistrationRecord", data, REGISTRATION_RECORD_SIZE)
         key_end = NPK + MASKING_KEY_SIZE
         nonce_end = key_end + NN
         envelope = Envelope(data[key_end:nonce_end], data[nonce_end:])
@@ -201,7 +202,7 @@ class CredentialRequest:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        return cls(_element(_check_size("CredentialRequest", data, CREDENTIAL_REQUEST_SIZE)))
+        return cls(_element(exact_bytes("CredentialRequest", data, CREDENTIAL_REQUEST_SIZE)))
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class CredentialResponse:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        data = _check_size("CredentialResponse", data, CREDENTIAL_RESPONSE_SIZE)
+        data = exact_bytes("CredentialResponse", data, CREDENTIAL_RESPONSE_SIZE)
         return cls(*_credential_response_fields(data))
 
 
@@ -270,7 +271,7 @@ class AuthRequest:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        data = _check_size("AuthRequest", data, AUTH_REQUEST_SIZE)
+        data = exact_bytes("AuthRequest", data, AUTH_REQUEST_SIZE)
         return cls(data[:NN], _element(data[NN:]))
 
 
@@ -300,7 +301,7 @@ class AuthResponse:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
-        data = _check_size("AuthResponse", data, AUTH_RESPONSE_SIZE)
+        data = exact_bytes("AuthResponse", data, AUTH_RESPONSE_SIZE)
         return cls(*_auth_response_fields(data))
 
 
@@ -338,7 +339,7 @@ class KE1:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding: one length check, then each field (both elements decoded once)."""
-        data = _check_size("KE1", data, KE1_SIZE)
+        data = exact_bytes("KE1", data, KE1_SIZE)
         nonce_end = CREDENTIAL_REQUEST_SIZE + NN
         return cls(
             CredentialRequest(_element(data[:CREDENTIAL_REQUEST_SIZE])),
@@ -377,7 +378,7 @@ class KE2:
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding: one length check, then each field (both elements decoded once)."""
-        data = _check_size("KE2", data, KE2_SIZE)
+        data = exact_bytes("KE2", data, KE2_SIZE)
         return cls(
             CredentialResponse(*_credential_response_fields(data[:CREDENTIAL_RESPONSE_SIZE])),
             AuthResponse(*_auth_response_fields(data[CREDENTIAL_RESPONSE_SIZE:])),
@@ -402,7 +403,7 @@ class KE3:
     def from_bytes(cls, data: bytes) -> Self:
         """Strict decoding."""
         if type(data) is not bytes or len(data) != KE3_SIZE:
-            data = _check_size("KE3", data, KE3_SIZE)  # raises, or converts a bytes-like
+            data = exact_bytes("KE3", data, KE3_SIZE)  # raises, or converts a bytes-like
         # ``data`` is now exactly what __post_init__ accepts, so the generated __init__ is
         # skipped: it is most of the cost of the KE3 check (RFC 9807 section 6.4.5).
         ke3 = object.__new__(cls)

@@ -14,9 +14,15 @@ from bkv.crypto import hkdf, oprf, ristretto
 from bkv.crypto.ksf import Ksf
 from bkv.crypto.opaque.config import NN, Config
 from bkv.crypto.opaque.envelope import StoredEnvelope, store
-from bkv.crypto.opaque.keys import ServerSecrets, derive_oprf_key
-from bkv.crypto.opaque.messages import RegistrationRecord, RegistrationRequest, RegistrationResponse
-from bkv.crypto.ristretto import Element, Scalar
+from bkv.crypto.opaque.keys import ServerSecrets
+from bkv.crypto.opaque.messages import (
+    REGISTRATION_REQUEST_SIZE,
+    RegistrationRecord,
+    RegistrationRequest,
+    RegistrationResponse,
+    exact_bytes,
+)
+from bkv.crypto.ristretto import Scalar
 from bkv.crypto.rng import Rng, default_rng, draw
 
 MAX_PASSWORD_SIZE = oprf.MAX_INPUT_SIZE
@@ -130,8 +136,27 @@ def server_registration_response(
 ) -> RegistrationResponse:
     """CreateRegistrationResponse (RFC 9807 section 5.2.2)."""
     check_credential_identifier(credential_identifier)
-    oprf_key = derive_oprf_key(secrets.oprf_seed, credential_identifier)
-    # Decoded strictly by RegistrationRequest.from_bytes; scalar_mult re-checks it.
-    blinded = Element(request.blinded_message)
-    evaluated = oprf.blind_evaluate(oprf_key, blinded)
+    # Decoded strictly by RegistrationRequest.from_bytes; libsodium decodes it again.
+    evaluated = _blind_evaluate(secrets, request.blinded_message, credential_identifier)
     return RegistrationResponse(evaluated, secrets.server_public_key)
+
+
+def server_registration_response_bytes(
+    secrets: ServerSecrets, request: bytes, credential_identifier: bytes
+) -> bytes:
+    """:func:`server_registration_response` on encodings: request bytes in, response bytes out.
+
+    The same checks as ``RegistrationRequest.from_bytes`` first (exact size; the blinded
+    element canonical and not the identity, :class:`InvalidPointError`), but the element
+    is deserialized by the BlindEvaluate multiplication itself instead of once more before
+    (:func:`bkv.crypto.ristretto.decode_and_scalar_mult`).
+    """
+    check_credential_identifier(credential_identifier)
+    blinded = exact_bytes("RegistrationRequest", request, REGISTRATION_REQUEST_SIZE)
+    return _blind_evaluate(secrets, blinded, credential_identifier) + secrets.server_public_key
+
+
+def _blind_evaluate(secrets: ServerSecrets, blinded: bytes, credential_identifier: bytes) -> bytes:
+    """BlindEvaluate (RFC 9497 section 3.3.1) under the identifier's OPRF key (section 5.2.2)."""
+    oprf_key = secrets.oprf_key(credential_identifier)
+    return ristretto.decode_and_scalar_mult(oprf_key, blinded, "RegistrationRequest")

@@ -1,0 +1,43 @@
+"""The host-to-HSM link key on disk (an adapter: file I/O).
+
+One 32-byte key in bkv's key-file format (:mod:`bkv.keystore.files`: 64 hex
+digits and a newline, created exclusively with mode 0600). ``bkv hsm init``
+creates it; the HSM reads it from ``[hsm] link_key_file`` and the host from
+``[host] hsm_link_key_file``. Whoever reads this file can talk to the HSM as
+its host (:mod:`bkv.protocol.hsm_link`), so reading refuses a file that group
+or others may read or write, or that another user owns (it could change the
+mode back and forth).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from bkv.errors import KeyNotFoundError, KeystoreError
+from bkv.keystore.files import read_key_file, write_key_file
+from bkv.protocol.hsm_link import LINK_KEY_SIZE
+
+
+def create_link_key(path: Path) -> None:
+    """Create ``path`` holding a fresh random link key; :class:`KeyExistsError` if it exists."""
+    write_key_file(path, secrets.token_bytes(LINK_KEY_SIZE))
+
+
+def read_link_key(path: Path) -> bytes:
+    """The link key in ``path``, a private key file of this user (:class:`KeystoreError`)."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise KeyNotFoundError(f"link key file {path} does not exist") from None
+    except OSError as exc:
+        raise KeystoreError(f"cannot stat link key file {path}: {type(exc).__name__}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KeystoreError(f"link key file {path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise KeystoreError(f"link key file {path} is accessible to other users (want 0600)")
+    if info.st_uid != os.getuid():
+        raise KeystoreError(f"link key file {path} is not owned by this user")
+    return read_key_file(path)
