@@ -222,7 +222,7 @@ def test_malformed_counter_signature_fails_the_audit(served: object) -> None:
 
 
 def test_logged_evidence_other_than_the_artifacts_fails_the_audit() -> None:
-    # /tmp/rereview-witness/audit_evidence.py: the artifact names no evidence but the
+    # The artifact names no evidence but the
     # log entry records other evidence; a client refuses such a bundle, so must the audit.
     rogue = RogueWitness()
     data = artifact("a")

@@ -1,6 +1,6 @@
 """The operator counter-signs a witness receipt only after checking it against its own pins.
 
-Reproduces the review finding "blind counter-signature": a lying witness signs and logs a
+The "blind counter-signature" attack (docs/threat-model.md): a lying witness signs and logs a
 rogue artifact, answers the operator's legitimate submission with that receipt and reuses
 the operator's counter-signature on a bundle for the rogue artifact.
 """
@@ -295,7 +295,7 @@ def _receipt_of(world: World, published_index: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("artifact", "timestamp_ms", "match"),
     [
-        # /tmp/rereview-witness/receipt_time.py: 10 years ahead, and after not_after.
+        # A receipt 10 years ahead, and after not_after.
         (make_artifact(seed="t"), NOW_MS + 3650 * DAY_MS, "future"),
         (make_artifact(seed="t"), NOW_MS + 400 * DAY_MS, "future"),
         (make_artifact(seed="t", not_after_ms=NOW_MS - 1), NOW_MS, "not_after"),

@@ -117,7 +117,7 @@ def test_unwritable_directory_is_storage_error(tmp_path: Path) -> None:
 
 
 def test_two_writers_cannot_roll_the_saved_epoch_back(tmp_path: Path) -> None:
-    # /tmp/rereview-witness/race.py: two updates share one state file; both load the
+    # Two updates share one state file; both load the
     # fresh state, A accepts epoch 2 and saves, then B accepts epoch 1 and saved it
     # over A's (lost update), so epoch 1 was accepted again afterwards.
     world = World()

@@ -312,6 +312,24 @@ def test_fake_records_share_one_client_key_per_oprf_seed(secrets: ServerSecrets)
     assert RegistrationRecord.from_bytes(nobody.to_bytes()) == nobody
 
 
+def test_no_record_client_key_is_in_ke2(secrets: ServerSecrets, record: RegistrationRecord) -> None:
+    """Sharing one fake client key is invisible only because KE2 never carries a record's key.
+
+    RFC 9807 section 6.3.2.2: it enters the 3DH and the preamble only, both keyed by
+    secrets a prober lacks; the masking key stays per identifier, the nonce per login.
+    """
+    ke1 = client_login_start(PASSWORD)[1].to_bytes()
+    fake_ke2, _ = server_login_start_bytes(secrets, CONFIG, None, CREDENTIAL_ID, ke1)
+    real_ke2, _ = server_login_start_bytes(secrets, CONFIG, record.to_bytes(), CREDENTIAL_ID, ke1)
+    assert secrets.fake_client_public_key not in fake_ke2
+    assert record.client_public_key not in real_ke2
+    first, _ = server_login_start_bytes(secrets, CONFIG, None, b"nobody", ke1)
+    again, _ = server_login_start_bytes(secrets, CONFIG, None, b"nobody", ke1)
+    # A fresh masking nonce and key share each time, as for a real record.
+    assert first[32:64] != again[32:64]
+    assert first != again
+
+
 def test_fake_ke2_from_the_bytes_form_fails_like_a_wrong_password(
     secrets: ServerSecrets,
 ) -> None:

@@ -125,7 +125,7 @@ class GzipBombHost(httpx.BaseTransport):
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP", "identity, gzip"])
 def test_a_compressed_answer_is_refused_unread_and_identity_is_asked_for(encoding: str) -> None:
-    """The re-review's gzip bomb: 4 KiB of limit must not mean 4 MiB inflated in memory."""
+    """A gzip bomb: 4 KiB of limit must not mean 4 MiB inflated in memory."""
     host = GzipBombHost(encoding)
     with client(host) as vault, pytest.raises(CodecError, match="content encoding"):
         vault.status()

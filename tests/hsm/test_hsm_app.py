@@ -811,7 +811,7 @@ def test_the_live_record_stays_live_under_its_own_counter_until_expose(world: Wo
 def test_dropped_register_finish_ok_then_spent_attempts_yield_at_most_limit_checks(
     world: World,
 ) -> None:
-    """The review's attack, now harmless: 2x the limit before, at most the limit now.
+    """A host racing the owner's login, now harmless: 2x the limit before, at most the limit now.
 
     The host drops RegisterFinishOk, spends `limit` KE1s with sessions left open
     (so housekeeping destroys nothing), then lets the client's retry through.

@@ -1,4 +1,4 @@
-"""Re-registration under a malicious host, end to end through the SDK (re-review findings F1, F3).
+"""Re-registration under a malicious host, end to end through the SDK (docs/threat-model.md §5).
 
 F1: a host that holds back one step of a re-registration (RegisterStart or
 RegisterFinish) while it spends the live record to destruction must not get a

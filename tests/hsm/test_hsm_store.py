@@ -350,7 +350,7 @@ def test_serve_refuses_a_key_dir_another_user_owns(
 def test_a_second_software_counter_for_the_same_key_cannot_roll_the_state_back(
     software_config: HsmConfig, software_node: HsmNode, tmp_path: Path
 ) -> None:
-    """The software form of the re-review's F2: a copied key file next to a fresh counter."""
+    """Software backend: a copied key file next to a fresh counter."""
     client = _client(software_node)
     client.register(PASSWORD, SECRET, guess_limit=3)
     fresh = software_node.store.read()
@@ -667,7 +667,7 @@ def test_softhsm2_init_adopts_a_provisioned_token_key(token_config: HsmConfig) -
 def test_softhsm2_a_second_counter_for_the_same_key_cannot_roll_the_state_back(
     token_config: HsmConfig, tmp_path: Path
 ) -> None:
-    """The re-review's rollback: a fresh NV counter (new label) next to the same token key."""
+    """A rollback through a fresh NV counter (new label) next to the same token key."""
     with init_hsm(token_config) as node:
         client = _client(node)
         client.register(PASSWORD, SECRET, guess_limit=3)

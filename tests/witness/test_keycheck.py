@@ -42,8 +42,8 @@ def mixed_order_key() -> bytes:
     return out.raw
 
 
-def test_the_review_reproduction_is_refused() -> None:
-    # /tmp/review-witness/weak_key.py: R = identity, S = 0 verified for every message.
+def test_the_identity_as_a_witness_key_is_refused() -> None:
+    # With the identity as the key, R = identity, S = 0 verifies for every message.
     with pytest.raises(ValueError, match="prime-order"):
         plexi.WitnessKey(IDENTITY)
 
@@ -112,7 +112,7 @@ def test_weak_log_and_cosigner_keys_are_refused() -> None:
 
 
 def test_the_witness_refuses_to_cosign_a_log_with_a_weak_key(service: WitnessService) -> None:
-    # /tmp/rereview-witness/weak_cosigned_log.py: a log configured with the identity
+    # A log configured with the identity
     # as its key let anyone get forged checkpoints cosigned (R = identity, S = 0).
     for weak in (IDENTITY, SMALL_ORDER[6], mixed_order_key()):
         with pytest.raises(NoteError, match="prime-order"):
@@ -143,3 +143,22 @@ def test_audit_pins_and_witness_refuse_weak_operator_keys(service: WitnessServic
     with pytest.raises(ValueError, match="operator public key"):
         service.register_namespace("weak.v1", SMALL_ORDER[6])
     assert service.store.namespace("weak.v1") is None
+
+
+class _PoseAsGood(bytes):
+    """A bytes subclass that compares and hashes as GOOD whatever its content."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash(GOOD)
+
+
+def test_the_remembered_answer_is_for_the_bytes_checked() -> None:
+    # The check is remembered per key; the key it is remembered under must be the very
+    # bytes libsodium checks, not whatever an object claims to equal.
+    assert is_strong_ed25519_key(GOOD)
+    assert not is_strong_ed25519_key(_PoseAsGood(IDENTITY))
+    with pytest.raises(ValueError):
+        check_ed25519_public_key(_PoseAsGood(SMALL_ORDER[4]))

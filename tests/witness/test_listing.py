@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,10 +12,11 @@ import httpx
 import pytest
 from witness_helpers import NS, Clock, artifact_for, fixed_signer, running_server, submission
 
-from bkv.errors import CodecError
+from bkv.errors import CodecError, StorageError
 from bkv.keystore import SoftwareSigner
 from bkv.protocol import plexi, witness_api
 from bkv.protocol.countersign import countersign
+from bkv.protocol.submission import MAX_EVIDENCE_BYTES
 from bkv.witness.service import WitnessService
 
 U64_MAX = 2**64 - 1
@@ -167,3 +170,56 @@ def test_parse_epoch_refuses_non_canonical_text(text: str) -> None:
 def test_parse_epoch_refuses_beyond_u64() -> None:
     with pytest.raises(CodecError, match="above"):
         witness_api.parse_epoch(str(U64_MAX + 1))
+
+
+# --- what one listing request may cost the witness ----------------------------------------
+
+
+def test_a_listing_does_not_load_artifacts_or_evidence(
+    client: httpx.Client, service: WitnessService, operator: SoftwareSigner, clock: Clock
+) -> None:
+    # A page lists statements only; reading each epoch's evidence (up to 1 MiB) along with
+    # it would let one anonymous GET make the witness hold limit x 1 MiB in memory.
+    for epoch in range(1, 7):
+        evidence = bytes([epoch]) * MAX_EVIDENCE_BYTES
+        service.submit(submission(operator, epoch, clock, evidence=evidence))
+        clock.advance(10)
+    for kind in ("audits", "reports"):
+        tracemalloc.start()
+        try:
+            response = client.get(f"/namespaces/{NS}/{kind}", params={"start": 2})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert response.status_code == 200
+        assert [item["epoch"] for item in response.json()[kind]] == [2, 3, 4, 5, 6]
+        # Five epochs' evidence alone would be 5 MiB; statements are a few hundred bytes.
+        assert peak < 2 * MAX_EVIDENCE_BYTES, (kind, peak)
+
+
+def test_a_repeated_query_parameter_is_refused(client: httpx.Client) -> None:
+    # Which of two values counts differs between parsers (first, last, both): refuse both.
+    for kind in ("audits", "reports"):
+        for query in ("start=1&start=2", "limit=1&limit=100"):
+            response = client.get(f"/namespaces/{NS}/{kind}?{query}")
+            assert (response.status_code, response.json()["error"]) == (400, "CodecError")
+
+
+def test_a_closed_store_answers_listings_with_a_typed_503(
+    service: WitnessService, operator: SoftwareSigner, clock: Clock
+) -> None:
+    service.submit(submission(operator, 1, clock))
+    with running_server(service) as url:
+        service.store._conn.set_authorizer(_deny_commit_and_rollback)
+        with pytest.raises(StorageError, match="commit failed"):
+            service.submit(submission(operator, 2, clock))
+        for path in ("audits", "reports", "last-verified-epoch", "audits/1"):
+            response = httpx.get(f"{url}/namespaces/{NS}/{path}", timeout=10)
+            assert (response.status_code, response.json()["error"]) == (503, "StorageError")
+
+
+def _deny_commit_and_rollback(action: int, arg1: str | None, *_: object) -> int:
+    """SQLite authorizer: the COMMIT and ROLLBACK fail (a full disk, an I/O error)."""
+    if action == sqlite3.SQLITE_TRANSACTION and arg1 in ("COMMIT", "ROLLBACK"):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK

@@ -321,3 +321,57 @@ def test_common_layout_agrees_with_the_field_reader_on_every_edit(
         if index < len(encoded):
             for value in (0x00, 0x01, 0x7F, 0x80, 0xFF, encoded[index] ^ 0x01):
                 _same_as_field_by_field(encoded[:index] + bytes([value]) + encoded[index + 1 :])
+
+
+def test_common_layout_reads_lengths_only_as_one_byte_varints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A length byte of 0x80 or more starts a longer varint. Reading it as a length of its
+    # own only happens to be refused today because a digest is at most 64 bytes; with a
+    # larger limit, "2a 80" + 128 bytes would be read as a 128-byte digest, while the
+    # field reader (and Plexi's prost) reads 0x80 0x01... as another length altogether.
+    monkeypatch.setattr(plexi, "MAX_DIGEST_BYTES", 200)
+    head = _sample().to_bytes()[: -2 - 32]  # everything before the digest field
+    crafted = head + b"\x2a\x80" + b"\x01" + bytes(127)
+    assert plexi._decode_common_layout(crafted) is None
+    with pytest.raises(TruncatedError):
+        plexi.decode_signature_message(crafted)
+    # The canonical spelling of the same 128-byte digest still decodes.
+    digest = b"\x01" + bytes(127)
+    canonical = head + b"\x2a\x80\x01" + digest
+    assert plexi.decode_signature_message(canonical).digest == digest
+
+
+@given(
+    st.text(min_size=1, max_size=140).filter(lambda s: len(s.encode()) <= 255),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=1, max_value=2**64 - 1),
+    st.binary(min_size=1, max_size=plexi.MAX_DIGEST_BYTES),
+    st.lists(
+        st.tuples(st.integers(min_value=0), st.integers(0, 3), st.binary(max_size=3)), max_size=3
+    ),
+)
+def test_common_layout_is_a_subset_of_the_field_reader(
+    namespace: str,
+    timestamp: int,
+    epoch: int,
+    digest: bytes,
+    edits: list[tuple[int, int, bytes]],
+) -> None:
+    # Generated messages, then up to three splices: whatever the fixed-offset reader
+    # accepts, the field reader accepts as the same message, and the two decoders
+    # together refuse exactly what the field reader refuses.
+    data = plexi.SignatureMessage(namespace, timestamp, epoch, digest).to_bytes()
+    for position, deleted, inserted in edits:
+        at = position % (len(data) + 1)
+        data = data[:at] + inserted + data[at + deleted :]
+    _same_as_field_by_field(data)
+    try:
+        expected: plexi.SignatureMessage | None = plexi._decode_field_by_field(data)
+    except CodecError:
+        expected = None
+    try:
+        decoded: plexi.SignatureMessage | None = plexi.decode_signature_message(data)
+    except CodecError:
+        decoded = None
+    assert decoded == expected

@@ -6,7 +6,7 @@ metadata the operator declares (members, guess limit, quorum, validity).
 :func:`next_epoch` reads the witness's Plexi ``last-verified-epoch`` answer.
 ``bkv operator publish`` (:mod:`bkv.cli.operator`) is the I/O around these.
 
-The operator submits an artifact to the witness (:func:`bkv.witness.submission.sign_submission`,
+The operator submits an artifact to the witness (:func:`bkv.protocol.submission.sign_submission`,
 ``POST /namespaces/{ns}/submissions``), receives a receipt (the Plexi
 ``SignatureResponse`` JSON plus ``log_index``, ``log_entry``, ``inclusion_proof``
 and ``checkpoint``), counter-signs the witness signature with its operator key

@@ -34,6 +34,11 @@ def is_strong_ed25519_key(public_key: bytes) -> bool:
     """True iff ``public_key`` is a canonical prime-order, non-small-order point."""
     if not isinstance(public_key, bytes) or len(public_key) != ED25519_PUBLIC_KEY_SIZE:
         return False
+    if type(public_key) is not bytes:
+        # The cache looks keys up by __hash__ and __eq__, which a subclass may override:
+        # its answer must be for the bytes libsodium reads (memoryview: the buffer itself,
+        # not what a __bytes__ method would return).
+        public_key = bytes(memoryview(public_key))
     return _is_valid_point_cached(public_key)
 
 

@@ -8,7 +8,7 @@ Format (byte-exact)::
                          serialized Plexi SignatureMessage
     counter_signature  = Ed25519(operator key, message)                    (64 bytes)
 
-The brief says the operator signs "the witness's signature bytes". We sign
+The operator signs the witness's signature bytes (docs/protocol.md). We sign
 those bytes behind a fixed, NUL-terminated context string, for one reason: the
 operator's key also signs other things (its submissions to the witness, and
 whatever else an operator key ends up signing), and without a context any
@@ -18,7 +18,7 @@ prefix makes the two uses disjoint (the same practice as C2SP signed-note's
 and cosignature/v1's signed-message prefixes). The NUL cannot occur in the
 ASCII context, so no other context string in bkv is a prefix of this one
 (the submission context is ``b"bkv witness submission v1\\x00"``,
-:data:`bkv.witness.submission.SUBMISSION_CONTEXT`).
+:data:`bkv.protocol.submission.SUBMISSION_CONTEXT`).
 
 Signing the witness signature (not the statement) binds the counter-signature
 to the statement: the client verifies the witness signature under a *pinned*

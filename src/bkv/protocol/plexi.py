@@ -339,8 +339,13 @@ def _decode_common_layout(data: bytes) -> SignatureMessage | None:
         epoch_length = data[offset + 1]
         epoch, digest_tag = _decode_varint(data, offset + 3, "epoch")
         digest_length = data[digest_tag + 1]
+        # Each length is read as one byte, so each must be a one-byte varint (< 0x80): a
+        # larger byte starts a longer varint, which the field reader (and prost) reads as
+        # another length. Not left to the size limits to refuse.
         if (
-            digest_tag != offset + 2 + epoch_length
+            epoch_length >= 0x80
+            or digest_length >= 0x80
+            or digest_tag != offset + 2 + epoch_length
             or data[digest_tag] != _TAG_DIGEST
             or digest_length != len(data) - digest_tag - 2
         ):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bkv.protocol import plexi
-from bkv.protocol.submission import namespace_path_segment
+from bkv.protocol.submission import AuditEntry, namespace_path_segment
 from bkv.protocol.witness_api import listing_page, proof_fields, statement_response
 from bkv.witness import core
 
@@ -28,9 +28,15 @@ __all__ = [
 _JOB_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://bkv.invalid/witness/job")
 
 
-def signature_response(signed: core.SignedEpoch) -> dict[str, Any]:
-    """Plexi ``SignatureResponse`` JSON for a signed epoch (same key order as Plexi)."""
-    return statement_response(signed.statement)
+def signature_response(entry: AuditEntry) -> dict[str, Any]:
+    """Plexi ``SignatureResponse`` JSON for a signed epoch's log entry (Plexi's key order)."""
+    return statement_response(
+        plexi.SignedStatement(
+            message_bytes=entry.message_bytes(),
+            signature=entry.witness_signature,
+            key_id=entry.key_id,
+        )
+    )
 
 
 def receipt_response(receipt: core.Receipt) -> dict[str, Any]:
@@ -45,17 +51,17 @@ def receipt_response(receipt: core.Receipt) -> dict[str, Any]:
 
 def namespace_info(
     record: core.NamespaceRecord,
-    first: core.SignedEpoch | None,
-    last: core.SignedEpoch | None,
+    first: AuditEntry | None,
+    last: AuditEntry | None,
 ) -> dict[str, Any]:
     """Plexi ``NamespaceInfo``; ``root`` is Plexi's ``"<epoch>/<digest hex>"`` of epoch 1."""
     info: dict[str, Any] = {
         "name": record.name,
         "log_directory": None,
-        "root": None if first is None else f"{first.entry.epoch}/{first.entry.digest.hex()}",
+        "root": None if first is None else f"{first.epoch}/{first.digest.hex()}",
     }
     if last is not None:
-        info["last_verified_epoch"] = last.entry.epoch
+        info["last_verified_epoch"] = last.epoch
     info |= {
         "status": "Initialization" if last is None else "Online",
         "reports_uri": f"/namespaces/{record.name}/reports",
@@ -67,55 +73,53 @@ def namespace_info(
     return info
 
 
-def last_verified_epoch(
-    last: core.SignedEpoch, previous: core.SignedEpoch | None
-) -> dict[str, Any]:
+def last_verified_epoch(entry: AuditEntry, previous: AuditEntry | None) -> dict[str, Any]:
     """Plexi ``LastVerifiedEpoch``: start/end hash are the previous and current digests."""
-    entry = last.entry
     job = uuid.uuid5(_JOB_ID_NAMESPACE, f"{entry.namespace}/{entry.epoch}")
     return {
         "job_id": str(job),
         "epoch": entry.epoch,
-        "start_hash": "" if previous is None else previous.entry.digest.hex(),
+        "start_hash": "" if previous is None else previous.digest.hex(),
         "end_hash": entry.digest.hex(),
         "timestamp": entry.timestamp_ms,
     }
 
 
 def audits_page(
-    namespace: str, page: Sequence[core.SignedEpoch], *, more: bool, limit: int
+    namespace: str, page: Sequence[AuditEntry], *, more: bool, limit: int
 ) -> dict[str, Any]:
     """``GET /namespaces/{ns}/audits``: each epoch's ``SignatureResponse`` and its URI."""
     items = [
-        signature_response(s) | {"audit_uri": _audit_uri(namespace, s.entry.epoch)} for s in page
+        signature_response(entry) | {"audit_uri": _audit_uri(namespace, entry.epoch)}
+        for entry in page
     ]
     return listing_page(namespace, "audits", items, next_start=_next(page, more), limit=limit)
 
 
 def reports_page(
     namespace: str,
-    before: core.SignedEpoch | None,
-    page: Sequence[core.SignedEpoch],
+    before: AuditEntry | None,
+    page: Sequence[AuditEntry],
     *,
     more: bool,
     limit: int,
 ) -> dict[str, Any]:
     """``GET /namespaces/{ns}/reports``: a ``LastVerifiedEpoch`` for each epoch of ``page``.
 
-    ``before`` is the epoch just before the page (None for epoch 1): its digest is the
-    first report's ``start_hash``.
+    ``before`` is the entry of the epoch just before the page (None for epoch 1): its
+    digest is the first report's ``start_hash``.
     """
     items = []
     previous = before
-    for signed in page:
-        items.append(last_verified_epoch(signed, previous))
-        previous = signed
+    for entry in page:
+        items.append(last_verified_epoch(entry, previous))
+        previous = entry
     return listing_page(namespace, "reports", items, next_start=_next(page, more), limit=limit)
 
 
-def _next(page: Sequence[core.SignedEpoch], more: bool) -> int | None:
+def _next(page: Sequence[AuditEntry], more: bool) -> int | None:
     # Epochs are consecutive from 1 (core rule 5), so the next page starts right after.
-    return page[-1].entry.epoch + 1 if more and page else None
+    return page[-1].epoch + 1 if more and page else None
 
 
 def _audit_uri(namespace: str, epoch: int) -> str:

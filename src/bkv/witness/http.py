@@ -61,6 +61,7 @@ from bkv.errors import (
     UnknownNamespaceError,
 )
 from bkv.protocol import witness_api
+from bkv.protocol.submission import AuditEntry
 from bkv.serving.guard import Log, RequestGuard, stderr_log
 from bkv.serving.listen import ListenAddress
 from bkv.serving.timeouts import Timeouts
@@ -125,6 +126,15 @@ def _error(error: BaseException, status: int | None = None) -> JSONResponse:
     return JSONResponse(witness_api.error_body(error), status_code=status or status_for(error))
 
 
+async def _store_unavailable(request: Request, error: Exception) -> Response:
+    """503 ``StorageError`` for a read the store refused (closed after a failed rollback).
+
+    Write routes catch it themselves; on every read route it would otherwise be an
+    untyped 500, and a refusal is always ``{"error", "message"}`` (module docstring).
+    """
+    return _error(error, 503)
+
+
 def _not_found(what: str) -> JSONResponse:
     return JSONResponse({"error": "NotFound", "message": what}, status_code=404)
 
@@ -167,9 +177,8 @@ class _Handlers:
         record = self.store.namespace(ns)
         if record is None:
             return None
-        return api.namespace_info(
-            record, self.store.signed_epoch(ns, 1), self.store.last_signed(ns)
-        )
+        first = self.store.signed_entries(ns, 1, 1)
+        return api.namespace_info(record, first[0] if first else None, self.store.last_entry(ns))
 
     async def namespaces(self, request: Request) -> Response:
         listed = [self._namespace_json(r.name) for r in self.store.namespaces()]
@@ -194,7 +203,7 @@ class _Handlers:
         with self.store.reading_log() as log:
             entry = log.entries(signed.log_index, signed.log_index + 1)[0]
             proof = log.inclusion_proof(signed.log_index, size)
-        body = api.signature_response(signed) | witness_api.proof_fields(
+        body = api.signature_response(signed.entry) | witness_api.proof_fields(
             signed.log_index, entry, size, proof, note
         )
         epoch = signed.entry.epoch
@@ -226,43 +235,56 @@ class _Handlers:
         ns = request.path_params["ns"]
         if self.store.namespace(ns) is None:
             return _error(UnknownNamespaceError(f"namespace {ns} is not registered"))
-        last = self.store.last_signed(ns)
+        last = self.store.last_entry(ns)
         if last is None:
             return _not_found(f"no epoch of {ns} was signed yet")
-        epoch = last.entry.epoch
-        previous = self.store.signed_epoch(ns, epoch - 1) if epoch > 1 else None
-        return JSONResponse(api.last_verified_epoch(last, previous))
+        return JSONResponse(api.last_verified_epoch(last, self._entry_before(ns, last.epoch)))
+
+    def _entry_before(self, ns: str, epoch: int) -> AuditEntry | None:
+        """The log entry of the epoch before ``epoch`` (None before epoch 1)."""
+        if epoch <= 1:
+            return None
+        previous = self.store.signed_entries(ns, epoch - 1, 1)
+        return previous[0] if previous and previous[0].epoch == epoch - 1 else None
 
     def _page(
         self, request: Request
-    ) -> tuple[str, int, int, list[core.SignedEpoch], bool] | JSONResponse:
-        """(ns, start, limit, the page's epochs, whether more follow) of a listing request."""
+    ) -> tuple[str, int, int, list[AuditEntry], bool] | JSONResponse:
+        """(ns, start, limit, the page's entries, whether more follow) of a listing request.
+
+        A page reads log entries only (:meth:`WitnessStore.signed_entries`): never the
+        artifacts or evidence, which a page of up to 100 epochs does not serve.
+        """
         ns = request.path_params["ns"]
         if self.store.namespace(ns) is None:
             return _error(UnknownNamespaceError(f"namespace {ns} is not registered"))
+        query = request.query_params
         try:
-            start, limit = witness_api.listing_query(request.query_params)
+            if len(query.multi_items()) != len(query):
+                # Parsers disagree on which of two values counts: neither does.
+                raise CodecError("a query parameter is repeated")
+            start, limit = witness_api.listing_query(query)
         except CodecError as exc:
             return _error(exc)
-        epochs = self.store.signed_epochs(ns, start, limit + 1)  # one more: is there a next?
-        return ns, start, limit, epochs[:limit], len(epochs) > limit
+        entries = self.store.signed_entries(ns, start, limit + 1)  # one more: is there a next?
+        return ns, start, limit, entries[:limit], len(entries) > limit
 
     async def audits(self, request: Request) -> Response:
         """``GET /namespaces/{ns}/audits``: the signed epochs, a bounded page at a time."""
         page = self._page(request)
         if isinstance(page, JSONResponse):
             return page
-        ns, _, limit, epochs, more = page
-        return JSONResponse(api.audits_page(ns, epochs, more=more, limit=limit))
+        ns, _, limit, entries, more = page
+        return JSONResponse(api.audits_page(ns, entries, more=more, limit=limit))
 
     async def reports(self, request: Request) -> Response:
         """``GET /namespaces/{ns}/reports``: one ``LastVerifiedEpoch`` per signed epoch."""
         page = self._page(request)
         if isinstance(page, JSONResponse):
             return page
-        ns, start, limit, epochs, more = page
-        before = self.store.signed_epoch(ns, start - 1) if epochs and start > 1 else None
-        return JSONResponse(api.reports_page(ns, before, epochs, more=more, limit=limit))
+        ns, start, limit, entries, more = page
+        before = self._entry_before(ns, start) if entries else None
+        return JSONResponse(api.reports_page(ns, before, entries, more=more, limit=limit))
 
     async def submit(self, request: Request) -> Response:
         ns = request.path_params["ns"]
@@ -422,7 +444,11 @@ def create_app(
         body_limit=_limit_for,
         log=log or stderr_log(LOG_NAME),
     )
-    return Starlette(routes=routes, middleware=[guard])
+    return Starlette(
+        routes=routes,
+        middleware=[guard],
+        exception_handlers={StorageError: _store_unavailable},
+    )
 
 
 def serve(service: WitnessService, address: ListenAddress, timeouts: Timeouts) -> None:

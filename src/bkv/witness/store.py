@@ -164,18 +164,31 @@ _SELECT_EPOCHS = (
     "SELECT s.namespace, s.epoch, s.log_index, s.artifact, s.evidence, e.entry "
     "FROM signed_epochs s JOIN log_entries e ON e.idx = s.log_index "
 )
+#: Only the logged leaf of a signed epoch: what listings serve. The artifact (16 KiB) and
+#: evidence (1 MiB) stay on disk, so that a page of epochs costs kilobytes, not megabytes.
+_SELECT_ENTRIES = (
+    "SELECT s.namespace, s.epoch, s.log_index, e.entry "
+    "FROM signed_epochs s JOIN log_entries e ON e.idx = s.log_index "
+)
 #: SQLite integers are signed 64-bit: no epoch above this was ever stored.
 _MAX_STORED_EPOCH = (1 << 63) - 1
 
 
-def _signed_epoch(row: Sequence[object]) -> SignedEpoch:
-    ns, epoch, index, artifact, evidence, entry_bytes = row
+def _logged_entry(row: Sequence[object]) -> AuditEntry:
+    """The audit entry of a (namespace, epoch, log index, entry bytes) row, checked."""
+    ns, epoch, index, entry_bytes = row
     try:
         entry = AuditEntry.from_bytes(bytes(entry_bytes))  # type: ignore[call-overload]
     except CodecError:
         raise StorageError(f"log entry {index} is not an audit entry") from None
     if (entry.namespace, entry.epoch) != (ns, epoch):
         raise StorageError(f"log entry {index} does not record epoch {epoch} of {ns}")
+    return entry
+
+
+def _signed_epoch(row: Sequence[object]) -> SignedEpoch:
+    ns, epoch, index, artifact, evidence, entry_bytes = row
+    entry = _logged_entry((ns, epoch, index, entry_bytes))
     return SignedEpoch(
         entry=entry,
         log_index=int(index),  # type: ignore[call-overload]
@@ -343,14 +356,21 @@ def _read_epoch(conn: sqlite3.Connection, name: str, epoch: int) -> SignedEpoch 
     return None if row is None else _signed_epoch(row)
 
 
-def _read_epochs(conn: sqlite3.Connection, name: str, first: int, count: int) -> list[SignedEpoch]:
+def _read_entries(conn: sqlite3.Connection, name: str, first: int, count: int) -> list[AuditEntry]:
     if first > _MAX_STORED_EPOCH:
         return []
     rows = conn.execute(
-        _SELECT_EPOCHS + "WHERE s.namespace = ? AND s.epoch >= ? ORDER BY s.epoch LIMIT ?",
+        _SELECT_ENTRIES + "WHERE s.namespace = ? AND s.epoch >= ? ORDER BY s.epoch LIMIT ?",
         (name, first, count),
     ).fetchall()
-    return [_signed_epoch(row) for row in rows]
+    return [_logged_entry(row) for row in rows]
+
+
+def _read_last_entry(conn: sqlite3.Connection, name: str) -> AuditEntry | None:
+    row = conn.execute(
+        _SELECT_ENTRIES + "WHERE s.namespace = ? ORDER BY s.epoch DESC LIMIT 1", (name,)
+    ).fetchone()
+    return None if row is None else _logged_entry(row)
 
 
 def _read_countersignature(conn: sqlite3.Connection, name: str, epoch: int) -> bytes | None:
@@ -465,12 +485,20 @@ class WitnessStore:
         with self._usable():
             return _read_epoch(self._conn, name, epoch)
 
-    def signed_epochs(self, name: str, first: int, count: int) -> list[SignedEpoch]:
-        """Up to ``count`` signed epochs of ``name`` from epoch ``first`` on, in order."""
+    def signed_entries(self, name: str, first: int, count: int) -> list[AuditEntry]:
+        """The logged entries of up to ``count`` epochs of ``name`` from ``first`` on, in order.
+
+        Statements only (no artifact, no evidence): what a listing page serves.
+        """
         if count < 0:
             raise ValueError("count must not be negative")
         with self._usable():
-            return _read_epochs(self._conn, name, first, count)
+            return _read_entries(self._conn, name, first, count)
+
+    def last_entry(self, name: str) -> AuditEntry | None:
+        """The logged entry of the newest signed epoch of ``name``, or None."""
+        with self._usable():
+            return _read_last_entry(self._conn, name)
 
     def countersignature(self, name: str, epoch: int) -> bytes | None:
         """The operator's stored counter-signature of the epoch, or None."""
