@@ -202,6 +202,7 @@ def _deploy_processes(processes: devnet.Processes, root: Path, count: int, name:
         hsm_link_key_file=devnet.hsm_link_key(hsm_config),
         bundle_file=bundle,
         witness_url=witness.url,
+        log_verifier_key=witness.log_verifier_key,
         accounts=accounts,
         record_attempt_burst=HOST_BURST,
         account_burst=HOST_BURST,

@@ -236,7 +236,7 @@ def restore(n: Narrator, deployment: Deployment, backup_key: bytes) -> None:
             f"the vault tells Alice: {restored.failed_attempts} failed password checks "
             "since her last recovery (the thief's)"
         )
-        n.say(f"a correct login resets the counter: {new_phone.status()}")
+        n.say(f"a correct login forgives the attempts started before it: {new_phone.status()}")
 
 
 def guess_limit(n: Narrator, deployment: Deployment) -> None:

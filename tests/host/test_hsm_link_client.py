@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from bkv.errors import FleetUnreachableError
+from bkv.host import link as link_module
 from bkv.host.app import MAX_RESPONSE_SIZE, OCTET_STREAM, HttpHsmLink
 from bkv.protocol.hsm_link import LINK_MAC_HEADER
 
@@ -154,3 +156,162 @@ def test_an_answer_at_the_size_limit_is_relayed() -> None:
 
     with raw_server(answer) as hsm:
         assert _exchange(hsm.url) == body
+
+
+class KeepAliveServer:
+    """A loopback listener that answers every request on every connection it accepts.
+
+    Accepts up to ``accepts`` connections and records how many it did.
+    ``closing`` makes each answer carry ``connection: close`` (and the server
+    hang up after it); ``silent`` makes it never answer.
+    """
+
+    def __init__(
+        self, accepts: int, *, closing: bool = False, silent: bool = False, extra: bytes = b""
+    ) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(TIMEOUT_S)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self._accepts = accepts
+        self._closing = closing
+        self._silent = silent
+        self._extra = extra
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(self._accepts):  # bounded: as many as the test expects
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:  # closed, or nobody came
+                return
+            self.connections += 1
+            # Each connection in its own thread: one left open must not hold up the next.
+            threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+    def _handle(self, connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.settimeout(TIMEOUT_S)
+            self._answer_all(connection)
+
+    def _answer_all(self, connection: socket.socket) -> None:
+        for _ in range(8):  # bounded: a few requests per connection
+            head = _read_head(connection)
+            if b"\r\n\r\n" not in head:
+                return  # the client hung up
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:  # bounded by length and the socket timeout
+                chunk = connection.recv(4096)
+                if not chunk:
+                    return
+                body += chunk
+            if self._silent:
+                connection.recv(1)  # never answers: waits for the client to hang up
+                return
+            close = "connection: close\r\n" if self._closing else ""
+            connection.sendall(
+                f"HTTP/1.1 200 OK\r\ncontent-type: {OCTET_STREAM}\r\n{close}"
+                f"content-length: 2\r\n\r\nok".encode("ascii")
+            )
+            if self._extra:
+                time.sleep(0.1)  # after the answer, in a segment of its own
+                connection.sendall(self._extra)
+            if self._closing:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(TIMEOUT_S)
+
+
+def _exchanges(url: str, count: int, timeout_s: float = TIMEOUT_S) -> list[bytes]:
+    async def run() -> list[bytes]:
+        link = HttpHsmLink(f"{url}/v1/message", timeout_s, LINK_KEY)
+        try:
+            return [await link.exchange(b"request %d" % i) for i in range(count)]
+        finally:
+            await link.aclose()
+
+    return asyncio.run(run())
+
+
+def test_the_link_reuses_its_connection() -> None:
+    server = KeepAliveServer(1)
+    try:
+        assert _exchanges(server.url, 3) == [b"ok"] * 3
+    finally:
+        server.close()
+    assert server.connections == 1
+
+
+def test_a_connection_the_hsm_closes_is_not_reused() -> None:
+    server = KeepAliveServer(3, closing=True)
+    try:
+        assert _exchanges(server.url, 3) == [b"ok"] * 3
+    finally:
+        server.close()
+    assert server.connections == 3
+
+
+def test_a_connection_idle_past_its_expiry_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past half the HSM server's keep-alive, the server may be closing it: never reuse.
+    monkeypatch.setattr(link_module, "IDLE_EXPIRY_S", 0.0)
+    server = KeepAliveServer(2)
+    try:
+        assert _exchanges(server.url, 2) == [b"ok"] * 2
+    finally:
+        server.close()
+    assert server.connections == 2
+
+
+def test_the_link_opens_new_connections_on_a_new_event_loop() -> None:
+    # A connection belongs to the loop that made it (a test client may run one loop
+    # per call): on another loop the link must not touch it, and still work.
+    server = KeepAliveServer(2)
+    link = HttpHsmLink(f"{server.url}/v1/message", TIMEOUT_S, LINK_KEY)
+    try:
+        assert asyncio.run(link.exchange(b"first loop")) == b"ok"
+        assert asyncio.run(link.exchange(b"second loop")) == b"ok"
+        asyncio.run(link.aclose())
+    finally:
+        server.close()
+    assert server.connections == 2
+
+
+def test_a_connection_with_bytes_beyond_the_answer_is_not_reused() -> None:
+    # A second, unasked-for answer must never be taken as the next request's answer.
+    unasked = f"HTTP/1.1 200 OK\r\ncontent-type: {OCTET_STREAM}\r\ncontent-length: 2\r\n\r\nxx"
+    server = KeepAliveServer(2, extra=unasked.encode("ascii"))
+
+    async def run() -> list[bytes]:
+        link = HttpHsmLink(f"{server.url}/v1/message", TIMEOUT_S, LINK_KEY)
+        try:
+            first = await link.exchange(b"one")
+            await asyncio.sleep(0.5)  # the unasked-for bytes arrive meanwhile
+            return [first, await link.exchange(b"two")]
+        finally:
+            await link.aclose()
+
+    try:
+        assert asyncio.run(run()) == [b"ok", b"ok"]
+    finally:
+        server.close()
+    assert server.connections == 2
+
+
+def test_an_hsm_that_does_not_answer_in_time_is_unreachable() -> None:
+    server = KeepAliveServer(1, silent=True)
+    try:
+        with pytest.raises(FleetUnreachableError, match="in time"):
+            _exchanges(server.url, 1, timeout_s=0.5)
+    finally:
+        server.close()
+
+
+def test_a_refused_connection_is_unreachable() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+    with pytest.raises(FleetUnreachableError, match="cannot reach"):
+        _exchanges(f"http://127.0.0.1:{port}", 1)

@@ -53,7 +53,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -71,16 +70,13 @@ from bkv.errors import (
 )
 from bkv.host.bundle import BundleSource, parse_since
 from bkv.host.config import HostConfig, token_digest
+from bkv.host.link import MAX_RESPONSE_SIZE, OCTET_STREAM, HttpHsmLink
 from bkv.host.ratelimit import RateLimiter
 from bkv.keystore.files import read_small_file
-from bkv.protocol.hsm_link import LINK_MAC_HEADER, link_mac_header
 from bkv.protocol.messages import MAX_REQUEST_SIZE, OUTER_RESPONSES, HsmRequest, RequestKind
 from bkv.serving.guard import Log, RequestGuard, stderr_log
 from bkv.wire import decode, decode_any
 
-OCTET_STREAM = "application/octet-stream"
-MAX_RESPONSE_SIZE = 4096
-"""Largest HSM answer relayed (an outer response is at most ~1 KiB)."""
 MAX_PUBLIC_KEYS_SIZE = 64 * 1024
 
 BUNDLE_EPOCH_HEADER = "bkv-bundle-epoch"
@@ -100,71 +96,6 @@ class HsmLink(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
-
-
-class HttpHsmLink:
-    """POSTs the request bytes to the HSM's HTTP endpoint (``bkv hsm serve``), with the link MAC.
-
-    Straight to ``url``: proxy (and certificate) settings in the environment are
-    ignored (``trust_env=False``), since a proxy would see, and could replay,
-    every request of the link. The answer is read only up to
-    :data:`MAX_RESPONSE_SIZE`; httpx's timeout bounds each read, not the whole
-    answer, so a peer that kept sending would otherwise hold host memory.
-    """
-
-    def __init__(self, url: str, timeout_seconds: float, link_key: bytes) -> None:
-        self._url = url
-        self._key = link_key
-        self._client = httpx.AsyncClient(timeout=timeout_seconds, trust_env=False)
-
-    def __repr__(self) -> str:
-        return f"HttpHsmLink({self._url!r}, <link key>)"
-
-    async def exchange(self, request: bytes) -> bytes:
-        outgoing = self._client.build_request(
-            "POST", self._url, content=request, headers={"content-type": OCTET_STREAM}
-        )
-        # The MAC covers the target exactly as sent (path and query) and the body.
-        outgoing.headers[LINK_MAC_HEADER] = link_mac_header(
-            self._key, outgoing.method, outgoing.url.raw_path, request
-        )
-        try:
-            response = await self._client.send(outgoing, stream=True)
-            try:
-                _check_hsm_answer_head(response)
-                return await _read_at_most(response, MAX_RESPONSE_SIZE)
-            finally:
-                await response.aclose()
-        except httpx.TimeoutException:
-            raise FleetUnreachableError("the HSM did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise FleetUnreachableError(f"cannot reach the HSM: {type(exc).__name__}") from None
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-def _check_hsm_answer_head(response: httpx.Response) -> None:
-    # `bkv hsm serve` answers 200 with an HsmResponse and 400 with an HsmRejected;
-    # both are relayed (the caller checks the bytes). Anything else is a failure.
-    if response.status_code == 401:
-        raise FleetUnreachableError("the HSM refused this host's link key")
-    if response.status_code not in (200, 400):
-        raise FleetUnreachableError(f"the HSM answered HTTP {response.status_code}")
-    if response.headers.get("content-type", "") != OCTET_STREAM:
-        raise FleetUnreachableError("the HSM answered with an unexpected content type")
-    if "content-encoding" in response.headers:
-        # The raw bytes are what is bounded; the HSM never compresses.
-        raise FleetUnreachableError("the HSM answered with a content encoding")
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in response.aiter_raw():  # each chunk is one bounded network read
-        body += chunk
-        if len(body) > limit:
-            raise FleetUnreachableError("the HSM sent an oversized answer")
-    return bytes(body)
 
 
 def _error(
