@@ -366,7 +366,7 @@ def run() -> list[str]:
     )
     lines.append(
         "(recover = 2 requests and 2 durable persists: RecoverStart counts an attempt, "
-        "RecoverFinish resets it and releases the key; status = 1 request, no persist. "
+        "RecoverFinish forgives it and releases the key; status = 1 request, no persist. "
         f"{PROCESSES_TMPFS} = a second deployment whose state (and fsyncs) live in "
         f"{_tmpfs() or 'the default temp dir: no tmpfs here'}. "
         f"{counts}; {CHUNKS} alternating chunks; time/op = in-process rate / target's rate; "

@@ -73,6 +73,7 @@ ADAPTERS = {
     "bkv.client.sdk": "HTTP transport of the client SDK",
     "bkv.client.store_json": "file storage of the client's trust state",
     "bkv.host.app": "Starlette routes that relay to the HSM over HTTP",
+    "bkv.host.link": "the keep-alive HTTP/1.1 link to the HSM (asyncio streams)",
     "bkv.host.bundle": "fetches and caches the served bundle and consistency proofs",
     "bkv.host.config": "reads the TOML configuration file",
     "bkv.host.server": "uvicorn",
