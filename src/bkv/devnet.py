@@ -81,7 +81,7 @@ class Processes:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.started.append(process)
-        line = _first_line(process, START_TIMEOUT_S)
+        line = first_line(process, START_TIMEOUT_S)
         if "listening on " not in line:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT_S)
@@ -93,7 +93,7 @@ class Processes:
     def stop_all(self) -> None:
         """Stop every started process, newest first."""
         for process in reversed(self.started):
-            _stop(process)
+            stop_process(process)
         self.started.clear()
         for stderr in self._stderr_files:
             stderr.close()
@@ -111,7 +111,8 @@ class Processes:
         self.stop_all()
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after a bounded wait; close its stdout."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -123,7 +124,8 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
-def _first_line(process: subprocess.Popen[str], timeout_s: float) -> str:
+def first_line(process: subprocess.Popen[str], timeout_s: float) -> str:
+    """The first line the process prints, or "" if none comes within ``timeout_s``."""
     # readline() has no timeout: read in a daemon thread and wait a bounded time.
     found: list[str] = []
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import signal
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +30,6 @@ from bkv.witness.http import BODY_LIMITS
 KINDS = ("hsm", "host", "witness")
 TIMEOUT_S = 1
 """The head and body timeouts every server here runs with."""
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 HOST_TOKEN = "serving-test-token-" + "x" * 24
 
 
@@ -149,34 +145,13 @@ def running(setup: Setup, stderr_file: Path) -> Iterator[Server]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        line = _first_line(process)
+        line = devnet.first_line(process, devnet.START_TIMEOUT_S)
         if "listening on http://" not in line:
             raise AssertionError(f"{setup.kind} did not start: {line!r}")
         host, _, port = line.strip().rsplit("listening on http://", 1)[1].rpartition(":")
         yield Server(setup, host, int(port), process, stderr_file)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT_S)
-        if process.stdout:
-            process.stdout.close()
-
-
-def _first_line(process: subprocess.Popen[str]) -> str:
-    found: list[str] = []
-
-    def read() -> None:
-        if process.stdout is not None:
-            found.append(process.stdout.readline())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(START_TIMEOUT_S)
-    return found[0] if found else ""
+        devnet.stop_process(process)
 
 
 # --- a raw HTTP/1.1 client ----------------------------------------------------------------

@@ -13,18 +13,18 @@ every record's guess limit (docs/threat-model.md).
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from bkv.errors import ConfigError, KeyNotFoundError, KeystoreError, NvCounterError
+from bkv.errors import ConfigError, KeyNotFoundError, NvCounterError
 from bkv.hsm.config import HsmConfig
 from bkv.keystore import Sealer, SoftwareSealer
 from bkv.keystore.counter import COUNTER_FILE_NAME, FileCounter, MonotonicCounter
 from bkv.keystore.files import (
     PrivateDirectoryLock,
+    check_private,
     lock_private_directory,
     make_private_directory,
     read_key_file,
@@ -143,19 +143,7 @@ def _software_device(config: HsmConfig, lock: PrivateDirectoryLock, *, create: b
 
 def check_private_directory(directory: Path) -> None:
     """Refuse (:class:`KeystoreError`) a key_dir that is missing or open to other users."""
-    try:
-        info = os.stat(directory, follow_symlinks=False)
-    except FileNotFoundError:
-        raise KeystoreError(f"HSM key directory {directory} does not exist") from None
-    except OSError as exc:
-        raise KeystoreError(f"cannot stat HSM key directory: {type(exc).__name__}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise KeystoreError(f"HSM key directory {directory} is not a directory")
-    if info.st_mode & 0o077:
-        raise KeystoreError(f"HSM key directory {directory} is accessible to other users")
-    if info.st_uid != os.getuid():
-        # Its owner could change the mode back and forth, or replace the files.
-        raise KeystoreError(f"HSM key directory {directory} is not owned by this user")
+    check_private(directory, "HSM key directory", directory=True)
 
 
 def _pkcs11_device(config: HsmConfig, lock: PrivateDirectoryLock, *, create: bool) -> HsmDevice:

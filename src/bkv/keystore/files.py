@@ -54,6 +54,30 @@ PRIVATE_DIR_MODE = 0o700
 _HEX_DIGITS = frozenset(b"0123456789abcdef")
 
 
+def check_private(path: Path, what: str, *, directory: bool) -> None:
+    """Refuse (:class:`KeystoreError`) a key file or directory another user could touch.
+
+    ``path`` must exist (else :class:`KeyNotFoundError`), be a regular file or a
+    directory as asked (never a symlink), give group and others no access, and
+    belong to this user: an owner could change the mode back and forth, or
+    replace what is inside.
+    """
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise KeyNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise KeystoreError(f"cannot stat {what} {path}: {type(exc).__name__}") from None
+    if directory and not stat.S_ISDIR(info.st_mode):
+        raise KeystoreError(f"{what} {path} is not a directory")
+    if not directory and not stat.S_ISREG(info.st_mode):
+        raise KeystoreError(f"{what} {path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise KeystoreError(f"{what} {path} is accessible to other users")
+    if info.st_uid != os.getuid():
+        raise KeystoreError(f"{what} {path} is not owned by this user")
+
+
 def write_key_file(path: Path, key: bytes) -> None:
     """Create ``path`` (mode 0600, exclusive) holding ``key`` durably; refuse to overwrite."""
     if not isinstance(key, bytes) or len(key) != KEY_SIZE:

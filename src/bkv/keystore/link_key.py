@@ -11,13 +11,10 @@ mode back and forth).
 
 from __future__ import annotations
 
-import os
 import secrets
-import stat
 from pathlib import Path
 
-from bkv.errors import KeyNotFoundError, KeystoreError
-from bkv.keystore.files import read_key_file, write_key_file
+from bkv.keystore.files import check_private, read_key_file, write_key_file
 from bkv.protocol.hsm_link import LINK_KEY_SIZE
 
 
@@ -28,16 +25,5 @@ def create_link_key(path: Path) -> None:
 
 def read_link_key(path: Path) -> bytes:
     """The link key in ``path``, a private key file of this user (:class:`KeystoreError`)."""
-    try:
-        info = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        raise KeyNotFoundError(f"link key file {path} does not exist") from None
-    except OSError as exc:
-        raise KeystoreError(f"cannot stat link key file {path}: {type(exc).__name__}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise KeystoreError(f"link key file {path} is not a regular file")
-    if info.st_mode & 0o077:
-        raise KeystoreError(f"link key file {path} is accessible to other users (want 0600)")
-    if info.st_uid != os.getuid():
-        raise KeystoreError(f"link key file {path} is not owned by this user")
+    check_private(path, "link key file", directory=False)
     return read_key_file(path)
