@@ -1,6 +1,6 @@
 # bkv: the two commands are `make demo` and `make test` (see README.md).
 # Both bootstrap first: system packages via apt-get, .venv, Python deps from PyPI.
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup demo test lint unit bench soak clean
 
 VENV := .venv
 PY   := $(VENV)/bin/python
@@ -24,6 +24,10 @@ test: lint unit
 
 bench: setup
 	@$(PY) -m bench $(BENCH_ARGS)
+
+# The consensus simulator over many seeds (tests/consensus/soak.py; `make test` sweeps 500).
+soak: setup
+	@$(PY) tests/consensus/soak.py --seeds 10000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build src/*.egg-info

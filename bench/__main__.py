@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-MODULES = ("opaque", "vault", "bundle", "tlog", "records", "service")
+MODULES = ("opaque", "vault", "bundle", "tlog", "records", "service", "backup", "consensus")
 
 
 def main(argv: list[str]) -> int:

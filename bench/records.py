@@ -54,6 +54,7 @@ SQLITE_ROUNDS = 5
 RAW_BUILD_HASHES = 200_000
 TREE_ID = hashlib.sha256(b"bench records tree").digest()
 VALUE = hashlib.sha256(b"bench record value").digest()
+SEALED_STATE = b"bench: a stand-in for the HSM's sealed state"
 NEW_VALUE = hashlib.sha256(b"bench new record value").digest()
 NODE_INPUT = bytes(16 + 2 + 32 + 2 * (2 + 1 + 32))
 """The size of the hash input of an inner node with 1-bit branches (the usual one)."""
@@ -101,7 +102,7 @@ class _Sample:
         self.build_s, root = self._build(size <= KEEP_ALL_UP_TO)
         self.head = TreeHead(TREE_ID, 0, root)
         self.store = MemoryTreeStore()
-        self.store.commit(TreeUpdate(None, self.head, tuple(self.nodes), ()), {})
+        self.store.commit(TreeUpdate(None, self.head, tuple(self.nodes), ()), {}, SEALED_STATE)
 
     def _build(self, keep_all: bool) -> tuple[float, bytes]:
         keep = {p for key in self.members + self.absent for p in path_positions(key)}
@@ -176,7 +177,7 @@ def _apply_lines(s: _Sample, rng: random.Random) -> list[str]:
 def _sqlite_lines(s: _Sample, rng: random.Random) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp, SqliteTreeStore(Path(tmp) / "r.sqlite") as store:
         t0 = time.perf_counter()
-        store.commit(TreeUpdate(None, s.head, tuple(s.nodes), ()), {})
+        store.commit(TreeUpdate(None, s.head, tuple(s.nodes), ()), {}, SEALED_STATE)
         load_s = time.perf_counter() - t0
         read = _median_us(lambda i: read_proof(store, s.head, s.members[i]), SAMPLES // 4)
         commits, head = [], s.head
@@ -185,7 +186,7 @@ def _sqlite_lines(s: _Sample, rng: random.Random) -> list[str]:
             proofs = [read_proof(store, head, key) for key in keys]
             update = apply_batch(head, proofs, dict.fromkeys(keys, _key(b"v", head.version)))
             t0 = time.perf_counter()
-            store.commit(update, {})
+            store.commit(update, {}, SEALED_STATE)
             commits.append(time.perf_counter() - t0)
             head = update.new_head
     return [

@@ -11,15 +11,17 @@ Three targets, measured in the same run, on the same client code:
 
 - **processes**: witness, HSM and host started as real ``bkv`` processes on 127.0.0.1 by
   :mod:`bkv.devnet` (as ``make demo`` does); the client talks HTTP to the host, the host to the
-  HSM; the HSM writes its sealed state to disk (temp file, fsync, rename) and advances its NV
-  counter before each answer that depends on a change. Fleet keys come over the air (the
+  HSM; the HSM commits each batch (changed sealed records, tree nodes and its sealed state) to
+  its SQLite record store on disk (one fsync'd transaction) and advances its NV counter before
+  each answer that depends on a change. Fleet keys come over the air (the
   bundle is validated once, when each client starts).
-- **procs+tmpfs**: a second such deployment whose directories (so the HSM's sealed state and
+- **procs+tmpfs**: a second such deployment whose directories (so the HSM's record store and
   NV counter, and their fsyncs) live in tmpfs (``/dev/shm``, when the machine has one): the
   difference from **processes** is what durable writes on this machine's disk cost.
 - **in process** (the baseline): the same ``VaultClient``, whose HTTP transport is replaced by
-  a function call into an :class:`~bkv.hsm.app.HsmApp` in this process (no sockets, no host,
-  no HSM server; persists acknowledged at once, so no disk). The ratio is what the deployment
+  a function call into an :class:`~bkv.hsm.app.HsmApp` driven by the host half
+  (:class:`~bkv.hsm.runner.BatchRunner`, one request per batch) over a memory record store in
+  this process (no sockets, no host, no HSM server, no disk). The ratio is what the deployment
   (two HTTP hops, the host, the HSM server, durable persists) adds to a recovery.
 
 Phases (``PHASES``): recoveries at 1 and at 4 concurrent clients (threads of this process, one
@@ -56,7 +58,9 @@ from bkv.client.trust import FleetKeys, PinnedFleetKeys
 from bkv.crypto.ksf import Identity
 from bkv.hsm.app import HsmApp
 from bkv.hsm.public_keys import render_public_keys
+from bkv.hsm.runner import BatchRunner, Refused
 from bkv.keystore import SoftwareSealer
+from bkv.records.store_memory import MemoryTreeStore
 
 PHASES = (("recover", 1, 300), ("recover", 4, 400), ("status", 1, 150))
 """(operation, concurrent clients, operations per target): what is timed, in this order."""
@@ -131,25 +135,26 @@ class Samples:
 
 
 class _InProcessHsm:
-    """An HsmApp whose persists are acknowledged at once; one request at a time (as the server)."""
+    """An HsmApp behind the host half (BatchRunner) over a memory record store.
+
+    One request per batch, one at a time (as the HSM server serializes them);
+    every persist is "stored" in memory at once, so no disk.
+    """
 
     def __init__(self) -> None:
         self.app = HsmApp.initialize(
             FLEET_ID, SoftwareSealer.generate(), max_guess_limit=GUESS_LIMIT
         )
+        self.runner = BatchRunner(self.app, MemoryTreeStore())
+        self.runner.store_genesis()
         self._lock = threading.Lock()
 
     def __call__(self, request: bytes) -> bytes:
         with self._lock:
-            effects = self.app.handle(request, time.time_ns() // 1_000_000)
-            if effects.persist is None:
-                if effects.response is None:
-                    raise RuntimeError("the HSM gave neither an answer nor a persist")
-                return effects.response
-            released = self.app.persisted(effects.persist.version)
-            if released is None:
-                raise RuntimeError("the HSM released no answer after its persist")
-            return released
+            (answer,) = self.runner.run([request], time.time_ns() // 1_000_000)
+        if isinstance(answer, Refused):
+            raise RuntimeError(f"the HSM refused the host's record read: {answer.error}")
+        return answer
 
     def fleet_keys(self) -> FleetKeys:
         """Pinned-mode keys for this one-HSM fleet, from its published public keys."""

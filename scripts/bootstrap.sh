@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Sets up everything bkv needs on a fresh Debian machine, idempotently and quietly:
-#   - system packages: libsodium (ristretto255 for pysodium), SoftHSM2 (PKCS#11 backend)
+#   - system packages: libsodium (ristretto255 for pysodium), SoftHSM2 (PKCS#11 backend),
+#     PostgreSQL server and client (the record store tests start a private cluster
+#     with its initdb / pg_ctl; the server is not enabled for anything else)
 #   - .venv with bkv installed editable plus its dev dependencies, from PyPI.
 # Re-running it when nothing changed costs a few dpkg queries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(libsodium23 softhsm2)
+SYSTEM_PACKAGES=(libsodium23 softhsm2 postgresql)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 

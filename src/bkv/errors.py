@@ -133,6 +133,10 @@ class TimestampError(VerificationError):
     """A timestamp is in the future or too old for the policy."""
 
 
+class ConsensusAuthError(VerificationError):
+    """A consensus message or log entry is not authentic (wrong key, fleet, sender or receiver)."""
+
+
 class ProofError(VerificationError):
     """A Merkle inclusion or consistency proof did not verify."""
 
@@ -171,6 +175,46 @@ class CosignerPolicyError(VerificationError):
 
 class AttestationError(VerificationError):
     """Deployment evidence or an HSM attestation did not verify."""
+
+
+class EvidenceError(AttestationError):
+    """Deployment evidence did not verify (bkv.protocol.evidence; docs/audit.md §7)."""
+
+
+class EvidenceFormatError(EvidenceError):
+    """The bytes are not the one canonical encoding of a v1 evidence document within limits."""
+
+
+class DeviceChainError(EvidenceError):
+    """A device certificate chain does not verify to the vendor root, or is not the member's key."""
+
+
+class AttestationSignatureError(EvidenceError):
+    """A member's statement signature does not verify under its device attestation key."""
+
+
+class StatementMismatchError(EvidenceError):
+    """A signed statement binds another fleet, keys, measurement, members, policy or transcript."""
+
+
+class DuplicateDeviceError(EvidenceError):
+    """Two members are one device (same attestation key, certificate serial or subject)."""
+
+
+class DatacenterError(EvidenceError):
+    """Two members of the fleet are in the same datacenter."""
+
+
+class QuorumError(EvidenceError):
+    """Fewer members signed the evidence than the policy's quorum or a strict majority."""
+
+
+class MeasurementMismatchError(EvidenceError):
+    """The attested code measurement is not the one expected (rebuilt from the source)."""
+
+
+class FleetKeyMismatchError(EvidenceError):
+    """Published fleet keys (an artifact, the witness's log) are not the attested ones."""
 
 
 class ArtifactError(VerificationError):
@@ -364,3 +408,54 @@ class ConfigError(BkvError):
 
 class DirectoryLockedError(ConfigError):
     """Another process holds the HSM's private directory (or token counter) lock."""
+
+
+# --- encrypted backups (docs/backup.md) ----------------------------------------
+
+
+class BackupError(BkvError):
+    """An encrypted backup could not be read, or a recovery key could not be accepted."""
+
+
+class BackupFormatError(BackupError):
+    """The bytes are not a bkv backup this version reads (magic, version, chunk size, archive)."""
+
+
+class BackupKeyError(BackupError):
+    """The header MAC did not verify: the key is wrong (or the header was modified)."""
+
+
+class BackupTamperedError(BackupError):
+    """A chunk did not authenticate: modified, reordered, spliced from another backup or cut."""
+
+
+class BackupTruncatedError(BackupTamperedError):
+    """The backup ends before its final chunk (cut at a chunk boundary or inside the header)."""
+
+
+class BackupTrailingDataError(BackupTamperedError):
+    """Bytes follow the final chunk of the backup."""
+
+
+class BackupUnsafeEntryError(BackupError):
+    """An authenticated archive entry would land outside the restore directory, or is a device."""
+
+
+class RecoveryKeyError(BackupError):
+    """A typed recovery key is malformed or fails its checksum; ``group`` says where, if known."""
+
+    def __init__(self, message: str, group: int | None = None) -> None:
+        super().__init__(message)
+        self.group = group
+
+
+class ConsensusError(BkvError):
+    """The fleet cannot take a change now (no leader here, or too much in flight)."""
+
+
+class NotLeaderError(ConsensusError):
+    """This member is not the fleet's leader; ``leader`` names the one it knows of, if any."""
+
+    def __init__(self, leader: str | None) -> None:
+        super().__init__("not the leader" if leader is None else f"not the leader ({leader} is)")
+        self.leader = leader

@@ -26,6 +26,7 @@ from bkv.crypto.ksf import Argon2id
 from bkv.crypto.rng import Rng, default_rng
 from bkv.hsm.app import HsmApp
 from bkv.hsm.public_keys import render_public_keys
+from bkv.hsm.runner import BatchRunner
 from bkv.keystore import SoftwareSealer
 from bkv.protocol.artifact import (
     ROLE_CHANNEL,
@@ -34,6 +35,7 @@ from bkv.protocol.artifact import (
     FleetPolicy,
     PublicKey,
 )
+from bkv.records.store_memory import MemoryTreeStore
 
 TEST_KSF = Argon2id(memory_kib=256, iterations=1, lanes=1)
 """A real but small Argon2id: the production default costs ~0.2 s per login."""
@@ -47,23 +49,25 @@ MAX_REQUEST_BODY = 1 << 16
 
 @dataclass
 class InProcessHsm:
-    """An HsmApp whose host keeps the sealed state in memory and acknowledges every persist."""
+    """An HsmApp behind the shipped host half (BatchRunner) with a memory record store."""
 
     app: HsmApp
     now_ms: int = NOW_MS
     requests: list[bytes] = field(default_factory=list)
+    store: MemoryTreeStore = field(default_factory=MemoryTreeStore)
+    runner: BatchRunner = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.runner = BatchRunner(self.app, self.store)
+        self.runner.store_genesis()
 
     def __call__(self, request: bytes) -> bytes:
         with self._lock:
             self.requests.append(request)
-            effects = self.app.handle(request, self.now_ms)
-            if effects.persist is None:
-                assert effects.response is not None
-                return effects.response
-            released = self.app.persisted(effects.persist.version)
-            assert released is not None
-            return released
+            (outcome,) = self.runner.run([request], self.now_ms)
+            assert isinstance(outcome, bytes), outcome
+            return outcome
 
 
 def new_hsm(rng: Rng = default_rng, max_guess_limit: int = 10) -> InProcessHsm:

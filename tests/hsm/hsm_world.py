@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -33,8 +33,10 @@ from bkv.crypto.ksf import Argon2id
 from bkv.crypto.opaque import KE2, ClientLoginState, client_login_finish, client_login_start
 from bkv.crypto.rng import Rng, default_rng
 from bkv.errors import EnvelopeRecoveryError, RecordDestroyedError, VaultError, WrongPasswordError
-from bkv.hsm.app import HsmApp
+from bkv.hsm.app import HsmApp, Persist
 from bkv.hsm.public_keys import render_public_keys
+from bkv.hsm.runner import BatchRunner
+from bkv.hsm.state import AccountSlot, Record
 from bkv.keystore import SoftwareSealer
 from bkv.protocol import release
 from bkv.protocol.artifact import (
@@ -51,6 +53,7 @@ from bkv.protocol.messages import (
     ErrorCode,
     FinishAction,
     HsmRejected,
+    HsmRequest,
     HsmResponse,
     InnerRequest,
     InnerResponse,
@@ -61,7 +64,10 @@ from bkv.protocol.messages import (
     RecoverStartOk,
     VaultFailure,
 )
-from bkv.wire import decode_any
+from bkv.records.nodes import record_hash
+from bkv.records.store_memory import MemoryTreeStore
+from bkv.records.tree import build_tree
+from bkv.wire import decode, decode_any
 
 TEST_KSF = Argon2id(memory_kib=256, iterations=1, lanes=1)
 """A real but small Argon2id (as tests/host): the production default costs ~0.2 s per login."""
@@ -88,10 +94,18 @@ __all__ = [
     "RejectedError",
     "RelayTransport",
     "VaultClient",
+    "account_of",
     "channel_key_of",
     "client_for",
     "fleet_keys_of",
     "new_app",
+    "rebuilt_root",
+    "record_of",
+    "slot_of",
+    "staged_slot",
+    "store_and_release",
+    "stored_records",
+    "submit",
 ]
 
 
@@ -113,39 +127,60 @@ class RefusedError(VaultError):
 
 @dataclass
 class InProcessHost:
-    """Relays bytes to an HsmApp, persists its blobs in memory, and records everything."""
+    """Relays bytes to an HsmApp through the shipped host half (BatchRunner) and a memory store.
+
+    Each request is a batch of one (``batch()`` runs several together); every
+    byte relayed (requests, sealed states, answers) is recorded.
+    """
 
     app: HsmApp
     now_ms: int = 1_700_000_000_000
     transcript: list[bytes] = field(default_factory=list)
     stored: list[bytes] = field(default_factory=list)
+    store: MemoryTreeStore = field(default_factory=MemoryTreeStore)
+    runner: BatchRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = BatchRunner(self.app, self.store, self._stored)
+        if self.store.head() is None:
+            self.runner.store_genesis()
+
+    def _stored(self, persist: Persist) -> None:
+        self.stored.append(persist.sealed_state)
+        self.transcript.append(persist.sealed_state)
+        self.transcript.extend(persist.records.values())
 
     def __call__(self, request: bytes) -> bytes:
-        self.transcript.append(request)
-        effects = self.app.handle(request, self.now_ms)
-        if effects.persist is not None:
-            self.stored.append(effects.persist.blob)
-            self.transcript.append(effects.persist.blob)
-            released = self.app.persisted(effects.persist.version)
-            assert released is not None
-            response = released
-        else:
-            assert effects.response is not None
-            response = effects.response
-        self.transcript.append(response)
+        (response,) = self.batch([request])
         return response
+
+    def batch(self, requests: list[bytes]) -> list[bytes]:
+        """Run ``requests`` as one batch (one durable write); their responses, in order."""
+        self.transcript.extend(requests)
+        outcomes = self.runner.run(requests, self.now_ms)
+        responses = []
+        for outcome in outcomes:
+            assert isinstance(outcome, bytes), outcome
+            self.transcript.append(outcome)
+            responses.append(outcome)
+        return responses
 
     def tick(self) -> int:
         """Run the HSM's housekeeping until it has nothing to do; return the changes made."""
-        for made in range(100):
-            effects = self.app.tick(self.now_ms)
-            if effects.persist is None:
-                assert effects.response is None
-                return made
-            self.stored.append(effects.persist.blob)
-            self.transcript.append(effects.persist.blob)
-            assert self.app.persisted(effects.persist.version) is None
-        raise AssertionError("housekeeping did not settle")
+        return self.runner.housekeeping(self.now_ms)
+
+
+def slot_of(host: InProcessHost, account: bytes) -> AccountSlot | None:
+    """White box: the account's durable slot as the HSM reads it (tests only: it holds secrets)."""
+    app = host.app
+    read = host.runner.read(account)
+    return app._cipher.read(app.head, account, app.record_id(account), read).slot
+
+
+def record_of(host: InProcessHost, account: bytes) -> Record | None:
+    """White box: the account's live record (tests only)."""
+    slot = slot_of(host, account)
+    return None if slot is None else slot.record
 
 
 class RelayTransport(httpx.BaseTransport):
@@ -166,6 +201,7 @@ class RelayTransport(httpx.BaseTransport):
 
 
 def new_app(rng: Rng = default_rng, max_guess_limit: int = 10) -> tuple[HsmApp, SoftwareSealer]:
+    """A new vault's app (its store is made by the first InProcessHost around it)."""
     sealer = SoftwareSealer.generate()
     return HsmApp.initialize(FLEET, sealer, max_guess_limit=max_guess_limit, rng=rng), sealer
 
@@ -316,3 +352,41 @@ class VaultClient:
 def client_for(app: HsmApp, account: bytes, host: InProcessHost | None = None) -> VaultClient:
     """A client of ``app`` (through ``host``, or a fresh in-process host)."""
     return VaultClient(host or InProcessHost(app), fleet_keys_of(app), account)
+
+
+# --- driving the app's batches by hand (the runner's steps, one at a time) ------------
+
+
+def account_of(request: bytes) -> bytes:
+    """The account a request names in the clear header."""
+    return decode(HsmRequest, request).account_id
+
+
+def submit(host: InProcessHost, request: bytes) -> int:
+    """Take ``request`` into the app's open batch with the host's read of its record; its ticket."""
+    return host.app.submit(request, host.runner.read(account_of(request)), host.now_ms)
+
+
+def store_and_release(host: InProcessHost, persist: Persist) -> Mapping[int, bytes | None]:
+    """What the runner does after ``end_batch``: store, record, then ``persisted`` (the answers)."""
+    host.store.commit(persist.update, persist.records, persist.sealed_state)
+    host._stored(persist)
+    return host.app.persisted(persist.version)
+
+
+def staged_slot(app: HsmApp, account: bytes, persist: Persist) -> AccountSlot:
+    """White box: the slot ``persist`` stores for ``account``, opened (tests only: secrets)."""
+    record_id = app.record_id(account)
+    return app._cipher.open(record_id, persist.records[record_id])
+
+
+def stored_records(host: InProcessHost) -> dict[bytes, bytes]:
+    """White box: every sealed record the host's memory store holds (record id -> blob)."""
+    return dict(host.store._records)
+
+
+def rebuilt_root(host: InProcessHost) -> bytes:
+    """The root of the tree built from scratch over the stored records (``build_tree``)."""
+    tree_id = host.app.head.tree_id
+    values = {rid: record_hash(tree_id, rid, blob) for rid, blob in stored_records(host).items()}
+    return build_tree(tree_id, values).new_head.root

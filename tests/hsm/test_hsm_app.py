@@ -3,6 +3,8 @@ re-registration (two-phase register/expose), bad input."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hsm_world import (
     CONFIG,
@@ -14,6 +16,11 @@ from hsm_world import (
     VaultClient,
     client_for,
     new_app,
+    record_of,
+    slot_of,
+    staged_slot,
+    store_and_release,
+    submit,
 )
 
 from bkv.client.operator import artifact_from_public_keys
@@ -28,6 +35,7 @@ from bkv.crypto.opaque import (
     client_registration_start,
 )
 from bkv.errors import (
+    CodecError,
     EnvelopeRecoveryError,
     RecordDestroyedError,
     RecordExistsError,
@@ -37,7 +45,7 @@ from bkv.errors import (
 )
 from bkv.hsm.app import _HANDLERS, REGISTRATION_TTL_MS, SESSION_TTL_MS, HsmApp
 from bkv.hsm.public_keys import render_public_keys
-from bkv.hsm.state import PENDING_RECORD_TTL_MS, CommandEnvelope, CountAttempt, apply
+from bkv.hsm.state import PENDING_RECORD_TTL_MS, CommandBatch, CountAttempt, apply
 from bkv.protocol.messages import (
     INNER_REQUESTS,
     KIND_OF_REQUEST,
@@ -101,6 +109,15 @@ def finish_registration(
     return started.registration_id, done
 
 
+def last_relayed(host: InProcessHost, kind: RequestKind) -> bytes:
+    """The last request of ``kind`` the host relayed (its transcript also holds blobs, answers)."""
+    for sent in reversed(host.transcript):
+        with contextlib.suppress(CodecError):
+            if decode(HsmRequest, sent).kind is kind:
+                return sent
+    raise AssertionError(f"no {kind.name} request was relayed")
+
+
 def ke2_opens(client: VaultClient, password: bytes) -> bool:
     """Send one KE1 and leave the session open; whether its KE2 is a real record's for ``password``.
 
@@ -121,7 +138,8 @@ def ke2_opens(client: VaultClient, password: bytes) -> bool:
 @pytest.mark.parametrize("limit", [1, 3, 10])
 def test_exactly_limit_wrong_guesses_destroy_the_record(limit: int) -> None:
     app, _ = new_app()
-    client = client_for(app, b"alice")
+    host = InProcessHost(app)
+    client = client_for(app, b"alice", host)
     client.register(PASSWORD, SECRET, guess_limit=limit)
     for n in range(limit - 1):
         wrong_guess(client, n)
@@ -133,7 +151,7 @@ def test_exactly_limit_wrong_guesses_destroy_the_record(limit: int) -> None:
     # The record is gone for good: the right password no longer opens anything.
     with pytest.raises(RecordDestroyedError):
         client.recover(PASSWORD)
-    assert app.vault.record(b"alice") is None
+    assert record_of(host, b"alice") is None
 
 
 def test_correct_password_after_limit_minus_one_wrong_succeeds_and_forgives(world: World) -> None:
@@ -153,7 +171,7 @@ def test_correct_password_after_limit_minus_one_wrong_succeeds_and_forgives(worl
 
 
 def test_abandoned_attempts_count_and_the_next_ke1_destroys_at_the_limit(world: World) -> None:
-    app, _host, client = world
+    _app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=2)
     client.start_login(b"never finished 1")  # no KE3, no abort: still counted
     client.start_login(b"never finished 2")
@@ -161,7 +179,7 @@ def test_abandoned_attempts_count_and_the_next_ke1_destroys_at_the_limit(world: 
     # The limit is reached: the next KE1 destroys and is answered with a fake KE2.
     with pytest.raises(RecordDestroyedError):
         client.recover(PASSWORD)
-    assert app.vault.record(b"alice") is None
+    assert record_of(host, b"alice") is None
 
 
 def test_last_chance_session_can_still_succeed(world: World) -> None:
@@ -173,13 +191,13 @@ def test_last_chance_session_can_still_succeed(world: World) -> None:
 
 
 def test_invalid_ke3_on_last_chance_destroys_and_releases_nothing(world: World) -> None:
-    app, _host, client = world
+    _app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
     half = client.start_login(PASSWORD)
     with pytest.raises(RefusedError) as refused:
         client.call(RecoverFinish(half.session_id, bytes(64), FinishAction.RELEASE))
     assert refused.value.code is ErrorCode.LOGIN_FAILED
-    assert app.vault.record(b"alice") is None
+    assert record_of(host, b"alice") is None
 
 
 def test_invalid_ke3_before_the_limit_releases_nothing_and_keeps_the_count(world: World) -> None:
@@ -302,8 +320,7 @@ def test_change_password_keeps_the_backup_key_and_retires_the_old_password(
 def test_replayed_registration_cannot_reinstate_a_destroyed_record(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=2)
-    finish_request = host.transcript[-6]  # the RegisterFinish request (then expose) relayed
-    assert decode(HsmRequest, finish_request).kind is RequestKind.REGISTER_FINISH
+    finish_request = last_relayed(host, RequestKind.REGISTER_FINISH)
     wrong_guess(client, 0)
     wrong_guess(client, 1)
     assert not client.status().exists
@@ -311,7 +328,7 @@ def test_replayed_registration_cannot_reinstate_a_destroyed_record(world: World)
     replayed = host(finish_request)
     assert app.sealed_state() == before
     # The answer is sealed to the original client; the host only sees that it is short.
-    assert app.vault.record(b"alice") is None
+    assert record_of(host, b"alice") is None
     assert replayed  # answered (sealed VaultFailure), not crashed
 
 
@@ -517,38 +534,58 @@ def test_ke2_is_withheld_until_the_persist_is_acknowledged(world: World) -> None
     app, host, client = world
     client.register(PASSWORD, SECRET)
     request, state = client.request_bytes(RecoverStart(client_login_start(PASSWORD)[1].to_bytes()))
-    effects = app.handle(request, host.now_ms)
-    assert effects.response is None and effects.persist is not None
-    # The blob already counts the attempt: reopening it shows 9 left.
-    reopened = HsmApp.load(effects.persist.blob, app._sealer)
-    assert reopened.vault.record(b"alice").attempts_left == 9  # type: ignore[union-attr]
+    ticket = submit(host, request)
+    end = app.end_batch()
+    assert not end.answers and end.persist is not None
+    persist = end.persist
+    # The sealed record already counts the attempt: opening it shows 9 left ...
+    staged = staged_slot(app, b"alice", persist).record
+    assert staged is not None and staged.attempts_left == 9
+    # ... and the sealed state is the next version, committing to the new root.
+    reopened = HsmApp.load(persist.sealed_state, app._sealer)
+    assert reopened.version == app.version + 1 == persist.version
+    assert reopened.head == persist.update.new_head != app.head
+    # Nothing more is taken, and nothing is answered, while the persist is outstanding.
     with pytest.raises(ValueError, match="outstanding"):
-        app.handle(request, host.now_ms)
-    response = app.persisted(effects.persist.version)
+        submit(host, request)
+    with pytest.raises(ValueError, match="outstanding"):
+        app.end_batch()
+    with pytest.raises(ValueError, match="no outstanding persist"):
+        app.persisted(persist.version + 1)
+    answers = store_and_release(host, persist)
+    assert set(answers) == {ticket}
+    response = answers[ticket]
     assert response is not None
     assert isinstance(client.open(state, response), RecoverStartOk)
+    assert app.version == persist.version and app.sealed_state() == persist.sealed_state
 
 
 def test_abandoned_persist_releases_nothing_and_changes_nothing(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET)
     before = app.sealed_state()
+    head, version = app.head, app.version
     request, _ = client.request_bytes(RecoverStart(client_login_start(PASSWORD)[1].to_bytes()))
-    effects = app.handle(request, host.now_ms)
-    assert effects.persist is not None
-    app.abandon(effects.persist.version)
-    assert app.sealed_state() == before
+    submit(host, request)
+    end = app.end_batch()
+    assert end.persist is not None and not end.answers
+    app.abandon(end.persist.version)
+    assert (app.sealed_state(), app.head, app.version) == (before, head, version)
     assert client.status().attempts_left == 10
-    with pytest.raises(ValueError, match="no staged"):
-        app.persisted(effects.persist.version)
+    with pytest.raises(ValueError, match="no outstanding persist"):
+        app.persisted(end.persist.version)
+    with pytest.raises(ValueError, match="no outstanding persist"):
+        app.abandon(end.persist.version)
 
 
 def test_restart_from_the_sealed_state_keeps_everything(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET)
     wrong_guess(client, 0)
+    assert host.store.sealed_state() == host.stored[-1] == app.sealed_state()
     restarted = HsmApp.load(host.stored[-1], app._sealer, fleet_id=FLEET)
-    client2 = client_for(restarted, b"alice")
+    assert (restarted.version, restarted.head) == (app.version, app.head)
+    client2 = client_for(restarted, b"alice", InProcessHost(restarted, store=host.store))
     assert client2.status().attempts_left == 9
     assert client2.recover(PASSWORD) == SECRET
 
@@ -573,11 +610,23 @@ def test_repr_shows_no_secrets(world: World) -> None:
     client.register(PASSWORD, SECRET)
     registration_id, _done = finish_registration(client, b"pending password")  # a pending record
     half = client.start_login(PASSWORD)
-    record = app.vault.record(b"alice")
-    slot = app.vault.slot(b"alice")
+    record = record_of(host, b"alice")
+    slot = slot_of(host, b"alice")
     assert record is not None and slot is not None and slot.pending is not None
-    text = repr(app.vault) + repr(app) + repr(record) + repr(slot) + repr(half.started)
-    for secret in (record.secret, record.opaque_record, slot.pending.opaque_record):
+    # A batch held open at its persist (its Persist and BatchEnd are reprs a log might show).
+    request, _ = client.request_bytes(RecoverStart(client_login_start(PASSWORD)[1].to_bytes()))
+    submit(host, request)
+    end = app.end_batch()
+    assert end.persist is not None
+    snapshot = app._snapshot
+    text = "".join(
+        repr(shown)
+        for shown in (snapshot, app, app._cipher, end, end.persist, record, slot, half.started)
+    )
+    secrets = snapshot.secrets
+    held = (record.secret, record.opaque_record, slot.pending.opaque_record, secrets.opaque)
+    keys = (secrets.channel_private_key, secrets.fake_key, secrets.record_key)
+    for secret in held + keys + (end.persist.sealed_state, *end.persist.records.values()):
         assert repr(secret)[2:-1] not in text and secret.hex() not in text
     # The masking key is bytes 32..64 of the OPAQUE record (RFC 9807 section 5.1.1).
     masking_key = record.opaque_record[32:64]
@@ -586,22 +635,28 @@ def test_repr_shows_no_secrets(world: World) -> None:
         assert repr(capability)[2:-1] not in text and capability.hex() not in text
     assert "secret=" not in text and "opaque_record=" not in text
     assert "session_id=" not in text and "registration_id=" not in text
+    assert "_key=" not in text.replace("channel_public_key=", "")
     assert host.stored  # (the world persisted what it did)
+    store_and_release(host, end.persist)
 
 
 def test_every_durable_change_is_one_logged_command(world: World) -> None:
     app, host, client = world
     client.register(PASSWORD, SECRET)
+    before = slot_of(host, b"alice")
     request, _ = client.request_bytes(RecoverStart(client_login_start(PASSWORD)[1].to_bytes()))
-    effects = app.handle(request, host.now_ms)
-    assert effects.persist is not None and len(effects.commands) == 1
-    envelope = decode(CommandEnvelope, effects.commands[0])
-    assert envelope.index == effects.persist.version == app.version + 1
-    assert envelope.command == CountAttempt(b"alice")
-    # Replaying the logged commands on the previous state gives the staged state exactly.
-    replayed, _ = apply(app.vault, envelope.command)
-    app.persisted(effects.persist.version)
-    assert encode(replayed) == encode(app.vault)
+    submit(host, request)
+    persist = app.end_batch().persist
+    assert persist is not None
+    batch = decode(CommandBatch, persist.commands)
+    assert batch.version == persist.version == app.version + 1
+    assert batch.commands == (CountAttempt(b"alice"),)
+    # Replaying the logged commands on the previous slots gives the stored slots exactly.
+    replayed, _ = apply(app._snapshot.policy, before, batch.commands[0])
+    assert replayed is not None and encode(replayed) == encode(staged_slot(app, b"alice", persist))
+    assert set(persist.records) == {app.record_id(b"alice")}
+    store_and_release(host, persist)
+    assert encode(replayed) == encode(slot_of(host, b"alice"))
 
 
 # --- housekeeping: a record at its limit does not linger ----------------------------
@@ -629,8 +684,18 @@ def test_tick_refuses_a_bad_clock_like_handle_and_stays_usable(world: World, clo
     due = host.now_ms + PENDING_RECORD_TTL_MS
     bad = {"float": float(due), "negative": -1, "bool": True, "past u64": 2**64}[clock]
     before = app.sealed_state()
+    status, _ = client.request_bytes(StatusRequest())
     with pytest.raises(ValueError, match="now_ms"):
-        app.tick(bad)  # type: ignore[arg-type]
+        app.housekeeping_due(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now_ms"):
+        app.housekeep(b"alice", host.runner.read(b"alice"), bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now_ms"):
+        app.submit(status, host.runner.read(b"alice"), bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now_ms"):
+        host.runner.housekeeping(bad)  # type: ignore[arg-type]
+    assert app.batch_size == 0
+    end = app.end_batch()  # nothing was staged
+    assert end.persist is None and not end.answers
     assert app.sealed_state() == before
     host.now_ms = due
     assert host.tick() == 1  # the same housekeeping with a good clock
@@ -638,25 +703,26 @@ def test_tick_refuses_a_bad_clock_like_handle_and_stays_usable(world: World, clo
 
 
 def test_tick_keeps_a_last_chance_record_while_its_session_is_open(world: World) -> None:
-    app, host, client = world
+    _app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
     half = client.start_login(PASSWORD)
     assert host.tick() == 0
-    assert app.vault.record(b"alice") is not None
+    assert record_of(host, b"alice") is not None
     assert client.finish_login(half) == SECRET
 
 
 def test_tick_destroys_a_record_whose_last_session_expired(world: World) -> None:
-    app, host, client = world
+    _app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
     client.start_login(b"walked away")
     host.now_ms += SESSION_TTL_MS
     assert host.tick() == 1
-    assert app.vault.record(b"alice") is None
+    assert record_of(host, b"alice") is None
     assert not client.status().exists
 
 
-def test_after_a_restart_records_at_their_limit_are_destroyed_first(world: World) -> None:
+def _restart_with_alice_locked(world: World) -> InProcessHost:
+    """alice at her limit (her last session open), bob not; then the HSM restarts."""
     app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=1)
     other = client_for(app, b"bob", host)
@@ -664,10 +730,29 @@ def test_after_a_restart_records_at_their_limit_are_destroyed_first(world: World
     client.start_login(PASSWORD)  # alice: last chance, then the HSM dies
     other.start_login(PASSWORD)  # bob: 1 of 2 used
     restarted = HsmApp.load(host.stored[-1], app._sealer)
-    new_host = InProcessHost(restarted, now_ms=host.now_ms)
-    assert new_host.tick() == 1
-    assert restarted.vault.record(b"alice") is None
-    assert restarted.vault.record(b"bob") is not None
+    return InProcessHost(restarted, now_ms=host.now_ms, store=host.store)
+
+
+def test_after_a_restart_housekeeping_knows_no_locked_record(world: World) -> None:
+    """The watch lists are volatile (bounded memory): a restarted HSM destroys a record left
+    at its limit at its next KE1 (below), not by housekeeping (docs/threat-model.md §13)."""
+    new_host = _restart_with_alice_locked(world)
+    assert new_host.app.housekeeping_due(new_host.now_ms) == ()
+    assert new_host.tick() == 0
+    assert record_of(new_host, b"alice") is not None
+
+
+def test_after_a_restart_a_record_at_its_limit_answers_no_check_and_the_next_ke1_destroys(
+    world: World,
+) -> None:
+    """What holds today without housekeeping: the normal path still ends a locked record."""
+    new_host = _restart_with_alice_locked(world)
+    alice = client_for(new_host.app, b"alice", new_host)
+    assert record_of(new_host, b"alice") is not None
+    assert not ke2_opens(alice, PASSWORD)  # a fake-record KE2: no check, and it destroys
+    assert record_of(new_host, b"alice") is None
+    bob = record_of(new_host, b"bob")
+    assert bob is not None and bob.attempts_left == 1
 
 
 def test_a_session_does_not_survive_a_restart(world: World) -> None:
@@ -678,7 +763,8 @@ def test_a_session_does_not_survive_a_restart(world: World) -> None:
     wrong_guess(client, 0)
     half = client.start_login(PASSWORD)
     restarted = HsmApp.load(host.stored[-1], app._sealer)
-    again = client_for(restarted, b"alice", InProcessHost(restarted, now_ms=host.now_ms))
+    again_host = InProcessHost(restarted, now_ms=host.now_ms, store=host.store)
+    again = client_for(restarted, b"alice", again_host)
     with pytest.raises(RefusedError) as refused:
         again.finish_login(half)
     assert refused.value.code is ErrorCode.PROTOCOL_STATE
@@ -688,28 +774,28 @@ def test_a_session_does_not_survive_a_restart(world: World) -> None:
 def test_a_failed_attempt_does_not_destroy_while_an_earlier_session_can_still_succeed(
     world: World,
 ) -> None:
-    app, _host, client = world
+    _app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=2)
     first = client.start_login(PASSWORD)  # attempt 1 (right password), pending
     second = client.start_login(b"wrong")  # attempt 2: the limit
     client.abort(second.session_id)  # attempt 2 failed, but attempt 1 is still open
-    assert app.vault.record(b"alice") is not None
+    assert record_of(host, b"alice") is not None
     assert client.finish_login(first) == SECRET
     # Attempt 2 started after attempt 1's KE1: that success does not forgive it.
     assert client.status().attempts_left == 1
 
 
 def test_the_last_open_attempt_failing_destroys(world: World) -> None:
-    app, _host, client = world
+    _app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=2)
     first = client.start_login(b"wrong 1")
     second = client.start_login(b"wrong 2")
     client.abort(second.session_id)
-    assert app.vault.record(b"alice") is not None
+    assert record_of(host, b"alice") is not None
     with pytest.raises(RefusedError) as refused:
         client.call(RecoverFinish(first.session_id, bytes(64)))  # invalid KE3
     assert refused.value.code is ErrorCode.LOGIN_FAILED
-    assert app.vault.record(b"alice") is None
+    assert record_of(host, b"alice") is None
 
 
 # --- forgiveness: a valid KE3 forgives only the attempts started before its own KE1 --------
@@ -778,13 +864,13 @@ def test_a_login_older_than_the_last_forgiven_one_forgives_nothing_more(world: W
 
 
 def test_a_pending_record_answers_no_check_and_costs_nothing(world: World) -> None:
-    app, _host, client = world
+    _app, host, client = world
     registration_id, done = finish_registration(client, PASSWORD, guess_limit=3)
     assert (done.generation, done.guess_limit, done.attempts_left) == (1, 3, 3)
     assert not client.status().exists  # not live yet
     for _ in range(5):  # more than the limit: none is a real check, none is counted
         assert not ke2_opens(client, PASSWORD)
-    slot = app.vault.slot(b"alice")
+    slot = slot_of(host, b"alice")
     assert slot is not None and slot.record is None and slot.pending is not None
     assert slot.pending.attempts_used == 0
     exposed = client.call(RegisterExpose(registration_id))
@@ -853,13 +939,13 @@ def test_a_locked_live_record_cannot_be_replaced_by_a_retried_registration(
         client.register(PASSWORD, SECRET, guess_limit=limit)
     assert not any(ke2_opens(client, PASSWORD) for _ in range(3))
     # The locked record was destroyed by the normal path (the next KE1), pending and all.
-    slot = app.vault.slot(b"alice")
+    slot = slot_of(host, b"alice")
     assert slot is not None and slot.record is None and slot.pending is None
     assert host.tick() == 0
 
 
 def test_a_retried_register_finish_replaces_the_pending_record(world: World) -> None:
-    app, _host, client = world
+    _app, host, client = world
     first_id, first = finish_registration(client, b"first try")
     second_id, second = finish_registration(client, b"second try")
     assert second.generation == first.generation + 1
@@ -869,7 +955,7 @@ def test_a_retried_register_finish_replaces_the_pending_record(world: World) -> 
     exposed = client.call(RegisterExpose(second_id))
     assert isinstance(exposed, RegisterExposeOk) and exposed.generation == second.generation
     assert ke2_opens(client, b"second try") and not ke2_opens(client, b"first try")
-    assert app.vault.record(b"alice") is not None
+    assert record_of(host, b"alice") is not None
 
 
 def test_expose_is_idempotent_and_needs_a_known_fresh_registration_id(world: World) -> None:
@@ -900,7 +986,7 @@ def test_expose_is_idempotent_and_needs_a_known_fresh_registration_id(world: Wor
 
 def test_destroying_the_live_record_also_drops_a_pending_one(world: World) -> None:
     """A withheld RegisterExpose cannot revive fresh guesses after the live record's end."""
-    app, host, client = world
+    _app, host, client = world
     client.register(PASSWORD, SECRET, guess_limit=2)
     registration_id, _done = finish_registration(client, PASSWORD, guess_limit=2)
     request, state = client.request_bytes(RegisterExpose(registration_id))  # withheld
@@ -910,7 +996,7 @@ def test_destroying_the_live_record_also_drops_a_pending_one(world: World) -> No
     with pytest.raises(RefusedError) as refused:
         client.open(state, host(request))
     assert refused.value.code is ErrorCode.PROTOCOL_STATE
-    slot = app.vault.slot(b"alice")
+    slot = slot_of(host, b"alice")
     assert slot is not None and slot.record is None and slot.pending is None
 
 
@@ -947,14 +1033,15 @@ def test_an_expired_pending_record_is_zeroized_at_the_next_tick(world: World) ->
     app, host, client = world
     client.register(PASSWORD, SECRET)
     finish_registration(client, b"never exposed")
-    slot = app.vault.slot(b"alice")
+    slot = slot_of(host, b"alice")
     assert slot is not None and slot.pending is not None
     host.now_ms += PENDING_RECORD_TTL_MS - 1
     assert host.tick() == 0  # not yet expired
     host.now_ms += 1
     assert host.tick() == 1
-    slot = app.vault.slot(b"alice")
+    slot = slot_of(host, b"alice")
     assert slot is not None and slot.pending is None and slot.record is not None
     assert client.recover(PASSWORD) == SECRET  # the live record is untouched
     restarted = HsmApp.load(host.stored[-1], app._sealer)
-    assert restarted.vault.slot(b"alice").pending is None  # type: ignore[union-attr]
+    slot = slot_of(InProcessHost(restarted, now_ms=host.now_ms, store=host.store), b"alice")
+    assert slot is not None and slot.pending is None

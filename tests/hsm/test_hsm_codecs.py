@@ -10,6 +10,9 @@ from bkv.errors import CodecError
 from bkv.hsm import state as s
 from bkv.hsm.sealing import SealedState
 from bkv.protocol import messages as m
+from bkv.protocol.vault_records import MAX_RECORD_READ_SIZE, RecordRead
+from bkv.records.nodes import MAX_RECORD_SIZE
+from bkv.records.proof import MAX_PROOF_SIZE
 from bkv.wire import Registry, decode, decode_any, encode
 
 
@@ -61,6 +64,22 @@ pending_records = st.builds(
     u64,
 )
 
+secrets = st.builds(s.HsmSecrets, fixed(128), fixed(32), fixed(32), fixed(32), fixed(32))
+snapshots = st.builds(
+    lambda version, sec, f, lim, tree_id, root: s.Snapshot(
+        version, sec, f, lim, tree_id, version - 1, root
+    ),
+    st.integers(1, 2**64 - 1),
+    secrets,
+    fleet,
+    limit,
+    fixed(32),
+    fixed(32),
+)
+slots = st.builds(s.AccountSlot, account, u32, st.none() | records, st.none() | pending_records)
+batches = st.builds(s.CommandBatch, u64, st.lists(commands, min_size=1, max_size=4).map(tuple))
+record_reads = st.builds(RecordRead, var(1, 300), var(0, 300))
+
 MESSAGES = st.one_of(
     st.builds(
         m.HsmRequest, fleet, st.sampled_from(m.RequestKind), account, var(1, m.MAX_SEALED_REQUEST)
@@ -91,9 +110,12 @@ MESSAGES = st.one_of(
     ),
     st.builds(m.VaultFailure, st.sampled_from(m.ErrorCode)),
     records,
-    st.builds(s.AccountSlot, account, u32, st.none() | records, st.none() | pending_records),
+    slots,
+    secrets,
+    snapshots,
     commands,
-    st.builds(s.CommandEnvelope, u64, commands),
+    batches,
+    record_reads,
     st.builds(SealedState, fleet, u64, var(1, 200)),
 )
 
@@ -106,7 +128,6 @@ ALL = Registry(
         *m.INNER_RESPONSES,
         s.Record,
         s.AccountSlot,
-        s.VaultState,
         s.HsmSecrets,
         s.Snapshot,
         s.CountAttempt,
@@ -116,8 +137,9 @@ ALL = Registry(
         s.InstallRecord,
         s.ExposeRecord,
         s.ExpirePending,
-        s.CommandEnvelope,
+        s.CommandBatch,
         SealedState,
+        RecordRead,
     ]
 )
 
@@ -156,24 +178,67 @@ def test_random_bytes_raise_only_codec_errors(raw: bytes) -> None:
     assert encode(decoded) == raw
 
 
-def test_vault_state_requires_sorted_unique_accounts() -> None:
-    a, b = s.AccountSlot(b"a", 0), s.AccountSlot(b"b", 0)
-    s.VaultState("f", 10, (a, b))
-    for accounts in ((b, a), (a, a)):
-        with pytest.raises(ValueError, match="sorted"):
-            s.VaultState("f", 10, accounts)
-    data = bytearray(encode(s.VaultState("f", 10, (a, b))))
-    # Swap the two one-letter ids in place: same length, wrong order -> typed error.
-    first, second = data.index(b"a"[0], 8), data.rindex(b"b"[0])
-    data[first], data[second] = data[second], data[first]
-    with pytest.raises(CodecError):
-        decode(s.VaultState, bytes(data))
+def test_a_snapshot_commits_to_the_tree_version_before_its_own() -> None:
+    keys = s.HsmSecrets(bytes(128), bytes(32), bytes(32), bytes(32), bytes(32))
+    snapshot = s.Snapshot(7, keys, "f", 10, b"\x01" * 32, 6, b"\x02" * 32)
+    assert snapshot.policy == s.VaultPolicy("f", 10)
+    assert (snapshot.head.tree_id, snapshot.head.version) == (b"\x01" * 32, 6)
+    assert snapshot.head.root == b"\x02" * 32
+    for tree_version in (5, 7):
+        with pytest.raises(ValueError, match="tree version"):
+            s.Snapshot(7, keys, "f", 10, b"\x01" * 32, tree_version, b"\x02" * 32)
+    with pytest.raises(ValueError, match="guess limit"):
+        s.Snapshot(7, keys, "f", 0, b"\x01" * 32, 6, b"\x02" * 32)
+    # Sealed bytes that disagree do not decode either: tree_version precedes the root.
+    raw = bytearray(encode(snapshot))
+    raw[-40:-32] = (7).to_bytes(8, "big")
+    with pytest.raises(CodecError, match="tree version"):
+        decode(s.Snapshot, bytes(raw))
+
+
+def test_a_command_batch_holds_one_to_max_batch_commands() -> None:
+    one = s.CountAttempt(b"a")
+    full = s.CommandBatch(2, (one,) * s.MAX_BATCH_COMMANDS)
+    assert decode(s.CommandBatch, encode(full)) == full
+    for commands in ((), (one,) * (s.MAX_BATCH_COMMANDS + 1)):
+        with pytest.raises(ValueError, match="items outside"):
+            encode(s.CommandBatch(2, commands))
+    raw = encode(s.CommandBatch(2, (one,)))
+    at = 3 + 8  # tag, version, then the batch's version; the u16 count follows
+    emptied = raw[:at] + bytes(2) + raw[at + 2 :]  # count 0, the command left as trailing bytes
+    with pytest.raises(CodecError, match="under the minimum"):
+        decode(s.CommandBatch, emptied)
+
+
+def test_the_largest_slot_snapshot_and_record_read_fit_their_ceilings() -> None:
+    secret = b"\x01" * m.MAX_SECRET
+    record = s.Record(
+        2**32 - 1, bytes(32), bytes(192), secret, 100, 2**64 - 1, 2**64 - 1, 2**64 - 1
+    )
+    pending = s.Record(2**32 - 1, bytes(32), bytes(192), secret, 100, 0, 0, 2**64 - 1)
+    slot = s.AccountSlot(b"\x02" * m.MAX_ACCOUNT_ID, 2**32 - 1, record, pending)
+    assert len(encode(slot)) <= s.MAX_SLOT_SIZE
+    keys = s.HsmSecrets(bytes(128), bytes(32), bytes(32), bytes(32), bytes(32))
+    fleet_id = "f" * m.MAX_FLEET_ID
+    snapshot = s.Snapshot(2**64 - 1, keys, fleet_id, 100, bytes(32), 2**64 - 2, bytes(32))
+    assert len(encode(snapshot)) <= s.MAX_STATE_SIZE
+    largest = RecordRead(b"\x03" * MAX_PROOF_SIZE, b"\x04" * MAX_RECORD_SIZE)
+    data = encode(largest)
+    assert len(data) <= MAX_RECORD_READ_SIZE
+    assert decode(RecordRead, data) == largest
+    with pytest.raises(ValueError, match="length"):
+        encode(RecordRead(b"\x03" * (MAX_PROOF_SIZE + 1)))
+    with pytest.raises(ValueError, match="length"):
+        encode(RecordRead(b"\x03", b"\x04" * (MAX_RECORD_SIZE + 1)))
+    with pytest.raises(ValueError, match="length"):
+        encode(RecordRead(b""))  # a read always carries a proof (absence is proven too)
 
 
 def test_secrets_are_not_in_reprs() -> None:
-    secrets = s.HsmSecrets(b"\x11" * 128, b"\x22" * 32, b"\x33" * 32, b"\x44" * 32)
-    text = repr(secrets)
-    assert "\\x11" not in text and "\\x22" not in text and "\\x44" not in text
+    secrets = s.HsmSecrets(b"\x11" * 128, b"\x22" * 32, b"\x33" * 32, b"\x44" * 32, b"\x55" * 32)
+    for text in (repr(secrets), repr(s.Snapshot(1, secrets, "f", 10, bytes(32), 0, bytes(32)))):
+        for private in ("\\x11", "\\x22", "\\x44", "\\x55", "11" * 8, "44" * 8, "55" * 8):
+            assert private not in text
     install = s.InstallRecord(b"a", 0, bytes(32), bytes(192), b"TOPSECRET", 10, 0)
     assert "TOPSECRET" not in repr(install)
     assert "TOPSECRET" not in repr(m.RegisterFinish(bytes(32), bytes(192), b"TOPSECRET"))
@@ -198,10 +263,15 @@ def test_records_ids_and_sealed_bytes_are_not_in_reprs() -> None:
     values: list[object] = [
         record,
         s.AccountSlot(b"a", 4, record, pending),
-        s.VaultState("f", 10, (s.AccountSlot(b"a", 4, record, pending),)),
         s.InstallRecord(b"a", 0, REGISTRATION_ID, RECORD_BYTES, b"TOPSECRET", 10, 0),
         s.ExposeRecord(b"a", REGISTRATION_ID, 0),
-        s.CommandEnvelope(1, s.ExposeRecord(b"a", REGISTRATION_ID, 0)),
+        s.CommandBatch(
+            1,
+            (
+                s.ExposeRecord(b"a", REGISTRATION_ID, 0),
+                s.InstallRecord(b"a", 0, REGISTRATION_ID, RECORD_BYTES, b"TOPSECRET", 10, 0),
+            ),
+        ),
         m.RegisterFinish(REGISTRATION_ID, RECORD_BYTES, b"TOPSECRET"),
         m.RegisterExpose(REGISTRATION_ID),
         m.RegisterStartOk(bytes(64), REGISTRATION_ID),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -24,14 +25,16 @@ from hsm_world import VaultClient
 
 from bkv.crypto.opaque import client_login_start
 from bkv.errors import WrongPasswordError
-from bkv.hsm.sealing import SealedState, peek_version
-from bkv.hsm.store import PUBLIC_KEYS_FILE, STATE_FILE
+from bkv.hsm.config import RECORD_STORE_FILE
+from bkv.hsm.sealing import peek_version
+from bkv.hsm.store import PUBLIC_KEYS_FILE
 from bkv.keystore.counter import COUNTER_FILE_NAME, FileCounter
 from bkv.keystore.files import LOCK_FILE_NAME
 from bkv.keystore.link_key import read_link_key
 from bkv.protocol.hsm_link import LINK_MAC_HEADER, link_mac_header
 from bkv.protocol.messages import InnerRequest, RecoverStart, StatusRequest
-from bkv.wire import decode, encode
+from bkv.records.store_sqlite import SqliteTreeStore
+from bkv.records.tree import TreeHead
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +149,7 @@ def initialized(tmp_path: Path) -> Path:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "state" / STATE_FILE).is_file()
+    assert _store_path(tmp_path).is_file()  # the default record store, in state_dir
     assert (tmp_path / "state" / PUBLIC_KEYS_FILE).is_file()
     assert sorted(p.name for p in (tmp_path / "hsm-private").iterdir()) == [
         LOCK_FILE_NAME,
@@ -225,8 +228,47 @@ def _counter_version(initialized: Path) -> int:
     return FileCounter(initialized / "hsm-private" / COUNTER_FILE_NAME).read().version
 
 
+def _store_path(initialized: Path) -> Path:
+    return initialized / "state" / RECORD_STORE_FILE
+
+
+def _stored(initialized: Path) -> tuple[TreeHead | None, bytes]:
+    """The record store's head and sealed state (read through the real store, as the host)."""
+    with SqliteTreeStore(_store_path(initialized)) as store:
+        sealed = store.sealed_state()
+        head = store.head()
+    assert sealed is not None
+    return head, sealed
+
+
 def _state_version(initialized: Path) -> int:
-    return peek_version((initialized / "state" / STATE_FILE).read_bytes())
+    return peek_version(_stored(initialized)[1])
+
+
+def _copy_store(initialized: Path, name: str) -> Path:
+    """A consistent copy of the record store (SQLite's online backup API), outside state_dir."""
+    copy = initialized / f"backup-{name}.sqlite3"
+    with (
+        contextlib.closing(sqlite3.connect(_store_path(initialized))) as live,
+        contextlib.closing(sqlite3.connect(copy)) as to,
+    ):
+        live.backup(to)
+    return copy
+
+
+def _restore_store(initialized: Path, copy: Path) -> None:
+    """Put an old copy back over the record store (the host owns it; no HSM runs)."""
+    with (
+        contextlib.closing(sqlite3.connect(copy)) as old,
+        contextlib.closing(sqlite3.connect(_store_path(initialized))) as to,
+    ):
+        old.backup(to)
+
+
+def _execute(initialized: Path, sql: str, *args: object) -> None:
+    """One statement on the record store, in the host's own connection."""
+    with contextlib.closing(sqlite3.connect(_store_path(initialized), timeout=30)) as db, db:
+        db.execute(sql, args)
 
 
 @pytest.mark.parametrize("pause_at", ["persisted", "committed"])
@@ -257,15 +299,14 @@ def test_serve_refuses_a_rolled_back_state(initialized: Path) -> None:
     config = _write_config(initialized)
     keys_file = (initialized / "state" / PUBLIC_KEYS_FILE).read_bytes()
     _register(config, keys_file)
-    state = initialized / "state" / STATE_FILE
-    older = state.read_bytes()
+    older = _copy_store(initialized, "older")
     with (
         running_hsm(config) as (_process, url),
         _transport(url, _link_key(initialized)) as http,
         pytest.raises(WrongPasswordError),
     ):
         _client(http, keys_file).recover(b"wrong")
-    state.write_bytes(older)  # the host restores its backup: the attempt would come back
+    _restore_store(initialized, older)  # the host restores its backup: the attempt would come back
     result = subprocess.run(
         _bkv("hsm", "serve", "--config", str(config)),
         capture_output=True,
@@ -284,10 +325,10 @@ def test_sigkill_right_after_ke1_received_counts_nothing_and_releases_nothing(
     key = _link_key(initialized)
     keys_file = (initialized / "state" / PUBLIC_KEYS_FILE).read_bytes()
     _register(config, keys_file)
-    state_before = (initialized / "state" / STATE_FILE).read_bytes()
+    state_before = _stored(initialized)
     outcome, _ = _ke1_while_killed(initialized, "request-received")
     assert len(outcome) == 1 and isinstance(outcome[0], httpx.HTTPError)  # no KE2 left
-    assert (initialized / "state" / STATE_FILE).read_bytes() == state_before
+    assert _stored(initialized) == state_before  # nothing was committed
     with running_hsm(config) as (_process, url), _transport(url, key) as http:
         client = _client(http, keys_file)
         # No check was answered, so none was spent: count == answered checks.
@@ -295,10 +336,9 @@ def test_sigkill_right_after_ke1_received_counts_nothing_and_releases_nothing(
 
 
 def test_serve_refuses_a_tampered_state(initialized: Path) -> None:
-    state = initialized / "state" / STATE_FILE
-    blob = bytearray(state.read_bytes())
+    blob = bytearray(_stored(initialized)[1])
     blob[-3] ^= 0x01
-    state.write_bytes(bytes(blob))
+    _execute(initialized, "UPDATE head SET sealed_state = ? WHERE one = 1", bytes(blob))
     result = subprocess.run(
         _bkv("hsm", "serve", "--config", str(_write_config(initialized))),
         capture_output=True,
@@ -336,7 +376,7 @@ def test_requests_without_the_link_mac_are_refused_alike_and_change_nothing(
     key = _link_key(initialized)
     keys_file = (initialized / "state" / PUBLIC_KEYS_FILE).read_bytes()
     _register(config, keys_file)
-    state_before = (initialized / "state" / STATE_FILE).read_bytes()
+    state_before = _stored(initialized)
     counter_before = _counter_version(initialized)
     attempt = _attempt_request(keys_file)
     other_key = bytes(31) + b"\x01"
@@ -374,7 +414,7 @@ def test_requests_without_the_link_mac_are_refused_alike_and_change_nothing(
         assert response.content == b"unauthenticated\n"
         assert response.headers["content-type"] == refused[0].headers["content-type"]
     # Nothing was parsed or persisted: the record still has all its attempts.
-    assert (initialized / "state" / STATE_FILE).read_bytes() == state_before
+    assert _stored(initialized) == state_before
     assert _counter_version(initialized) == counter_before
     with running_hsm(config) as (_process, url), _transport(url, key) as http:
         assert _client(http, keys_file).status().attempts_left == 10
@@ -387,19 +427,17 @@ def test_first_request_that_hits_a_persistence_failure_gets_503(initialized: Pat
     key = _link_key(initialized)
     keys_file = (initialized / "state" / PUBLIC_KEYS_FILE).read_bytes()
     _register(config, keys_file)
-    state = initialized / "state" / STATE_FILE
     with running_hsm(config) as (_process, url), _transport(url, key) as http:
-        # The host plants a state whose clear version is far ahead: the next write is
-        # refused (the store never replaces a state with an older one) and the HSM
-        # fails safe on this very request.
-        header = decode(SealedState, state.read_bytes())
-        state.write_bytes(encode(SealedState(header.fleet_id, 2**40, header.sealed)))
+        # The host moves the store's head on behind the HSM's back: the next commit is
+        # refused (it must follow the stored head) and the HSM fails safe on this very
+        # request.
+        _execute(initialized, "UPDATE head SET version = version + 5 WHERE one = 1")
         first = http.post("/v1/message", content=_attempt_request(keys_file))
         second = http.post("/v1/message", content=_attempt_request(keys_file))
     assert (first.status_code, second.status_code) == (503, 503)
     assert first.content == second.content == b"hsm unavailable: restart required\n"
     log = config.with_suffix(".stderr").read_text(encoding="utf-8")
-    assert "persistence failed (ValueError)" in log
+    assert "persistence failed (StorageError)" in log
     assert "Traceback" not in log
 
 

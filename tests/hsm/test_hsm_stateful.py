@@ -6,8 +6,18 @@ another registration between RegisterStart and RegisterFinish, or between
 RegisterFinish and RegisterExpose), exposes them or not, asks for the status,
 starts logins with the right or a wrong password and leaves them open,
 finishes them with a valid or a forged KE3, aborts, lets time pass (and runs
-housekeeping), restarts the HSM from its latest persisted state, names alice's
-sessions from another account, and replays any request it sent before.
+housekeeping), restarts the HSM from the latest state in the record store,
+names alice's sessions from another account, and replays any request it sent
+before.
+
+It also owns the record store (one sealed blob per account under the record
+tree, :mod:`bkv.hsm.records`) and keeps a copy of everything the store ever
+held. With a KE1 of alice it serves one of her *older* blobs (under the
+current proof or its own old one), *another account's* blob (bob's), or
+*hides* her record (no blob, a stale or restamped proof of her absence from
+before she registered, her leaf without its value); and it restarts the HSM
+from an *older* state of the store, blob and copy together, against an
+emulated NV counter (:func:`bkv.hsm.sealing.check_freshness`).
 
 Invariants, checked after every step that could break them:
 
@@ -28,15 +38,31 @@ Invariants, checked after every step that could break them:
   KE3 that ``client_login_finish`` computed for that session, and it opens to
   the secret registered under that password. Forged KE3s and replays release
   nothing.
+- *Storage.* A tampered record read is refused with a typed error
+  (``RecordProofError``, ``RecordMismatchError`` or ``SealingError``) before the
+  request is taken: nothing staged, nothing answered, nothing durable or
+  volatile changed, no KE2 given; the same KE1 relayed honestly afterwards is
+  served as usual. An older state never passes the counter check
+  (``StateRollbackError``), and the machine never continues from one.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import copy
+import dataclasses
+from dataclasses import dataclass, field
 
 import pytest
-from hsm_world import CONFIG, InProcessHost, RefusedError, VaultClient, fleet_keys_of, new_app
+from hsm_world import (
+    CONFIG,
+    InProcessHost,
+    RefusedError,
+    VaultClient,
+    fleet_keys_of,
+    new_app,
+    record_of,
+)
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
@@ -44,14 +70,24 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from bkv.crypto import channel
 from bkv.crypto.opaque import (
     KE2,
+    ClientLoginState,
     RegistrationResponse,
     client_login_finish,
     client_login_start,
     client_registration_finish,
     client_registration_start,
 )
-from bkv.errors import EnvelopeRecoveryError
-from bkv.hsm.app import SESSION_TTL_MS, HsmApp
+from bkv.errors import (
+    EnvelopeRecoveryError,
+    ProofKeyMismatchError,
+    RecordMismatchError,
+    RecordProofError,
+    SealingError,
+    StaleProofError,
+    StateRollbackError,
+)
+from bkv.hsm.app import SESSION_TTL_MS, HsmApp, Persist
+from bkv.hsm.sealing import Freshness, blob_digest, check_freshness
 from bkv.hsm.state import PENDING_RECORD_TTL_MS
 from bkv.protocol import release
 from bkv.protocol.messages import (
@@ -72,11 +108,76 @@ from bkv.protocol.messages import (
     StatusOk,
     StatusRequest,
 )
-from bkv.wire import decode
+from bkv.protocol.vault_records import RecordRead, record_id_for
+from bkv.records.proof import Proof, encode_proof
+from bkv.records.store_memory import MemoryTreeStore
+from bkv.records.tree import read_record_proof
+from bkv.wire import decode, encode
 
 ALICE = b"alice"
 PASSWORDS = (b"password zero", b"password one")
 WRONG = b"never registered"
+BOB = b"bob"
+BOB_PASSWORD = b"bob's password"
+
+READ_REFUSALS = (RecordProofError, RecordMismatchError, SealingError)
+"""What the HSM raises for a record read that is not the one its head proves."""
+
+DROPS = ("no blob", "old absence", "old absence, restamped", "leaf without value")
+"""How the host hides alice's record: the current proof without her blob; the proof
+of her absence from before she registered, as it was or restamped with the
+current version; the current proof with her leaf's value cut off."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The store as it was once a persist was acknowledged: a copy the host keeps for attacks."""
+
+    version: int
+    sealed_state: bytes
+    store: MemoryTreeStore  # a deep copy of the whole store at that version
+    reads: dict[bytes, tuple[Proof, bytes | None]]  # account -> its proof and blob then
+
+
+@dataclass
+class TamperingHost(InProcessHost):
+    """The in-process host, keeping a copy of every state the store held, and the NV counter.
+
+    There is no device here, so ``counter`` emulates the HSM's NV counter as
+    :mod:`bkv.hsm.node` advances it: the version and SHA-256 of the last sealed
+    state whose persist was acknowledged (``on_stored``).
+    """
+
+    kept: list[Kept] = field(default_factory=list)
+    counter: tuple[int, bytes] = (0, b"")
+
+    def _stored(self, persist: Persist) -> None:
+        super()._stored(persist)
+        self.counter = (persist.version, blob_digest(persist.sealed_state))
+        head = persist.update.new_head
+        reads = {
+            account: read_record_proof(self.store, head, record_id_for(head.tree_id, account))
+            for account in (ALICE, BOB)
+        }
+        store = copy.deepcopy(self.store)
+        self.kept.append(Kept(persist.version, persist.sealed_state, store, reads))
+
+    def reopened(self, app: HsmApp) -> TamperingHost:
+        """A host for ``app`` (restarted) over the same store, keeping everything kept so far."""
+        return TamperingHost(
+            app,
+            now_ms=self.now_ms,
+            transcript=self.transcript,
+            stored=self.stored,
+            store=self.store,
+            kept=self.kept,
+            counter=self.counter,
+        )
+
+
+def record_read(proof: Proof, blob: bytes | None) -> bytes:
+    """The RecordRead wire bytes of ``proof`` and ``blob``, as a host hands them over."""
+    return encode(RecordRead(encode_proof(proof), blob or b""))
 
 
 @dataclass
@@ -112,10 +213,12 @@ class HsmUnderAttack(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.app, self.sealer = new_app()
-        self.host = InProcessHost(self.app)
+        self.host = TamperingHost(self.app)
         fleet = fleet_keys_of(self.app)
         self.alice = VaultClient(self._relay, fleet, ALICE)
         self.mallory = VaultClient(self._relay, fleet, b"mallory")
+        self.bob = VaultClient(self._relay, fleet, BOB)  # registered by the first swap
+        self.bob_registered = False
         self.logins: list[Login] = []
         self.sent: list[Sent] = []
         self.registrations: dict[bytes, tuple[bytes, bytes]] = {}  # id -> (password, secret)
@@ -161,7 +264,7 @@ class HsmUnderAttack(RuleBasedStateMachine):
         return len({index for index, _ in self.checks if index > since and index != besides})
 
     def _check_limit(self, password: bytes) -> None:
-        record = self.app.vault.record(ALICE)
+        record = record_of(self.host, ALICE)
         assert record is not None, "a real KE2 without a live record"
         assert self.real(password) <= record.guess_limit, "more checks than the guess limit"
 
@@ -263,10 +366,20 @@ class HsmUnderAttack(RuleBasedStateMachine):
 
     @rule(password=st.sampled_from((*PASSWORDS, WRONG)))
     def ke1(self, password: bytes) -> None:
+        login_state, sent = self._alice_ke1(password)
+        self._relay_ke1(password, login_state, sent)
+
+    def _alice_ke1(self, password: bytes) -> tuple[ClientLoginState, Sent]:
+        """A KE1 of alice under ``password``, built and kept (for replays) but not sent yet."""
         login_state, ke1 = client_login_start(password)
+        request, state = self.alice.request_bytes(RecoverStart(ke1.to_bytes()))
+        sent = Sent(request, state)
+        self.sent.append(sent)
+        return login_state, sent
+
+    def _relay_ke1(self, password: bytes, login_state: ClientLoginState, sent: Sent) -> None:
         index = self._next_ke1_index()
-        _request, answer, sent = self._send(self.alice, RecoverStart(ke1.to_bytes()))
-        started = self.alice.open(sent.state, answer)
+        started = self.alice.open(sent.state, self._relay(sent.request))
         assert isinstance(started, RecoverStartOk)
         login = self._open_ke2(password, login_state, started, index)
         self.logins.append(login)
@@ -275,17 +388,17 @@ class HsmUnderAttack(RuleBasedStateMachine):
     def spend_to_destruction(self, password: bytes) -> None:
         """The host's power: KE1s (sessions left open) until alice's live record is gone."""
         for _ in range(5):  # limits are at most 3: the 4th KE1 destroys
-            if self.app.vault.record(ALICE) is None:
+            if record_of(self.host, ALICE) is None:
                 return
             self.ke1(password)
         raise AssertionError("the record outlived more KE1s than its guess limit")
 
     def _open_ke2(
-        self, password: bytes, login_state: object, started: RecoverStartOk, index: int
+        self, password: bytes, login_state: ClientLoginState, started: RecoverStartOk, index: int
     ) -> Login:
         try:
             ke3, session_key, _export = client_login_finish(
-                login_state,  # type: ignore[arg-type]
+                login_state,
                 CONFIG,
                 KE2.from_bytes(started.ke2),
             )
@@ -359,7 +472,7 @@ class HsmUnderAttack(RuleBasedStateMachine):
         raise AssertionError("another account used alice's session")
 
     def _session_open(self, session_id: bytes) -> bool:
-        return self.app._tables.has_session(session_id)
+        return self.app._tables.has_session(session_id)  # white box
 
     # --- the host's powers ----------------------------------------------------------
 
@@ -370,12 +483,21 @@ class HsmUnderAttack(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
-        """Kill the HSM and start it again from the newest state the host stored."""
-        blob = self.host.stored[-1] if self.host.stored else self.app.sealed_state()
-        assert blob == self.app.sealed_state()
-        self.app = HsmApp.load(blob, self.sealer)
-        self.host = InProcessHost(self.app, now_ms=self.host.now_ms, stored=self.host.stored)
+        """Kill the HSM and start it again from the newest state in the store (the same store)."""
+        sealed_state = self.host.store.sealed_state()
+        assert sealed_state is not None
+        assert sealed_state == self.app.sealed_state() == self.host.stored[-1]
+        self.app = self._load(sealed_state)
+        assert self._freshness(self.app, sealed_state) is Freshness.CURRENT
+        self.host = self.host.reopened(self.app)
         self.host.tick()
+
+    def _load(self, sealed_state: bytes) -> HsmApp:
+        return HsmApp.load(sealed_state, self.sealer)
+
+    def _freshness(self, app: HsmApp, sealed_state: bytes) -> Freshness:
+        """The node's start check (:func:`bkv.hsm.node.load_hsm`) against the emulated counter."""
+        return check_freshness(app.version, blob_digest(sealed_state), *self.host.counter)
 
     @precondition(lambda self: self.sent)
     @rule(index=st.integers(0, 200))
@@ -400,10 +522,147 @@ class HsmUnderAttack(RuleBasedStateMachine):
         # A replayed KE1 is a new, counted attempt whose KE2 only the client can open;
         # the client's original login state is gone here, so count it as a real check
         # whenever the record exists: the strictest reading.
-        if isinstance(inner, RecoverStartOk) and self.app.vault.record(ALICE) is not None:
+        if isinstance(inner, RecoverStartOk) and record_of(self.host, ALICE) is not None:
             for password in PASSWORDS:
                 self.checks.append((ke1_index, password))
                 self._check_limit(password)
+
+    # --- the host's powers over the record store ------------------------------------
+    #
+    # The host hands the HSM each request's record with its proof (RecordRead).
+    # A read that is not exactly what the HSM's head proves is refused before
+    # the request is taken: a typed error, nothing staged, nothing answered, no
+    # attempt counted, and the next honest request is served as if nothing had
+    # happened. The only way back to an older record is an older head, which the
+    # NV counter refuses when the HSM starts.
+
+    @rule(
+        password=st.sampled_from((*PASSWORDS, WRONG)),
+        index=st.integers(0, 50),
+        old_proof=st.booleans(),
+        then_honest=st.booleans(),
+    )
+    def serve_old_blob(
+        self, password: bytes, index: int, old_proof: bool, then_honest: bool
+    ) -> None:
+        self.old_blob_refused(password, index, old_proof, then_honest)
+
+    @rule(
+        password=st.sampled_from((*PASSWORDS, WRONG)),
+        own_proof=st.booleans(),
+        then_honest=st.booleans(),
+    )
+    def swap_blob(self, password: bytes, own_proof: bool, then_honest: bool) -> None:
+        self.swapped_blob_refused(password, own_proof, then_honest)
+
+    @rule(
+        password=st.sampled_from((*PASSWORDS, WRONG)),
+        how=st.sampled_from(DROPS),
+        then_honest=st.booleans(),
+    )
+    def drop_record(self, password: bytes, how: str, then_honest: bool) -> None:
+        self.dropped_record_refused(password, how, then_honest)
+
+    @rule(index=st.integers(0, 200))
+    def replay_old_root(self, index: int) -> None:
+        self.old_root_refused(index)
+
+    def old_blob_refused(
+        self, password: bytes, index: int, old_proof: bool, then_honest: bool
+    ) -> Exception:
+        """Alice's KE1 with one of her older blobs, under the current proof or under its own."""
+        proof, blob = self._current_read(ALICE)
+        kept = [read for read in self._kept_reads(ALICE) if read[1] is not None]
+        if old_proof:  # an old blob as the store held it, with the proof of that version
+            old = [(p, b) for p, b in kept if p.version != proof.version]
+        else:  # an old blob, with the proof of the current version (which holds another)
+            old = [(proof, b) for b in dict.fromkeys(b for _, b in kept) if b != blob]
+        assert old, "alice has an older blob from her first registration on"
+        return self._tamper(password, record_read(*old[index % len(old)]), then_honest)
+
+    def swapped_blob_refused(
+        self, password: bytes, own_proof: bool, then_honest: bool
+    ) -> Exception:
+        """Alice's KE1 with bob's blob, under alice's proof or under bob's own."""
+        if not self.bob_registered:
+            self.bob.register(BOB_PASSWORD, bytes(range(32)), 3)
+            self.bob_registered = True
+        proof, _blob = self._current_read(ALICE)
+        bob_proof, bob_blob = self._current_read(BOB)
+        assert bob_blob is not None
+        read = record_read(bob_proof if own_proof else proof, bob_blob)
+        return self._tamper(password, read, then_honest)
+
+    def dropped_record_refused(self, password: bytes, how: str, then_honest: bool) -> Exception:
+        """Alice's KE1 with her record hidden although the tree holds it (see :data:`DROPS`)."""
+        proof, blob = self._current_read(ALICE)
+        assert blob is not None, "the tree holds alice's slot from her first registration on"
+        absent, _ = self.host.kept[0].reads[ALICE]  # the genesis: before she registered
+        assert absent.value is None
+        reads = {
+            "no blob": (proof, None),
+            "old absence": (absent, None),
+            "old absence, restamped": (dataclasses.replace(absent, version=proof.version), None),
+            "leaf without value": (dataclasses.replace(proof, value=None), None),
+        }
+        return self._tamper(password, record_read(*reads[how]), then_honest)
+
+    def old_root_refused(self, index: int) -> StateRollbackError:
+        """Restart the HSM from an older state of the store: the (emulated) NV counter refuses it.
+
+        The old sealed state opens (sealing alone cannot tell a rollback) and the
+        old store copy serves proofs for it, so only the counter stands between
+        the host and every attempt spent since. The machine goes on with the
+        current HSM, as a refused start leaves it.
+        """
+        counter_version = self.host.counter[0]
+        old = [kept for kept in self.host.kept if kept.version < counter_version]
+        assert old, "the genesis is older than any state after the first registration"
+        kept = old[index % len(old)]
+        app = self._load(kept.sealed_state)
+        assert app.version == kept.version and app.head == kept.store.head()
+        with pytest.raises(StateRollbackError) as refused:
+            self._freshness(app, kept.sealed_state)
+        assert self._freshness(self.app, self.app.sealed_state()) is Freshness.CURRENT
+        return refused.value
+
+    def _current_read(self, account: bytes) -> tuple[Proof, bytes | None]:
+        """The honest proof and blob of ``account`` at the head the HSM holds."""
+        return read_record_proof(self.host.store, self.app.head, self.app.record_id(account))
+
+    def _kept_reads(self, account: bytes) -> list[tuple[Proof, bytes | None]]:
+        return [kept.reads[account] for kept in self.host.kept]
+
+    def _tamper(self, password: bytes, read: bytes, then_honest: bool) -> Exception:
+        """A real KE1 of alice with a tampered ``read``: refused; then maybe relayed honestly."""
+        login_state, sent = self._alice_ke1(password)
+        error = self._refused(sent.request, read)
+        if then_honest:
+            self._relay_ke1(password, login_state, sent)
+        return error
+
+    def _refused(self, request: bytes, read: bytes) -> Exception:
+        """Hand ``request`` and ``read`` to the HSM directly: a typed refusal, nothing changed."""
+        app, host = self.app, self.host
+
+        def observed() -> tuple[object, ...]:
+            return (
+                app.version,
+                app.head,
+                app.sealed_state(),
+                host.store.head(),
+                host.store.sealed_state(),
+                len(host.stored),
+                repr(app._tables),  # white box: the open sessions and registrations
+                len(self.checks),  # the real KE2s
+            )
+
+        before = observed()
+        with pytest.raises(READ_REFUSALS) as refused:
+            app.submit(request, read, host.now_ms)
+        assert app.batch_size == 0, "a refused read left something in the batch"
+        assert observed() == before
+        return refused.value
 
 
 HsmUnderAttack.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
@@ -470,9 +729,9 @@ def test_a_retried_registration_over_a_spent_counter_runs_in_the_machine() -> No
     machine.ke1(PASSWORDS[0])  # destroys the locked record; fake KE2
     assert machine.real(PASSWORDS[0]) == 1  # not told yet: the count stands
     machine.status()  # told: no record
-    assert machine.real(PASSWORDS[0]) == 0 and machine.app.vault.record(ALICE) is None
+    assert machine.real(PASSWORDS[0]) == 0 and record_of(machine.host, ALICE) is None
     machine.register_and_expose(PASSWORDS[0], 1, 2)  # (§5 rule 6: after being told, afresh)
-    assert machine.app.vault.record(ALICE) is not None
+    assert record_of(machine.host, ALICE) is not None
     machine.teardown()
 
 
@@ -509,4 +768,78 @@ def test_an_owner_login_between_the_hosts_guesses_runs_in_the_machine() -> None:
     for _ in range(3):  # one more real check, then the record is destroyed: fake KE2s
         machine.ke1(PASSWORDS[0])
     assert machine.real(PASSWORDS[0]) == 3
+    machine.teardown()
+
+
+# --- the storage tampering moves, one schedule each ---------------------------------
+
+
+def _machine_with_history() -> HsmUnderAttack:
+    """Alice registered (limit 3) and one real check spent: her blob changed three times."""
+    machine = HsmUnderAttack()
+    machine.register_and_expose(PASSWORDS[0], 3, 0)
+    machine.ke1(PASSWORDS[0])
+    assert machine.real(PASSWORDS[0]) == 1
+    return machine
+
+
+def test_an_old_blob_of_alice_is_refused() -> None:
+    """An older sealed slot of alice's, under the current proof or under its own old proof."""
+    machine = _machine_with_history()
+    for index in range(3):
+        error = machine.old_blob_refused(PASSWORDS[0], index, old_proof=False, then_honest=False)
+        assert isinstance(error, RecordMismatchError), error
+        error = machine.old_blob_refused(PASSWORDS[0], index, old_proof=True, then_honest=False)
+        assert isinstance(error, StaleProofError), error
+    assert machine.real(PASSWORDS[0]) == 1  # no refused KE1 was counted or answered
+    machine.old_blob_refused(PASSWORDS[0], 0, old_proof=False, then_honest=True)
+    assert machine.real(PASSWORDS[0]) == 2  # the same KE1, relayed honestly: served
+    machine.ke3(len(machine.logins) - 1, forged=False)  # and the owner's login completes
+    machine.teardown()
+
+
+def test_another_accounts_blob_is_refused() -> None:
+    """Bob's sealed slot served as alice's, under alice's proof or under bob's own."""
+    machine = _machine_with_history()
+    error = machine.swapped_blob_refused(PASSWORDS[0], own_proof=False, then_honest=False)
+    assert isinstance(error, RecordMismatchError), error
+    error = machine.swapped_blob_refused(PASSWORDS[0], own_proof=True, then_honest=True)
+    assert isinstance(error, ProofKeyMismatchError), error
+    assert machine.real(PASSWORDS[0]) == 2
+    machine.status()
+    machine.teardown()
+
+
+def test_a_hidden_record_of_alice_is_refused() -> None:
+    """Alice's record hidden: no blob, an old or restamped absence, a leaf without its value."""
+    machine = _machine_with_history()
+    expected = {
+        "no blob": RecordMismatchError,
+        "old absence": StaleProofError,
+        "old absence, restamped": RecordProofError,
+        "leaf without value": RecordProofError,
+    }
+    for how in DROPS:
+        error = machine.dropped_record_refused(WRONG, how, then_honest=False)
+        assert isinstance(error, expected[how]), (how, error)
+        assert not isinstance(error, StaleProofError) or how == "old absence"
+    # Hidden, a record would answer with a fake KE2 and count nothing: the wrong
+    # password's KE1, relayed honestly, is counted against the real record.
+    machine.dropped_record_refused(WRONG, "no blob", then_honest=True)
+    record = record_of(machine.host, ALICE)
+    assert record is not None and record.attempts_left == 1
+    machine.teardown()
+
+
+def test_an_old_root_is_refused_at_restart() -> None:
+    """Every older state of the store opens, and the NV counter refuses every one of them."""
+    machine = _machine_with_history()
+    version = machine.app.version
+    for index in range(version - 1):  # genesis (1) .. version - 1
+        error = machine.old_root_refused(index)
+        assert isinstance(error, StateRollbackError), error
+    assert machine.app.version == version
+    machine.restart()  # the newest state passes the same check
+    machine.ke1(PASSWORDS[0])
+    assert machine.real(PASSWORDS[0]) == 2
     machine.teardown()

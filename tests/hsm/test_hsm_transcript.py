@@ -15,6 +15,8 @@ from hsm_world import (
     VaultClient,
     client_for,
     new_app,
+    record_of,
+    stored_records,
 )
 
 from bkv.crypto import channel, oprf, ristretto
@@ -113,6 +115,17 @@ def test_transcript_holds_no_secret_and_no_guessing_aid() -> None:
     secrets, exchanges = _secrets_of_a_full_run(client)
     transcript = b"".join(host.transcript)
     assert len(host.transcript) > 10 and any(host.stored)
+    # What the host stores is in the transcript too: the sealed states and every sealed record.
+    records = stored_records(host)
+    assert records and all(blob in transcript for blob in records.values())
+    assert all(state in transcript for state in host.stored)
+    # The HSM side's secrets: the record as stored (OPAQUE record with its masking key
+    # and envelope, the wrapped secret) and the fleet keys the records are sealed under.
+    record = record_of(host, b"alice")
+    assert record is not None
+    fleet = app._snapshot.secrets
+    secrets += [record.opaque_record, record.secret, record.registration_id]
+    secrets += [fleet.record_key, fleet.channel_private_key, fleet.fake_key, fleet.opaque]
     for secret in secrets:
         for fragment in _fragments(secret):
             assert fragment not in transcript
@@ -120,7 +133,7 @@ def test_transcript_holds_no_secret_and_no_guessing_aid() -> None:
 
     # The host could replay anything it saw. Replayed KE3s and aborts find no session;
     # replayed KE1s are counted, and their answers are sealed to the original client.
-    attempts_before = app.vault.record(b"alice").attempts_used  # type: ignore[union-attr]
+    attempts_before = record.attempts_used
     for request, state in exchanges:
         outer = decode(HsmRequest, request)
         version_before = app.version
@@ -139,7 +152,8 @@ def test_transcript_holds_no_secret_and_no_guessing_aid() -> None:
         with pytest.raises(DecryptionError):
             channel.open_response(forged, decode(HsmResponse, response).sealed)
     # Replays of the two KE1s counted two attempts; nothing was released or reset.
-    assert app.vault.record(b"alice").attempts_used == attempts_before + 2  # type: ignore[union-attr]
+    after = record_of(host, b"alice")
+    assert after is not None and after.attempts_used == attempts_before + 2
 
 
 def test_sdk_transcript_holds_neither_password_nor_backup_key() -> None:

@@ -36,6 +36,7 @@ from bkv.records.nodes import (
     empty_root_hash,
     encode_node,
     encode_position,
+    encoded_path_positions,
     node_hash,
     record_hash,
 )
@@ -48,7 +49,7 @@ from bkv.records.proof import (
     encode_proof,
 )
 from bkv.records.store_memory import MemoryTreeStore
-from bkv.records.tree import TreeHead, build_nodes, build_tree, read_proof
+from bkv.records.tree import TreeHead, build_nodes, build_tree, path_positions, read_proof
 
 ZERO_TREE = bytes(32)
 H = bytes(range(32))
@@ -274,7 +275,7 @@ def test_the_largest_proof_fits_its_limit() -> None:
 def _sample_proofs() -> list[bytes]:
     store = MemoryTreeStore()
     update = build_tree(TREE_ID, {key_of(i): H for i in range(12)})
-    store.commit(update, {})
+    store.commit(update, {}, b"sealed state")
     return [encode_proof(read_proof(store, update.new_head, key_of(i))) for i in (0, 5, 99)]
 
 
@@ -324,3 +325,8 @@ def test_mutated_encodings_only_raise_codec_errors(
 def test_sample_proofs_round_trip() -> None:
     for data in SAMPLE_PROOFS:
         assert encode_proof(decode_proof(data)) == data
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_encoded_path_positions_equal_encode_position_on_every_depth(key: bytes) -> None:
+    assert encoded_path_positions(key) == [encode_position(d, p) for d, p in path_positions(key)]

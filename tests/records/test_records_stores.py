@@ -1,5 +1,8 @@
 """The host's stores: commits are checked and atomic, reads fail typed, SQLite is durable.
 
+(New store operations: test_records_store_features.py; PostgreSQL only:
+test_records_postgres.py.)
+
 The store is untrusted, so these are availability properties (a bad store
 denies service, the HSM's checks catch the rest), plus the durability
 settings the design relies on.
@@ -12,7 +15,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from records_world import Vault, blob_of, key_of
+from records_world import Vault, blob_of, key_of, sealed_state_of
 
 from bkv.errors import StorageError
 from bkv.records.nodes import Branch, Interior, NodeId, encode_node, encode_position, record_hash
@@ -28,7 +31,12 @@ def vault(store: TreeStore) -> Vault:
 
 
 def _snapshot(store: TreeStore) -> tuple[object, ...]:
-    return store.head(), store.node_ids(), store.read_record(key_of(1))  # type: ignore[attr-defined]
+    ids = store.node_ids()  # type: ignore[attr-defined]
+    return store.head(), store.sealed_state(), ids, store.read_record(key_of(1))
+
+
+def _sealed(update: TreeUpdate) -> bytes:
+    return sealed_state_of(update.new_head)
 
 
 def _next_update(vault: Vault, blobs: dict[bytes, bytes | None]) -> TreeUpdate:
@@ -58,10 +66,10 @@ def test_get_nodes_by_id(vault: Vault) -> None:
 
 def test_an_update_is_applied_once_and_only_on_its_head(vault: Vault) -> None:
     update = _next_update(vault, {key_of(1): blob_of(1, 1)})
-    vault.store.commit(update, {})
+    vault.store.commit(update, {}, _sealed(update))
     before = _snapshot(vault.store)
     with pytest.raises(StorageError, match="head"):
-        vault.store.commit(update, {})
+        vault.store.commit(update, {}, _sealed(update))
     assert _snapshot(vault.store) == before
 
 
@@ -73,7 +81,7 @@ def test_a_commit_that_skips_a_version_is_refused(vault: Vault) -> None:
     )
     before = _snapshot(vault.store)
     with pytest.raises(StorageError, match="follow"):
-        vault.store.commit(skipping, {})
+        vault.store.commit(skipping, {}, _sealed(skipping))
     assert _snapshot(vault.store) == before
 
 
@@ -85,7 +93,7 @@ def test_a_commit_with_an_unknown_obsolete_node_changes_nothing(vault: Vault) ->
     )
     before = _snapshot(vault.store)
     with pytest.raises(StorageError, match="obsolete"):
-        vault.store.commit(bogus, {key_of(1): blob_of(1, 1)})
+        vault.store.commit(bogus, {key_of(1): blob_of(1, 1)}, _sealed(bogus))
     assert _snapshot(vault.store) == before
 
 
@@ -100,7 +108,7 @@ def test_a_commit_that_adds_an_existing_node_changes_nothing(vault: Vault) -> No
     )
     before = _snapshot(vault.store)
     with pytest.raises(StorageError, match="already"):
-        vault.store.commit(bogus, {key_of(1): blob_of(1, 1)})
+        vault.store.commit(bogus, {key_of(1): blob_of(1, 1)}, _sealed(bogus))
     assert _snapshot(vault.store) == before
 
 
@@ -111,7 +119,7 @@ def test_a_commit_that_adds_and_removes_one_node_changes_nothing(vault: Vault) -
     bogus = dataclasses.replace(update, new_nodes=(*update.new_nodes, (removed, data)))
     before = _snapshot(vault.store)
     with pytest.raises(StorageError, match="both adds and removes"):
-        vault.store.commit(bogus, {key_of(1): blob_of(1, 1)})
+        vault.store.commit(bogus, {key_of(1): blob_of(1, 1)}, _sealed(bogus))
     assert _snapshot(vault.store) == before
 
 
@@ -239,12 +247,12 @@ def test_sqlite_busy_writer_fails_typed_and_writes_nothing(tmp_path: Path) -> No
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         try:
             with pytest.raises(StorageError, match="commit failed"):
-                store.commit(update, {})
+                store.commit(update, {}, _sealed(update))
         finally:
             other.execute("ROLLBACK")
             other.close()
         assert store.head() == vault.head
-        store.commit(update, {})
+        store.commit(update, {}, _sealed(update))
         assert store.head() == update.new_head
 
 
@@ -258,7 +266,28 @@ def test_a_commit_naming_one_node_twice_changes_nothing(vault: Vault, twice: str
         bogus = dataclasses.replace(update, new_nodes=(*update.new_nodes, update.new_nodes[0]))
     before = _snapshot(vault.store)
     with pytest.raises(StorageError, match="twice"):
-        vault.store.commit(bogus, {key_of(1): blob_of(1, 1)})
+        vault.store.commit(bogus, {key_of(1): blob_of(1, 1)}, _sealed(bogus))
     assert _snapshot(vault.store) == before
-    vault.store.commit(update, {key_of(1): blob_of(1, 1)})  # the honest update still applies
+    vault.store.commit(
+        update, {key_of(1): blob_of(1, 1)}, _sealed(update)
+    )  # the honest update still applies
     assert vault.store.head() == update.new_head
+
+
+@pytest.mark.parametrize("value", ["'text'", "5", "x''", "zeroblob(65537)"])
+def test_sqlite_corrupt_sealed_state_fails_typed(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "t.sqlite"
+    vault = _sqlite_vault(path)
+    _corrupt(path, f"UPDATE head SET sealed_state = {value}")
+    with pytest.raises(StorageError, match="sealed state is corrupt"):
+        vault.store.sealed_state()
+    assert vault.store.head() == vault.head
+    vault.store.close()  # type: ignore[attr-defined]
+
+
+def test_sqlite_file_of_an_older_version_is_refused(tmp_path: Path) -> None:
+    """A head table without the sealed state column: refused at open, not at first commit."""
+    path = tmp_path / "t.sqlite"
+    _corrupt(path, "CREATE TABLE head (one INTEGER PRIMARY KEY, tree_id BLOB)")
+    with pytest.raises(StorageError, match="open failed"):
+        SqliteTreeStore(path)

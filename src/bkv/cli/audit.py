@@ -30,24 +30,54 @@ must exist (a deleted state file would silently forget what was audited and let
 a rolled-back or forked log pass), except on the first run, which says so with
 ``--init-state``. Exit status 0 when every check passed; 1 with
 ``bkv: <ErrorClass>: <what failed>`` on stderr otherwise; 2 on usage errors.
+
+Deployment evidence (docs/audit.md §7)::
+
+    bkv audit measure [--source DIR] [--manifest]
+        # the code measurement of DIR/bkv (default: the running bkv's source), i.e.
+        # cd DIR && find bkv -name '*.py' -type f | LC_ALL=C sort | xargs sha256sum | sha256sum
+
+    bkv audit verify-deployment EVIDENCE_FILE_OR_URL --vendor-root ROOT_CERT \
+        [--source DIR | --measurement HEX] [--artifact FILE] \
+        [--witness URL --namespace NS <the pins of bkv audit log>] [--json]
+
+``verify-deployment`` reports three steps (get the evidence, verify its
+cryptography, confirm the fleet public keys; :mod:`bkv.audit.deployment`), as
+text or, with ``--json``, as one JSON object; any failure names the check and
+its error class and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from bkv.audit.delta import render_report
+from bkv.audit.deployment import (
+    ExpectedMeasurement,
+    PublishedArtifact,
+    PublishedSource,
+    published_from_audit,
+    render_text,
+    verify_deployment,
+)
+from bkv.audit.evidence_source import fetch_evidence, read_artifact_file, read_vendor_root
 from bkv.audit.http_source import HttpWitnessSource
+from bkv.audit.source_tree import default_source_dir, measure_source, source_manifest
 from bkv.audit.verify import AuditPins, audit_namespace
 from bkv.client.store_json import JsonFileStateStore
 from bkv.errors import AuditError, ConfigError, NoteError
+from bkv.protocol.artifact import parse_artifact
 from bkv.protocol.bundle import MAX_BUNDLE_SIZE
+from bkv.protocol.evidence import VerifiedEvidence
 from bkv.protocol.plexi import WitnessKey
 from bkv.tlog.cosignature import CosignerPolicy, parse_cosigner_key
 from bkv.wire.strict_json import parse_hex, parse_uint64
@@ -116,6 +146,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         ),
     )
     log.set_defaults(handler=run_audit_log)
+    _add_deployment_commands(commands)
 
 
 def _cosigner_policy(args: argparse.Namespace) -> CosignerPolicy | None:
@@ -280,4 +311,139 @@ def run_audit_log(args: argparse.Namespace) -> int:
         )
     sys.stdout.write(render_report(report))
     print("OK")
+    return 0
+
+
+# --- deployment evidence (docs/audit.md §7) ----------------------------------------------
+
+
+def _add_deployment_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    measure = commands.add_parser(
+        "measure", help="print the code measurement of a source tree (deployment evidence)"
+    )
+    measure.add_argument(
+        "--source",
+        type=Path,
+        help="directory holding the bkv package (default: the running bkv's, e.g. src)",
+    )
+    measure.add_argument(
+        "--manifest",
+        action="store_true",
+        help="print the sha256sum listing the measurement hashes, not the measurement",
+    )
+    measure.set_defaults(handler=run_audit_measure)
+
+    verify = commands.add_parser(
+        "verify-deployment", help="verify a fleet's deployment evidence, step by step"
+    )
+    verify.add_argument("evidence", metavar="EVIDENCE_FILE_OR_URL")
+    verify.add_argument(
+        "--vendor-root", type=Path, required=True, help="pinned HSM vendor root certificate"
+    )
+    expected = verify.add_mutually_exclusive_group()
+    expected.add_argument(
+        "--source", type=Path, help="rebuild the expected code measurement from DIR/bkv"
+    )
+    expected.add_argument("--measurement", help="the expected code measurement, 64 hex")
+    verify.add_argument(
+        "--artifact", type=Path, help="a fleet-key artifact file that must publish these keys"
+    )
+    verify.add_argument(
+        "--witness", help="witness base URL: its logged artifact must publish these keys"
+    )
+    verify.add_argument("--namespace", help="the witness namespace (with --witness)")
+    verify.add_argument("--witness-key", action="append", default=[], help="as bkv audit log")
+    verify.add_argument("--operator-key", action="append", default=[], help="as bkv audit log")
+    verify.add_argument("--log-key", help="as bkv audit log")
+    verify.add_argument("--origin", help="as bkv audit log")
+    verify.add_argument("--cosigner", action="append", default=[], metavar="VKEY")
+    verify.add_argument("--cosigners-required", type=int, metavar="K")
+    verify.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="take unpinned witness keys from the witness (internal consistency only)",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(
+        handler=run_verify_deployment, bundles=None, require_countersignatures=False
+    )
+
+
+def run_audit_measure(args: argparse.Namespace) -> int:
+    """Handler of ``bkv audit measure``."""
+    source = default_source_dir() if args.source is None else args.source
+    if args.manifest:
+        sys.stdout.write(source_manifest(source).decode("ascii"))
+        return 0
+    measurement, count = measure_source(source)
+    print(measurement.hex())
+    print(f"{count} files under {source}", file=sys.stderr)
+    return 0
+
+
+def _expected_measurement(args: argparse.Namespace) -> ExpectedMeasurement | None:
+    if args.source is not None:
+        value, count = measure_source(args.source)
+        return ExpectedMeasurement(value, f"rebuilt from {args.source} ({count} files)")
+    if args.measurement is not None:
+        if _HEX_KEY.fullmatch(args.measurement) is None:
+            raise ConfigError("--measurement must be 64 lowercase hex digits")
+        return ExpectedMeasurement(bytes.fromhex(args.measurement), "given with --measurement")
+    return None
+
+
+def _artifact_source(path: Path) -> PublishedSource:
+    data = read_artifact_file(path)
+
+    def load(_: VerifiedEvidence) -> PublishedArtifact:
+        return PublishedArtifact(f"artifact file {path}", parse_artifact(data))
+
+    return load
+
+
+def _witness_source(
+    source: HttpWitnessSource, args: argparse.Namespace, pins: AuditPins
+) -> PublishedSource:
+    def load(evidence: VerifiedEvidence) -> PublishedArtifact:
+        report = audit_namespace(source, args.namespace, pins)
+        return published_from_audit(report, evidence.fleet_id, f"witness {args.witness}")
+
+    return load
+
+
+def run_verify_deployment(args: argparse.Namespace) -> int:
+    """Handler of ``bkv audit verify-deployment``: prints the report, raises its failure."""
+    if (args.witness is None) != (args.namespace is None):
+        raise ConfigError("--witness and --namespace go together")
+    vendor_root = read_vendor_root(args.vendor_root)
+    expected = _expected_measurement(args)
+    published: list[PublishedSource] = []
+    if args.artifact is not None:
+        published.append(_artifact_source(args.artifact))
+    warnings: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if args.witness is not None:
+            source = stack.enter_context(HttpWitnessSource(args.witness))
+            pins, unpinned = _from_witness(source, args)
+            if unpinned:
+                warnings.append(f"not pinned, taken from the witness itself: {', '.join(unpinned)}")
+            published.append(_witness_source(source, args, pins))
+        report = verify_deployment(
+            args.evidence,
+            lambda: fetch_evidence(args.evidence),
+            vendor_root,
+            now_ms=time.time_ns() // 1_000_000,
+            expected_measurement=expected,
+            published=published,
+        )
+    if args.json:
+        print(json.dumps({**report.to_json_value(), "warnings": warnings}, indent=2))
+    else:
+        for warning in warnings:
+            print(f"WARNING: {warning}")
+        sys.stdout.write(render_text(report))
+    if report.failure is not None:
+        raise report.failure
     return 0

@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "bkv.cli.witness",
     "bkv.cli.audit",
     "bkv.cli.operator",
+    "bkv.cli.backup",
+    "bkv.cli.vendor",
 )
 
 

@@ -190,6 +190,23 @@ def channel_public_key(private_key: bytes) -> bytes:
     return _private_key(private_key).public_key().public_bytes_raw()
 
 
+class ChannelPrivateKey:
+    """A channel private key loaded once (loading derives the public key: a scalar
+    multiplication an HSM should not pay on every request). Never shown in a repr."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, private_key: bytes) -> None:
+        self._key = _private_key(private_key)
+
+    def __repr__(self) -> str:
+        return "ChannelPrivateKey(<secret>)"
+
+    @property
+    def key(self) -> X25519PrivateKey:
+        return self._key
+
+
 def _private_key(private_key: bytes) -> X25519PrivateKey:
     if not isinstance(private_key, bytes) or len(private_key) != PRIVATE_KEY_SIZE:
         raise ValueError("a channel private key is exactly 32 bytes")
@@ -293,12 +310,16 @@ def seal_request(
 
 
 def open_request(
-    channel_private_key: bytes, fleet_id: bytes, sealed: bytes, aad: bytes
+    channel_private_key: bytes | ChannelPrivateKey, fleet_id: bytes, sealed: bytes, aad: bytes
 ) -> tuple[ServerChannelState, bytes]:
     """Open a sealed request (HSM side); raise a codec error or :class:`DecryptionError`."""
     _check_fleet_id(fleet_id)
     _check_aad(aad)
-    private = _private_key(channel_private_key)
+    private = (
+        channel_private_key.key
+        if isinstance(channel_private_key, ChannelPrivateKey)
+        else _private_key(channel_private_key)
+    )
     _check_envelope(sealed, REQUEST_TAG, MIN_SEALED_REQUEST_SIZE, MAX_SEALED_REQUEST_SIZE)
     try:
         inner = _SUITE.decrypt(sealed[1:], private, _request_info(fleet_id, aad))

@@ -6,7 +6,10 @@ Relative paths are relative to the config file::
     fleet_id = "bkv-dev"
     listen = "127.0.0.1:7801"      # host:port; port 0 picks a free port
     allow_remote = false          # listen on a non-loopback address only if true
-    state_dir = "hsm-state"        # host-owned: sealed state, public-keys.json
+    state_dir = "hsm-state"        # host-owned: the record store (default), public-keys.json
+    record_store = "sqlite:hsm-state/records.sqlite3"   # host-owned (default: this);
+                                  # or "postgresql://bkv@db.example/bkv?schema=fleet_a"
+                                  # (docs/operations.md, "Record storage")
     key_dir = "hsm-private"        # HSM-private: sealing key, NV counter, lock (default: this)
     link_key_file = "link.key"     # the host-to-HSM link key (default: this); the host's
                                   # hsm_link_key_file names the same file
@@ -56,6 +59,8 @@ DEFAULT_KEY_FILE: Final = "sealing.key"
 DEFAULT_LINK_KEY_FILE: Final = "link.key"
 """link_key_file when the config names none: next to the config file."""
 DEFAULT_LISTEN: Final = "127.0.0.1:0"
+RECORD_STORE_FILE: Final = "records.sqlite3"
+"""The SQLite record store's file in ``state_dir`` when the config names no record_store."""
 
 _HSM_KEYS: Final = frozenset(
     {
@@ -63,6 +68,7 @@ _HSM_KEYS: Final = frozenset(
         "listen",
         "allow_remote",
         "state_dir",
+        "record_store",
         "key_dir",
         "link_key_file",
         "max_guess_limit",
@@ -96,6 +102,7 @@ class HsmConfig:
     state_dir: Path
     key_dir: Path
     link_key_file: Path
+    record_store: str
     max_guess_limit: int
     sealer: SealerConfig
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -148,6 +155,7 @@ def load_config(path: Path) -> HsmConfig:
         # The host reads the link key; it must never need access to key_dir.
         raise ConfigError("config: [hsm] link_key_file must not be inside key_dir")
     sealer = _parse_sealer(_table(data, "sealer"), base, key_dir)
+    record_store = _record_store(hsm, base, state_dir, key_dir)
     testing = _table(data, "testing", required=False)
     _check_keys(testing, {"pause_at"}, "testing")
     pause_at = testing.get("pause_at")
@@ -159,11 +167,30 @@ def load_config(path: Path) -> HsmConfig:
         state_dir=state_dir,
         key_dir=key_dir,
         link_key_file=link_key_file,
+        record_store=record_store,
         max_guess_limit=limit,
         sealer=sealer,
         timeouts=timeouts_from(hsm, "config: [hsm]"),
         pause_at=pause_at,
     )
+
+
+def _record_store(hsm: dict[str, Any], base: Path, state_dir: Path, key_dir: Path) -> str:
+    """The record store URL; a SQLite path is resolved against the config file's directory.
+
+    The store is the host's: a SQLite file must not lie inside ``key_dir``.
+    A PostgreSQL URL is passed on as written (put no password in it: libpq
+    reads ``PGPASSWORD`` or ``~/.pgpass``, docs/operations.md).
+    """
+    url = _string(hsm, "record_store", "hsm", f"sqlite:{state_dir / RECORD_STORE_FILE}")
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    if not url.startswith("sqlite:"):
+        raise ConfigError('config: [hsm] record_store must start with "sqlite:" or "postgresql://"')
+    path = (base / url.removeprefix("sqlite:").removeprefix("//")).resolve()
+    if path.is_relative_to(key_dir):
+        raise ConfigError("config: [hsm] record_store must not be inside key_dir")
+    return f"sqlite:{path}"
 
 
 def _listen(hsm: dict[str, Any]) -> ListenAddress:

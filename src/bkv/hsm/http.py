@@ -21,15 +21,15 @@ each body in size and time alike on every path (over ``MAX_REQUEST_SIZE``: an
 ``HsmRejected``, 400; too slow: 408), so that the MAC check never waits for or
 buffers more than one small body.
 
-Requests are handled one at a time (an HSM is a sequential machine): the
-handler runs on the event loop thread without awaiting between decision,
-persist and release, which also keeps each persist-then-release step atomic
-with respect to housekeeping.
+Requests are handled in batches by one worker (:mod:`bkv.hsm.committer`,
+group commit): an HSM is a sequential machine, and requests that arrive
+while a batch is being written share the next batch's single durable write.
+Housekeeping runs on the same worker, between batches. A request whose record
+read the HSM refused (a broken or tampered store) gets 503 on its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Final
@@ -41,10 +41,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bkv.errors import HsmFailedError, UnauthorizedError
-from bkv.hsm.node import HsmNode, Pause, now_ms
+from bkv.errors import UnauthorizedError
+from bkv.hsm.committer import GroupCommitter, QueueFullError
+from bkv.hsm.node import HsmNode, Pause
 from bkv.hsm.pause import no_pause
 from bkv.hsm.public_keys import render_public_keys
+from bkv.hsm.runner import Refused
 from bkv.protocol.hsm_link import (
     LINK_KEY_SIZE,
     LINK_MAC_HEADER,
@@ -57,7 +59,7 @@ from bkv.serving.timeouts import Timeouts
 from bkv.wire import encode, peek_tag, schema_of
 
 TICK_INTERVAL_S: Final = 1.0
-"""How often the housekeeping task runs :meth:`HsmNode.run_housekeeping`."""
+"""How often the worker runs :meth:`HsmNode.run_housekeeping` (between batches)."""
 
 OCTET_STREAM: Final = "application/octet-stream"
 _REJECTED_HEADER: Final = (schema_of(HsmRejected).tag, schema_of(HsmRejected).version)
@@ -80,29 +82,29 @@ def build_app(
     """
     public_keys = render_public_keys(node.app.public_keys())
 
+    committer = GroupCommitter(node, pause=pause, tick_interval_s=tick_interval_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(_web: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(housekeeping_loop(node, tick_interval_s))
-        try:
+        async with committer.running():
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def message(request: Request) -> Response:
         if node.failed:
             return _unavailable()
         body = await request.body()  # already read, capped and authenticated
         try:
-            # Runs on the event loop thread without awaiting: requests are strictly sequential.
-            return _octets(node.handle(body, now_ms(), pause))
-        except HsmFailedError:
-            return _unavailable()
+            outcome = await committer.submit(body)
+        except QueueFullError:
+            return _busy()
         except Exception:
-            if node.failed:  # this request's persist failed: latched and logged by the node
+            if node.failed:  # this request's batch failed to persist: latched and logged
                 return _unavailable()
             raise
+        if isinstance(outcome, Refused):
+            log(f"refused a request: its record read failed the HSM's checks ({outcome.error})")
+            return _storage_fault()
+        return _octets(outcome)
 
     async def keys(_request: Request) -> Response:
         return Response(public_keys, media_type="application/json")
@@ -215,22 +217,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def housekeeping_loop(node: HsmNode, interval_s: float) -> None:
-    """Run the node's housekeeping every ``interval_s`` until cancelled or the node fails.
-
-    Each round is synchronous, so it never interleaves with a request's handle
-    -> persist -> release step. Any failure latches the node (fail safe,
-    :mod:`bkv.hsm.node`) and ends the loop; requests then get 503 until the
-    HSM is restarted.
-    """
-    while not node.failed:
-        await asyncio.sleep(interval_s)
-        try:
-            node.run_housekeeping()
-        except Exception as exc:  # every failure latches; none may end the loop silently
-            node.fail(exc)
-
-
 def _octets(body: bytes) -> Response:
     status = 400 if peek_tag(body) == _REJECTED_HEADER else 200
     return Response(body, status_code=status, media_type=OCTET_STREAM)
@@ -243,6 +229,16 @@ def _rejected(code: ErrorCode) -> Response:
 def _unavailable() -> Response:
     return Response(
         b"hsm unavailable: restart required\n", status_code=503, media_type="text/plain"
+    )
+
+
+def _busy() -> Response:
+    return Response(b"hsm busy: try again\n", status_code=503, media_type="text/plain")
+
+
+def _storage_fault() -> Response:
+    return Response(
+        b"hsm refused the host's record read\n", status_code=503, media_type="text/plain"
     )
 
 

@@ -6,11 +6,11 @@ the process blocks when a request reaches that point and first writes
 SIGKILL it exactly there:
 
 - ``request-received``: nothing done yet;
-- ``persisted``: the sealed blob is written, the NV counter not yet advanced;
-- ``committed``: the counter advanced, the response not yet sent.
+- ``persisted``: the batch is in the record store, the NV counter not yet advanced;
+- ``committed``: the counter advanced, the answers not yet released.
 
 It only delays: it cannot skip a step of the persist protocol or release
-anything (:meth:`bkv.hsm.node.HsmNode.commit`). Production configs omit
+anything (:class:`bkv.hsm.runner.BatchRunner`). Production configs omit
 ``[testing]``, and then :class:`Pauser` does nothing.
 """
 

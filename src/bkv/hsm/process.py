@@ -10,7 +10,7 @@ sealing key, the NV counter or the state.
 
 from __future__ import annotations
 
-from bkv.errors import HsmFailedError, KeyNotFoundError
+from bkv.errors import BkvError, HsmFailedError, KeyNotFoundError
 from bkv.hsm.config import HsmConfig
 from bkv.hsm.http import build_app
 from bkv.hsm.node import HsmNode, init_hsm, load_hsm
@@ -42,7 +42,7 @@ def serve(config: HsmConfig) -> None:
     with load_hsm(config) as node:
         try:
             node.run_housekeeping()  # records left at their limit by a crash go first
-        except (OSError, ValueError) as exc:  # latched by commit(); refuse to start
+        except (OSError, ValueError, BkvError) as exc:  # latched by the node; refuse to start
             raise HsmFailedError(f"housekeeping at start failed ({type(exc).__name__})") from None
         log = stderr_log(LOG_NAME)
         web = build_app(

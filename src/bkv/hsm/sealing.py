@@ -6,7 +6,7 @@ Layout: a :class:`SealedState` wire message::
     aad = "bkv.hsm.state.v2" || len(fleet_id) (1) || fleet_id || version (8, big-endian)
           || counter_id (16)
 
-The clear ``version`` lets the host keep the newest blob without opening it;
+The clear ``version`` lets the host tell states apart without opening them;
 it is bound by the AAD and repeated inside the snapshot, so a blob whose
 header was edited, or whose bytes were changed in any way, fails to open
 (:class:`bkv.errors.SealingError`).
@@ -48,7 +48,7 @@ SEAL_OVERHEAD = 64
 MAX_SEALED_STATE = MAX_STATE_SIZE + 1024 + SEAL_OVERHEAD
 
 MAX_SEALED_STATE_MESSAGE = MAX_SEALED_STATE + 128
-"""Largest encoded :class:`SealedState` (the state file); readers stop before reading more."""
+"""Largest encoded :class:`SealedState` (stored with the record tree's head)."""
 
 
 @message(tag=0x0706, version=1, max_size=MAX_SEALED_STATE_MESSAGE)
@@ -78,7 +78,7 @@ def seal_snapshot(
     sealer: Sealer, snapshot: Snapshot, counter_id: bytes = UNBOUND_COUNTER_ID
 ) -> bytes:
     """The wire bytes of the sealed snapshot, bound to the counter ``counter_id``."""
-    fleet_id = snapshot.vault.fleet_id
+    fleet_id = snapshot.fleet_id
     aad = state_aad(fleet_id, snapshot.version, counter_id)
     sealed = sealer.seal(encode(snapshot), aad)
     return encode(SealedState(fleet_id, snapshot.version, sealed))
@@ -108,7 +108,7 @@ def open_snapshot(sealer: Sealer, blob: bytes, counter_id: bytes = UNBOUND_COUNT
     except CodecError:
         # Authentic bytes that do not decode: written by an incompatible version.
         raise StorageError("sealed state does not decode as a snapshot") from None
-    if snapshot.version != header.version or snapshot.vault.fleet_id != header.fleet_id:
+    if snapshot.version != header.version or snapshot.fleet_id != header.fleet_id:
         raise SealingError("sealed state header does not match its contents")
     return snapshot
 

@@ -1,20 +1,24 @@
 """Durable vault state, the typed commands that change it, and ``apply`` (deterministic).
 
-Every change to the durable state of the vault is one of the wire-encoded
-commands below, applied by the pure function :func:`apply`::
+The vault is one :class:`AccountSlot` per account that ever registered, each
+sealed on its own and stored by the host under the record tree
+(:mod:`bkv.hsm.records`, docs/architecture.md "Record storage"); the HSM keeps
+only a :class:`Snapshot` (secrets, policy, the tree's head). Every change to a
+slot is one of the wire-encoded commands below, applied by the pure function
+:func:`apply`::
 
-    apply(state, command) -> (new_state, outcome)
+    apply(policy, slot, command) -> (new_slot, outcome)
 
-``apply`` reads nothing but its two arguments (no clock: commands carry
-``now_ms`` where it matters; no randomness: random values are drawn before the
-command is made and travel inside it), so replicas that apply the same
-commands in the same order reach byte-identical states. Replication (next:
-docs/threat-model.md §13) puts these exact commands through majority
-consensus; here a single HSM applies them and seals the result before
+``apply`` reads nothing but its arguments (no clock: commands carry ``now_ms``
+where it matters; no randomness: random values are drawn before the command
+is made and travel inside it), so replicas that apply the same commands in the
+same order reach byte-identical slots. Replication (next: docs/threat-model.md
+§13) puts these exact commands through majority consensus; here a single HSM
+applies them, seals the changed slots and commits them as one batch before
 answering (:mod:`bkv.hsm.app`).
 
 A refused command raises a typed :class:`bkv.errors.VaultError` and leaves the
-state unchanged (``apply`` never mutates: states are frozen).
+slot unchanged (``apply`` never mutates: slots are frozen).
 
 Commands carry secrets (``InstallRecord.secret``): they exist only inside an
 HSM, or sealed between HSMs of one fleet; they never cross the host in the
@@ -42,17 +46,15 @@ makes the client start again.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hmac
-import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from types import MappingProxyType
 from typing import Annotated, Any
 
 from bkv.crypto.opaque import REGISTRATION_RECORD_SIZE, SERVER_SECRETS_SIZE
-from bkv.errors import ProtocolStateError, RecordExistsError, VaultFullError
+from bkv.errors import ProtocolStateError, RecordExistsError
 from bkv.protocol.messages import (
     MAX_ACCOUNT_ID,
     MAX_FLEET_ID,
@@ -60,14 +62,17 @@ from bkv.protocol.messages import (
     MAX_SECRET,
     REGISTRATION_ID_SIZE,
 )
+from bkv.records.nodes import HASH_SIZE, TREE_ID_SIZE
+from bkv.records.tree import TreeHead
 from bkv.wire import U8, U32, U64, Bytes, Fixed, ListOf, Text, message
 
-MAX_ACCOUNTS = 50_000
-"""Accounts one HSM state holds (the internet-scale design moves records to host storage)."""
+MAX_STATE_SIZE = 4096
+"""Ceiling on an encoded snapshot: secrets, policy and the record tree's head (~300 bytes)."""
 
-MAX_STATE_SIZE = 48 * 1024 * 1024
-"""Ceiling on an encoded snapshot (50 000 accounts of at most ~845 bytes, live + pending, fit)."""
+MAX_SLOT_SIZE = 2048
+"""Ceiling on one encoded account slot (a live and a pending record of at most ~400 bytes each)."""
 
+RECORD_KEY_SIZE = 32
 CHANNEL_KEY_SIZE = 32
 FAKE_KEY_SIZE = 32
 
@@ -124,7 +129,7 @@ class Record:
         return self.guess_limit - self.attempts_used
 
 
-@message(tag=0x0702, version=2)
+@message(tag=0x0702, version=2, max_size=MAX_SLOT_SIZE)
 class AccountSlot:
     """An account: its live record, its pending record, and how many records it ever had.
 
@@ -147,69 +152,66 @@ class AccountSlot:
             raise ValueError("a pending record has answered no check")
 
 
-def _account_id_of(slot: AccountSlot) -> bytes:
-    return slot.account_id
+@dataclasses.dataclass(frozen=True)
+class VaultPolicy:
+    """What every command is judged against besides its slot: the fleet and its guess-limit cap."""
 
-
-@message(tag=0x0701, version=1, max_size=MAX_STATE_SIZE)
-class VaultState:
-    """The replicated state: policy and the account slots, sorted by account id."""
-
-    fleet_id: Annotated[str, Text(max_len=MAX_FLEET_ID, min_len=1)]
-    max_guess_limit: U8
-    accounts: Annotated[tuple[AccountSlot, ...], ListOf(max_count=MAX_ACCOUNTS)] = ()
+    fleet_id: str
+    max_guess_limit: int
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_guess_limit <= MAX_GUESS_LIMIT:
             raise ValueError("max guess limit out of range")
-        ids = [slot.account_id for slot in self.accounts]
-        # Strictly increasing ids: one slot per account, one canonical order.
-        if any(a >= b for a, b in itertools.pairwise(ids)):
-            raise ValueError("account slots are not strictly sorted by account id")
-
-    def slot(self, account_id: bytes) -> AccountSlot | None:
-        """The slot of ``account_id``, if the account ever registered."""
-        index = self._index(account_id)
-        if index < len(self.accounts) and self.accounts[index].account_id == account_id:
-            return self.accounts[index]
-        return None
-
-    def record(self, account_id: bytes) -> Record | None:
-        """The live record of ``account_id``, if any."""
-        slot = self.slot(account_id)
-        return None if slot is None else slot.record
-
-    def _index(self, account_id: bytes) -> int:
-        return bisect.bisect_left(self.accounts, account_id, key=_account_id_of)
-
-    def with_slot(self, slot: AccountSlot) -> VaultState:
-        """A copy with ``slot`` inserted or replacing the slot of the same account."""
-        index = self._index(slot.account_id)
-        accounts = list(self.accounts)
-        if index < len(accounts) and accounts[index].account_id == slot.account_id:
-            accounts[index] = slot
-        else:
-            accounts.insert(index, slot)
-        return dataclasses.replace(self, accounts=tuple(accounts))
 
 
-@message(tag=0x0704, version=1)
+@message(tag=0x0704, version=2)
 class HsmSecrets:
-    """Fleet secrets: OPAQUE ServerSecrets, the channel (HPKE X25519) key pair, fake-id key."""
+    """Fleet secrets: OPAQUE ServerSecrets, the channel (HPKE X25519) key pair, the fake-id
+    key, and the record key every account slot is sealed under (:mod:`bkv.hsm.records`)."""
 
     opaque: Annotated[bytes, Fixed(SERVER_SECRETS_SIZE)] = field(repr=False)
     channel_private_key: Annotated[bytes, Fixed(CHANNEL_KEY_SIZE)] = field(repr=False)
     channel_public_key: Annotated[bytes, Fixed(CHANNEL_KEY_SIZE)]
     fake_key: Annotated[bytes, Fixed(FAKE_KEY_SIZE)] = field(repr=False)
+    record_key: Annotated[bytes, Fixed(RECORD_KEY_SIZE)] = field(repr=False)
 
 
-@message(tag=0x0705, version=1, max_size=MAX_STATE_SIZE + 512)
+@message(tag=0x0705, version=2, max_size=MAX_STATE_SIZE)
 class Snapshot:
-    """What is sealed at rest: the secrets and the vault state at ``version``."""
+    """What is sealed at rest: the secrets, the policy and the head of the record tree.
+
+    This is all the vault state an HSM keeps, whatever the number of records
+    (docs/architecture.md, "Record storage"): the records themselves are sealed
+    one by one and stored by the host under a Merkle radix tree whose head
+    (``tree_id``, ``tree_version``, ``root``) is here. ``version`` is what the
+    NV counter commits to; each committed batch moves both versions by one, so
+    ``tree_version == version - 1`` always (the empty tree, version 0, is the
+    HSM state of version 1).
+    """
 
     version: U64
     secrets: HsmSecrets
-    vault: VaultState
+    fleet_id: Annotated[str, Text(max_len=MAX_FLEET_ID, min_len=1)]
+    max_guess_limit: U8
+    tree_id: Annotated[bytes, Fixed(TREE_ID_SIZE)]
+    tree_version: U64
+    root: Annotated[bytes, Fixed(HASH_SIZE)]
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_guess_limit <= MAX_GUESS_LIMIT:
+            raise ValueError("max guess limit out of range")
+        if self.tree_version != self.version - 1:
+            raise ValueError("the tree version is not the state version minus one")
+
+    @property
+    def policy(self) -> VaultPolicy:
+        """The fleet and its guess-limit cap."""
+        return VaultPolicy(self.fleet_id, self.max_guess_limit)
+
+    @property
+    def head(self) -> TreeHead:
+        """The record tree's head this state commits to."""
+        return TreeHead(self.tree_id, self.tree_version, self.root)
 
 
 # --- commands -------------------------------------------------------------------
@@ -299,16 +301,21 @@ Command = (
 )
 
 
-@message(tag=0x0406, version=1)
-class CommandEnvelope:
-    """One command as it is logged or replicated: the state version it produces, and the command.
+MAX_BATCH_COMMANDS = 1024
+"""Commands one batch (one new state version, one durable write) may hold."""
 
-    Applying command ``index`` to the state of version ``index - 1`` gives version
-    ``index``: exactly one command per version, so replicas can compare versions.
+
+@message(tag=0x0406, version=2)
+class CommandBatch:
+    """The commands of one committed batch, in the order they were applied.
+
+    Applied to the slots of state ``version - 1`` they give state ``version``:
+    the unit a replicated fleet agrees on (one batch per version), and what a
+    replica replays to reach the same slots.
     """
 
-    index: U64
-    command: Command
+    version: U64
+    commands: Annotated[tuple[Command, ...], ListOf(max_count=MAX_BATCH_COMMANDS, min_count=1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,41 +381,51 @@ def forgiven_of(outcome: Outcome) -> Forgiven:
 Outcome = Counted | NoRecord | Forgiven | Applied
 
 
-def apply(state: VaultState, command: Command) -> tuple[VaultState, Outcome]:
-    """Apply one command; pure and deterministic. Raises VaultError subclasses on refusal."""
+Slot = AccountSlot | None
+"""An account's slot as a command sees it: ``None`` for an account that never registered."""
+
+
+def apply(policy: VaultPolicy, slot: Slot, command: Command) -> tuple[Slot, Outcome]:
+    """Apply one command to the slot of its account; pure and deterministic.
+
+    ``slot`` is the account's current slot (``None``: never registered). The
+    result is the slot after the command; it is the very same object when the
+    command changed nothing (an idempotent expose, a KE1 on an account without
+    a live record), so ``new is not slot`` tells a caller whether there is
+    anything to store. Raises VaultError subclasses on refusal.
+    """
     rule = _RULES.get(type(command))
     if rule is None:
         raise TypeError(f"not a command: {type(command).__name__}")
-    return rule(state, command)
+    if slot is not None and slot.account_id != command.account_id:
+        raise ValueError("the slot given is not the command's account's")
+    return rule(policy, slot, command)
 
 
-def _count_attempt(state: VaultState, command: CountAttempt) -> tuple[VaultState, Outcome]:
-    slot = state.slot(command.account_id)
+def _count_attempt(_policy: VaultPolicy, slot: Slot, command: CountAttempt) -> tuple[Slot, Outcome]:
     if slot is None or slot.record is None:
-        return state, NoRecord(destroyed_now=False)
+        return slot, NoRecord(destroyed_now=False)
     record = slot.record
     if record.attempts_used >= record.guess_limit:
         # The limit was reached and none of the counted attempts has proved the
         # password yet (a valid KE3 forgives at least its own): destroy, answer as
         # if unknown.
-        tombstone = _without_records(slot)
-        return state.with_slot(tombstone), NoRecord(destroyed_now=True)
+        return _without_records(slot), NoRecord(destroyed_now=True)
     counted = dataclasses.replace(record, attempts_started=record.attempts_started + 1)
-    return state.with_slot(dataclasses.replace(slot, record=counted)), Counted(counted)
+    return dataclasses.replace(slot, record=counted), Counted(counted)
 
 
-def _live_record(
-    state: VaultState, account_id: bytes, generation: int
-) -> tuple[AccountSlot, Record]:
-    """The slot and live record of ``generation``; else the session is stale."""
-    slot = state.slot(account_id)
+def _live_record(slot: Slot, generation: int) -> tuple[AccountSlot, Record]:
+    """The slot and its live record of ``generation``; else the session is stale."""
     if slot is None or slot.record is None or slot.record.generation != generation:
         raise ProtocolStateError("the record this session was opened for no longer exists")
     return slot, slot.record
 
 
-def _forgive_attempts(state: VaultState, command: ForgiveAttempts) -> tuple[VaultState, Outcome]:
-    slot, record = _live_record(state, command.account_id, command.generation)
+def _forgive_attempts(
+    _policy: VaultPolicy, slot: Slot, command: ForgiveAttempts
+) -> tuple[Slot, Outcome]:
+    slot, record = _live_record(slot, command.generation)
     if not 1 <= command.attempt <= record.attempts_started:
         raise ProtocolStateError("no such attempt on this record")
     # Only what started before this KE1 is forgiven: attempts started after it
@@ -418,24 +435,25 @@ def _forgive_attempts(state: VaultState, command: ForgiveAttempts) -> tuple[Vaul
     failed = record.attempts_used - (1 if own_still_counted else 0)
     forgiven_through = max(record.forgiven_through, command.attempt)
     forgiven = dataclasses.replace(record, forgiven_through=forgiven_through)
-    new_slot = dataclasses.replace(slot, record=forgiven)
-    return state.with_slot(new_slot), Forgiven(forgiven, failed)
+    return dataclasses.replace(slot, record=forgiven), Forgiven(forgiven, failed)
 
 
-def _destroy_record(state: VaultState, command: DestroyRecord) -> tuple[VaultState, Outcome]:
-    slot, record = _live_record(state, command.account_id, command.generation)
+def _destroy_record(
+    _policy: VaultPolicy, slot: Slot, command: DestroyRecord
+) -> tuple[Slot, Outcome]:
+    slot, record = _live_record(slot, command.generation)
     if record.attempts_used < record.guess_limit:
         # Only a record at its limit is destroyed by a failed attempt: a stale
         # or replayed DestroyRecord cannot wipe a record that a login has forgiven.
         raise ProtocolStateError("record is not at its guess limit")
     new_slot = _without_records(slot)
-    return state.with_slot(new_slot), Applied(new_slot)
+    return new_slot, Applied(new_slot)
 
 
-def _delete_record(state: VaultState, command: DeleteRecord) -> tuple[VaultState, Outcome]:
-    slot, _record = _live_record(state, command.account_id, command.generation)
+def _delete_record(_policy: VaultPolicy, slot: Slot, command: DeleteRecord) -> tuple[Slot, Outcome]:
+    slot, _record = _live_record(slot, command.generation)
     new_slot = _without_records(slot)
-    return state.with_slot(new_slot), Applied(new_slot)
+    return new_slot, Applied(new_slot)
 
 
 def _without_records(slot: AccountSlot) -> AccountSlot:
@@ -459,11 +477,13 @@ def carried_attempts(slot: AccountSlot) -> int:
     return 0 if slot.record is None else slot.record.attempts_used
 
 
-def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultState, Outcome]:
-    if not 1 <= command.guess_limit <= state.max_guess_limit:
+def _install_record(
+    policy: VaultPolicy, slot: Slot, command: InstallRecord
+) -> tuple[Slot, Outcome]:
+    if not 1 <= command.guess_limit <= policy.max_guess_limit:
         raise ValueError("guess limit outside the fleet policy")  # checked by the caller first
-    slot = state.slot(command.account_id) or AccountSlot(command.account_id, 0, None)
-    if slot.generation != command.expected_generation:
+    current = slot or AccountSlot(command.account_id, 0, None)
+    if current.generation != command.expected_generation:
         raise ProtocolStateError("another registration finished first; start again")
     # Re-registration rule (docs/threat-model.md, "The re-registration rule"):
     # the new record is stored as *pending*. It answers no password check until
@@ -471,22 +491,20 @@ def _install_record(state: VaultState, command: InstallRecord) -> tuple[VaultSta
     # dropped is worth nothing to the host, and a retried RegisterFinish just
     # replaces it. Refuse early
     # what the expose would refuse anyway (ExposeRecord checks again).
-    if carried_attempts(slot) >= command.guess_limit:
+    if carried_attempts(current) >= command.guess_limit:
         raise RecordExistsError("the live record's spent attempts reach the new guess limit")
-    if slot.generation >= MAX_GENERATION:
+    if current.generation >= MAX_GENERATION:
         raise RecordExistsError("the account has used up its record generations")
     pending = Record(
-        generation=slot.generation + 1,
+        generation=current.generation + 1,
         registration_id=command.registration_id,
         opaque_record=command.opaque_record,
         secret=command.secret,
         guess_limit=command.guess_limit,
         created_ms=command.now_ms,
     )
-    new_slot = AccountSlot(command.account_id, pending.generation, slot.record, pending)
-    if state.slot(command.account_id) is None and len(state.accounts) >= MAX_ACCOUNTS:
-        raise VaultFullError("this HSM holds its maximum number of accounts")
-    return state.with_slot(new_slot), Applied(new_slot)
+    new_slot = AccountSlot(command.account_id, pending.generation, current.record, pending)
+    return new_slot, Applied(new_slot)
 
 
 def pending_expired(record: Record, now_ms: int) -> bool:
@@ -494,7 +512,7 @@ def pending_expired(record: Record, now_ms: int) -> bool:
     return now_ms >= record.created_ms + PENDING_RECORD_TTL_MS
 
 
-def is_exposed(slot: AccountSlot | None, registration_id: bytes) -> bool:
+def is_exposed(slot: Slot, registration_id: bytes) -> bool:
     """Whether the live record of ``slot`` is the one registered as ``registration_id``."""
     return (
         slot is not None
@@ -503,8 +521,7 @@ def is_exposed(slot: AccountSlot | None, registration_id: bytes) -> bool:
     )
 
 
-def _expose_record(state: VaultState, command: ExposeRecord) -> tuple[VaultState, Outcome]:
-    slot = state.slot(command.account_id)
+def _expose_record(_policy: VaultPolicy, slot: Slot, command: ExposeRecord) -> tuple[Slot, Outcome]:
     pending = None if slot is None else slot.pending
     if (
         slot is None
@@ -514,7 +531,7 @@ def _expose_record(state: VaultState, command: ExposeRecord) -> tuple[VaultState
         if is_exposed(slot, command.registration_id) and slot is not None:
             # Idempotent: the client lost the first RegisterExposeOk and asks again.
             # Nothing changes (no attempt, no counter move); it hears the same news.
-            return state, Applied(slot)
+            return slot, Applied(slot)
         raise ProtocolStateError("no pending record with this registration id")
     if pending_expired(pending, command.now_ms):
         raise ProtocolStateError("the pending record expired; register again")
@@ -529,20 +546,21 @@ def _expose_record(state: VaultState, command: ExposeRecord) -> tuple[VaultState
     # sessions of the old record cannot forgive them (their generation is stale).
     live = dataclasses.replace(pending, attempts_started=carried)
     new_slot = dataclasses.replace(slot, record=live, pending=None)
-    return state.with_slot(new_slot), Applied(new_slot)
+    return new_slot, Applied(new_slot)
 
 
-def _expire_pending(state: VaultState, command: ExpirePending) -> tuple[VaultState, Outcome]:
-    slot = state.slot(command.account_id)
+def _expire_pending(
+    _policy: VaultPolicy, slot: Slot, command: ExpirePending
+) -> tuple[Slot, Outcome]:
     if slot is None or slot.pending is None or not pending_expired(slot.pending, command.now_ms):
         raise ProtocolStateError("no expired pending record for this account")
     # The generation stays: nothing was exposed, and no started registration
     # names the pending record's generation (InstallRecord moved the slot to it).
     new_slot = dataclasses.replace(slot, pending=None)
-    return state.with_slot(new_slot), Applied(new_slot)
+    return new_slot, Applied(new_slot)
 
 
-_Rule = Callable[[VaultState, Any], tuple[VaultState, Outcome]]
+_Rule = Callable[[VaultPolicy, Slot, Any], tuple[Slot, Outcome]]
 
 _RULES: Mapping[type, _Rule] = MappingProxyType(
     {
@@ -555,4 +573,4 @@ _RULES: Mapping[type, _Rule] = MappingProxyType(
         ExpirePending: _expire_pending,
     }
 )
-"""How each command changes the state: one pure function per command type."""
+"""How each command changes a slot: one pure function per command type."""

@@ -6,7 +6,7 @@ by the untrusted host, and the HSM keeps only a :class:`~bkv.records.tree.TreeHe
 the 32-byte record ids. Every read comes with a proof the HSM checks
 (membership, or non-membership for "no record"); every batch of changes gives
 the host the changed nodes and the HSM a new head. Design and threat model:
-docs/architecture.md, "Record storage (next)".
+docs/architecture.md, "Record storage".
 
 Modules:
 
@@ -15,6 +15,7 @@ Modules:
 - :mod:`bkv.records.tree` — the HSM side (``verify_read``, ``open_record``,
   ``apply_batch``), the full build, and the host side (``TreeStore``,
   ``read_proof``);
-- :mod:`bkv.records.store_memory`, :mod:`bkv.records.store_sqlite` — the
-  storage adapters (the only I/O here).
+- :mod:`bkv.records.store_memory`, :mod:`bkv.records.store_sqlite`,
+  :mod:`bkv.records.store_postgres` — the stores (the only I/O here), chosen
+  by URL with :func:`bkv.records.engines.open_tree_store`.
 """

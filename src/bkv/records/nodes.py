@@ -220,6 +220,11 @@ def leaf_hash(tree_id: bytes, key: bytes, value: bytes) -> bytes:
     return _digest(Kind.LEAF, tree_id, key + value)
 
 
+def interior_hash(tree_id: bytes, is_root: bool, body: bytes) -> bytes:
+    """The hash of an interior node from its exact body encoding (no re-encoding)."""
+    return _digest(Kind.ROOT if is_root else Kind.INNER, tree_id, body)
+
+
 def node_hash(tree_id: bytes, node: Node) -> bytes:
     """The hash of any node (its parent's branch holds it; the head holds the root's)."""
     return _digest(node_kind(node), tree_id, _body(node))
@@ -287,6 +292,26 @@ def encode_position(depth: int, prefix: int) -> bytes:
     return depth.to_bytes(2, "big") + _bits_to_bytes(depth, prefix)
 
 
+_DEPTHS = tuple(depth.to_bytes(2, "big") for depth in range(KEY_BITS + 1))
+_LAST_BYTE_MASKS = tuple((0xFF << (8 - depth % 8)) & 0xFF for depth in range(KEY_BITS + 1))
+
+
+def encoded_path_positions(key: bytes) -> list[bytes]:
+    """``encode_position`` of every position on ``key``'s path (257), by byte slicing.
+
+    A prefix of ``depth`` bits, zero-padded, is the key's first ``ceil(depth/8)``
+    bytes with the bits past ``depth`` cleared: no integer arithmetic per position
+    (a host reads one path per request).
+    """
+    check_key(key)
+    out = []
+    for depth in range(KEY_BITS + 1):
+        size, rest = divmod(depth, 8)
+        prefix = key[:size] + bytes((key[size] & _LAST_BYTE_MASKS[depth],)) if rest else key[:size]
+        out.append(_DEPTHS[depth] + prefix)
+    return out
+
+
 # --- strict decoding --------------------------------------------------------------
 
 
@@ -309,6 +334,11 @@ class Reader:
 
     def uint(self, size: int) -> int:
         return int.from_bytes(self.take(size), "big")
+
+    @property
+    def position(self) -> int:
+        """How many bytes have been read."""
+        return self._pos
 
     def finish(self) -> None:
         if self._pos != len(self._data):

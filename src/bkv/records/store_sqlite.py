@@ -1,10 +1,10 @@
-"""SQLite adapter for :class:`bkv.records.tree.TreeStore` (one file; the only I/O in bkv.records).
+"""SQLite adapter for :class:`bkv.records.tree.TreeStore` (one file).
 
 Schema::
 
     nodes(pos BLOB, hash BLOB, node BLOB, PRIMARY KEY (pos, hash)) WITHOUT ROWID
     records(key BLOB PRIMARY KEY, blob BLOB) WITHOUT ROWID
-    head(one = 1, tree_id BLOB, version INTEGER, root BLOB)
+    head(one = 1, tree_id BLOB, version INTEGER, root BLOB, sealed_state BLOB)
 
 ``pos`` is :func:`bkv.records.nodes.encode_position` (u16 depth, then the key
 prefix), so :meth:`SqliteTreeStore.read_path` is one ``SELECT ... WHERE pos IN
@@ -12,31 +12,43 @@ prefix), so :meth:`SqliteTreeStore.read_path` is one ``SELECT ... WHERE pos IN
 
 WAL journal and ``synchronous=FULL``: a commit is one ``BEGIN IMMEDIATE``
 transaction that re-checks the stored head first, so a crash keeps all or
-nothing of an update (nodes, records and head together) and two writers
-cannot interleave. Readers in other connections see one committed version per
-query (WAL snapshots); a proof read across a concurrent commit fails with
-StorageError (a node of the old version is gone) and is read again.
+nothing of an update (nodes, records, head and sealed state together) and two
+writers cannot interleave. Readers in other connections see one committed
+version per query or read transaction (WAL snapshots,
+https://www.sqlite.org/wal.html#concurrency): :meth:`SqliteTreeStore.read_for_key`
+reads the path and the record in one read transaction; a proof read across a
+concurrent commit with separate queries fails with StorageError (a node of
+the old version is gone) and is read again.
+
+A bulk load is one ``BEGIN IMMEDIATE`` transaction too: the blobs and then the
+nodes go in with ``executemany`` in chunks, nothing is visible to other
+connections before its ``COMMIT``, and a checkpoint then truncates the WAL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from bkv.errors import CodecError, StorageError
-from bkv.records.nodes import (
-    HASH_SIZE,
-    KEY_BITS,
-    NodeId,
-    check_key,
-    decode_position,
-    encode_position,
+from bkv.errors import StorageError
+from bkv.records.nodes import KEY_BITS, NodeId, check_key, encode_position, encoded_path_positions
+from bkv.records.tree import (
+    TreeHead,
+    TreeUpdate,
+    bulk_build,
+    check_commit,
+    check_sealed_state,
+    stored_blob,
+    stored_head,
+    stored_node_id,
+    stored_sealed_state,
 )
-from bkv.records.tree import TreeHead, TreeUpdate, check_commit, path_positions
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -45,13 +57,19 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, blob BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS head (
     one INTEGER PRIMARY KEY CHECK (one = 1),
-    tree_id BLOB NOT NULL, version INTEGER NOT NULL, root BLOB NOT NULL
+    tree_id BLOB NOT NULL, version INTEGER NOT NULL, root BLOB NOT NULL,
+    sealed_state BLOB NOT NULL
 );
 """
 
 # One placeholder per position on a path (depths 0..256); nothing else is spliced in.
 _PATH_MARKS = ",".join("?" * (KEY_BITS + 1))
 _PATH_QUERY = f"SELECT pos, hash, node FROM nodes WHERE pos IN ({_PATH_MARKS})"  # noqa: S608
+_RECORD_QUERY = "SELECT blob FROM records WHERE key = ?"
+_INSERT_NODE = "INSERT INTO nodes (pos, hash, node) VALUES (?, ?, ?)"
+_WRITE_HEAD = (
+    "INSERT OR REPLACE INTO head (one, tree_id, version, root, sealed_state) VALUES (1, ?, ?, ?, ?)"
+)
 
 
 class SqliteTreeStore:
@@ -64,15 +82,20 @@ class SqliteTreeStore:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         # One connection shared by the threads of a server, serialized by a lock.
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"record store open failed: {type(exc).__name__}") from exc
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._db.executescript(_SCHEMA)
-        except Exception:
+            # A file made by an older version has no sealed state column.
+            self._db.execute("SELECT sealed_state FROM head LIMIT 0")
+        except sqlite3.Error as exc:
             self._db.close()
-            raise
+            raise StorageError(f"record store open failed: {type(exc).__name__}") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -104,27 +127,37 @@ class SqliteTreeStore:
     @staticmethod
     def _head(db: sqlite3.Connection) -> TreeHead | None:
         row = db.execute("SELECT tree_id, version, root FROM head WHERE one = 1").fetchone()
-        if row is None:
-            return None
-        tree_id, version, root = _blob(row[0], "head"), row[1], _blob(row[2], "head")
-        if type(version) is not int:
-            raise StorageError("the stored head is corrupt")
-        try:
-            return TreeHead(tree_id, version, root)
-        except ValueError as exc:
-            raise StorageError("the stored head is corrupt") from exc
+        return None if row is None else stored_head(*row)
+
+    def sealed_state(self) -> bytes | None:
+        with self._reading() as db:
+            row = db.execute("SELECT sealed_state FROM head WHERE one = 1").fetchone()
+        return None if row is None else stored_sealed_state(row[0])
 
     def read_path(self, key: bytes) -> list[tuple[NodeId, bytes]]:
-        positions = [encode_position(d, p) for d, p in path_positions(key)]
+        positions = encoded_path_positions(key)
         with self._reading() as db:
             rows = db.execute(_PATH_QUERY, positions).fetchall()
-        return [(_node_id(pos, digest), _blob(node, "node")) for pos, digest, node in rows]
+        return _path(rows)
+
+    def read_for_key(self, key: bytes) -> tuple[list[tuple[NodeId, bytes]], bytes | None]:
+        positions = encoded_path_positions(key)
+        with self._reading() as db:
+            # One read transaction: both queries see the snapshot its first read takes,
+            # whatever another connection commits meanwhile.
+            db.execute("BEGIN")
+            try:
+                rows = db.execute(_PATH_QUERY, positions).fetchall()
+                row = db.execute(_RECORD_QUERY, (key,)).fetchone()
+            finally:
+                db.execute("COMMIT")  # ends the read; nothing was written
+        return _path(rows), None if row is None else stored_blob(row[0], "record")
 
     def node_ids(self) -> set[NodeId]:
         """Every stored node's id (a full scan: for tests and audits of small stores)."""
         with self._reading() as db:
             rows = db.execute("SELECT pos, hash FROM nodes").fetchall()
-        return {_node_id(pos, digest) for pos, digest in rows}
+        return {stored_node_id(pos, digest) for pos, digest in rows}
 
     def get_nodes(self, ids: Sequence[NodeId]) -> list[bytes]:
         out = []
@@ -135,84 +168,126 @@ class SqliteTreeStore:
                 ).fetchone()
                 if row is None:
                     raise StorageError("a requested node is not in the store")
-                out.append(_blob(row[0], "node"))
+                out.append(stored_blob(row[0], "node"))
         return out
 
     def read_record(self, key: bytes) -> bytes | None:
         check_key(key)
         with self._reading() as db:
-            row = db.execute("SELECT blob FROM records WHERE key = ?", (key,)).fetchone()
-        return None if row is None else _blob(row[0], "record")
+            row = db.execute(_RECORD_QUERY, (key,)).fetchone()
+        return None if row is None else stored_blob(row[0], "record")
 
-    def commit(self, update: TreeUpdate, records: Mapping[bytes, bytes | None]) -> None:
+    def disk_bytes(self) -> int:
+        """The database file and its WAL file, as the file system reports them."""
+        with self._reading() as db:
+            file = db.execute("PRAGMA database_list").fetchone()[2]
+            if not file:  # an in-memory or temporary database: its pages
+                pages = db.execute("PRAGMA page_count").fetchone()[0]
+                return int(pages) * int(db.execute("PRAGMA page_size").fetchone()[0])
+        total = 0
+        for name in (file, file + "-wal"):
+            try:
+                total += os.stat(name).st_size
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"record store size failed: {type(exc).__name__}") from exc
+        return total
+
+    @contextmanager
+    def _writing(self, operation: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction, committed if the block returns."""
         with self._lock:
             try:
-                self._commit(update, records)
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    # Also when COMMIT itself fails: a transaction left open would serve
+                    # uncommitted rows and block every later commit.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
             except sqlite3.Error as exc:
                 # e.g. SQLITE_BUSY from another process, disk full: nothing was committed.
-                raise StorageError(f"record store commit failed: {type(exc).__name__}") from exc
+                raise StorageError(
+                    f"record store {operation} failed: {type(exc).__name__}"
+                ) from exc
 
-    def _commit(self, update: TreeUpdate, records: Mapping[bytes, bytes | None]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            check_commit(self._head(self._db), update, records)
-            self._write_nodes(update)
-            self._write_records(records)
+    def commit(
+        self, update: TreeUpdate, records: Mapping[bytes, bytes | None], sealed_state: bytes
+    ) -> None:
+        check_sealed_state(sealed_state)  # caller misuse, before any lock is taken
+        with self._writing("commit") as db:
+            check_commit(self._head(db), update, records, sealed_state)
+            _write_nodes(db, update)
+            _write_records(db, records)
             head = update.new_head
-            self._db.execute(
-                "INSERT OR REPLACE INTO head (one, tree_id, version, root) VALUES (1, ?, ?, ?)",
-                (head.tree_id, head.version, head.root),
-            )
-            self._db.execute("COMMIT")
-        except BaseException:
-            # Also when COMMIT itself fails: a transaction left open would serve
-            # uncommitted rows and block every later commit.
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+            db.execute(_WRITE_HEAD, (head.tree_id, head.version, head.root, sealed_state))
 
-    def _write_nodes(self, update: TreeUpdate) -> None:
-        deleted = self._db.executemany(
-            "DELETE FROM nodes WHERE pos = ? AND hash = ?", map(_key_of, update.obsolete)
-        ).rowcount
-        if deleted != len(update.obsolete):
-            raise StorageError("an obsolete node is not in the store")
-        try:
-            self._db.executemany(
-                "INSERT INTO nodes (pos, hash, node) VALUES (?, ?, ?)",
-                ((*_key_of(node_id), data) for node_id, data in update.new_nodes),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise StorageError("a new node is already in the store") from exc
+    def bulk_load(
+        self,
+        tree_id: bytes,
+        entries: Iterable[tuple[bytes, bytes]],
+        sealed_state_for: Callable[[TreeHead], bytes],
+    ) -> TreeHead:
+        with self._writing("bulk load") as db:
+            if db.execute(
+                "SELECT EXISTS (SELECT 1 FROM head) OR EXISTS (SELECT 1 FROM nodes)"
+                " OR EXISTS (SELECT 1 FROM records)"
+            ).fetchone()[0]:
+                raise StorageError("a bulk load needs an empty store")
 
-    def _write_records(self, records: Mapping[bytes, bytes | None]) -> None:
-        for key, blob in records.items():
-            if blob is None:
-                self._db.execute("DELETE FROM records WHERE key = ?", (key,))
-            else:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO records (key, blob) VALUES (?, ?)", (key, blob)
-                )
+            def write_records(chunk: list[tuple[bytes, bytes]]) -> None:
+                chunk.sort()  # fewer B-tree pages touched per chunk than in arrival order
+                try:
+                    db.executemany("INSERT INTO records (key, blob) VALUES (?, ?)", chunk)
+                except sqlite3.IntegrityError:
+                    raise ValueError("a record id appears twice") from None
+
+            def write_nodes(chunk: list[tuple[NodeId, bytes]]) -> None:
+                db.executemany(_INSERT_NODE, ((*_key_of(i), data) for i, data in chunk))
+
+            head = bulk_build(tree_id, entries, write_records, write_nodes)
+            sealed_state = sealed_state_for(head)
+            check_sealed_state(sealed_state)
+            db.execute(_WRITE_HEAD, (head.tree_id, head.version, head.root, sealed_state))
+        # The load's WAL is as large as the database it wrote: copy it in and give the
+        # space back (https://www.sqlite.org/pragma.html#pragma_wal_checkpoint).
+        # Best effort: the load is committed whatever this does.
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return head
+
+
+def _write_nodes(db: sqlite3.Connection, update: TreeUpdate) -> None:
+    deleted = db.executemany(
+        "DELETE FROM nodes WHERE pos = ? AND hash = ?", map(_key_of, update.obsolete)
+    ).rowcount
+    if deleted != len(update.obsolete):
+        raise StorageError("an obsolete node is not in the store")
+    try:
+        db.executemany(
+            _INSERT_NODE, ((*_key_of(node_id), data) for node_id, data in update.new_nodes)
+        )
+    except sqlite3.IntegrityError as exc:
+        raise StorageError("a new node is already in the store") from exc
+
+
+def _write_records(db: sqlite3.Connection, records: Mapping[bytes, bytes | None]) -> None:
+    db.executemany(
+        "DELETE FROM records WHERE key = ?", ((k,) for k, b in records.items() if b is None)
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO records (key, blob) VALUES (?, ?)",
+        ((k, b) for k, b in records.items() if b is not None),
+    )
 
 
 def _key_of(node_id: NodeId) -> tuple[bytes, bytes]:
     return encode_position(node_id.depth, node_id.prefix), node_id.hash
 
 
-def _blob(value: object, what: str) -> bytes:
-    """A column value that must be a BLOB (the tables are not STRICT: any type fits)."""
-    if not isinstance(value, bytes):
-        # bytes() of an INTEGER would be that many zero bytes: never convert.
-        raise StorageError(f"a stored {what} is corrupt: {type(value).__name__}, not a blob")
-    return value
-
-
-def _node_id(pos: object, digest: object) -> NodeId:
-    try:
-        depth, prefix = decode_position(_blob(pos, "node position"))
-    except CodecError as exc:
-        raise StorageError("a stored node position is corrupt") from exc
-    digest = _blob(digest, "node hash")
-    if len(digest) != HASH_SIZE:
-        raise StorageError("a stored node hash is corrupt")
-    return NodeId(depth, prefix, digest)
+def _path(rows: Iterable[tuple[object, object, object]]) -> list[tuple[NodeId, bytes]]:
+    return [(stored_node_id(pos, digest), stored_blob(node, "node")) for pos, digest, node in rows]

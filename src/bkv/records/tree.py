@@ -16,7 +16,9 @@ HSM side (pure; cost O(proof size); the HSM keeps only a :class:`TreeHead`):
   group commit: any number of records, one new root and one new version).
 
 Host side: :class:`TreeStore` (nodes stored by position and hash, so a path is
-one query) and :func:`read_proof`.
+one query; the HSM's sealed state stored with the head it seals),
+:func:`read_proof`, :func:`read_record_proof`, and :func:`bulk_build`, the
+streaming build every store's ``bulk_load`` shares.
 
 :func:`build_tree` builds a whole tree from its records (the bulk loader, and
 the reference a batch update must equal).
@@ -29,7 +31,8 @@ import hmac
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from types import TracebackType
+from typing import NamedTuple, Protocol, Self
 
 from bkv.errors import (
     CodecError,
@@ -41,10 +44,13 @@ from bkv.errors import (
     StorageError,
 )
 from bkv.records.nodes import (
+    FORMAT_VERSION,
+    HASH_SIZE,
     KEY_BITS,
     MAX_RECORD_SIZE,
     Branch,
     Interior,
+    Kind,
     Leaf,
     Node,
     NodeId,
@@ -52,7 +58,10 @@ from bkv.records.nodes import (
     check_key,
     check_tree_id,
     decode_node,
+    decode_position,
+    encode_interior_body,
     hash_and_encode,
+    interior_hash,
     leaf_hash,
     leaf_hash_and_encode,
     node_hash,
@@ -62,6 +71,12 @@ from bkv.records.proof import MAX_PROOF_NODES, MAX_TREE_VERSION, Proof
 
 MAX_BATCH_KEYS = 4096
 """Records one batch (one root update) may change."""
+
+MAX_SEALED_STATE_SIZE = 64 * 1024
+"""Largest sealed HSM state a store keeps with its head (opaque to the host)."""
+
+BULK_CHUNK_ROWS = 10_000
+"""Rows a bulk load gives a store per write (read when a load starts)."""
 
 NodeSink = Callable[[NodeId, bytes], None]
 """Receives each node a build or a batch creates, with its encoding."""
@@ -132,23 +147,35 @@ def _branch_toward(node: Interior, key: int, depth: int) -> Branch | None:
 
 
 class _Step(NamedTuple):
-    """One verified interior node of a path."""
+    """One verified interior node of a path, with its exact body encoding."""
 
     depth: int
     prefix: int
     hash: bytes
     node: Interior
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class _VerifiedPath:
+class VerifiedPath:
+    """A key's path checked against ``head`` (:func:`verify_path`): what a batch builds on.
+
+    Only :func:`verify_path` makes one; :func:`apply_verified_batch` takes it
+    instead of the proof, so a proof the HSM checked on reading is not checked again.
+    """
+
+    head: TreeHead
     key: int
     steps: tuple[_Step, ...]
     leaf: NodeId | None
     value: bytes | None
 
+    @property
+    def key_bytes(self) -> bytes:
+        return self.key.to_bytes(KEY_BITS // 8, "big")
 
-def _verify_path(head: TreeHead, key: bytes, proof: Proof) -> _VerifiedPath:
+
+def verify_path(head: TreeHead, key: bytes, proof: Proof) -> VerifiedPath:
     """Steps 1-3 of every proof check; any failure is a RecordProofError."""
     check_key(key)
     # 1. The proof answers this key ...
@@ -163,29 +190,31 @@ def _verify_path(head: TreeHead, key: bytes, proof: Proof) -> _VerifiedPath:
     return _walk(head, int.from_bytes(key, "big"), proof)
 
 
-def _check_node(head: TreeHead, index: int, node: Interior, expected: bytes) -> bytes:
-    digest = node_hash(head.tree_id, node)
+def _check_node(head: TreeHead, index: int, node: Interior, body: bytes, expected: bytes) -> bytes:
+    digest = interior_hash(head.tree_id, node.is_root, body)
     if not hmac.compare_digest(digest, expected):
         holder = "the head" if index == 0 else "its parent"
         raise RecordProofError(f"proof node {index} does not hash to what {holder} holds")
     return digest
 
 
-def _walk(head: TreeHead, key: int, proof: Proof) -> _VerifiedPath:
+def _walk(head: TreeHead, key: int, proof: Proof) -> VerifiedPath:
     expected, depth, steps = head.root, 0, []
     last = len(proof.nodes) - 1
+    bodies = proof.bodies or tuple(encode_interior_body(node) for node in proof.nodes)
     for index, node in enumerate(proof.nodes):
-        steps.append(
-            _Step(depth, _prefix(key, depth), _check_node(head, index, node, expected), node)
-        )
+        body = bodies[index]
+        digest = _check_node(head, index, node, body, expected)
+        steps.append(_Step(depth, _prefix(key, depth), digest, node, body))
         branch = _branch_toward(node, key, depth)
         if branch is None:
             _check_absent_end(index, last, proof)
-            return _VerifiedPath(key, tuple(steps), None, None)
+            return VerifiedPath(head, key, tuple(steps), None, None)
         depth += branch.length
         if depth == KEY_BITS:
             _check_leaf_end(head, index, last, proof, branch.child)
-            return _VerifiedPath(key, tuple(steps), NodeId(depth, key, branch.child), proof.value)
+            leaf = NodeId(depth, key, branch.child)
+            return VerifiedPath(head, key, tuple(steps), leaf, proof.value)
         expected = branch.child
     raise RecordProofError("the proof ends before the key's path does")
 
@@ -208,7 +237,7 @@ def _check_leaf_end(head: TreeHead, index: int, last: int, proof: Proof, expecte
 
 def verify_read(head: TreeHead, key: bytes, proof: Proof) -> bytes | None:
     """The value (record hash) the tree at ``head`` holds for ``key``; None if proven absent."""
-    return _verify_path(head, key, proof).value
+    return verify_path(head, key, proof).value
 
 
 def open_record(head: TreeHead, key: bytes, proof: Proof, blob: bytes | None) -> bytes | None:
@@ -218,18 +247,26 @@ def open_record(head: TreeHead, key: bytes, proof: Proof, blob: bytes | None) ->
     or a blob for an absent record raises :class:`RecordMismatchError`; a
     present record hidden behind a forged absence raises from the proof check.
     """
-    value = verify_read(head, key, proof)
+    return open_verified_record(head, key, proof, blob)[1]
+
+
+def open_verified_record(
+    head: TreeHead, key: bytes, proof: Proof, blob: bytes | None
+) -> tuple[VerifiedPath, bytes | None]:
+    """:func:`open_record`, and the verified path (for :func:`apply_verified_batch`)."""
+    path = verify_path(head, key, proof)
+    value = path.value
     if value is None:
         if blob is not None:
             raise RecordMismatchError("the host sent a blob for a record the tree does not hold")
-        return None
+        return path, None
     if blob is None:
         raise RecordMismatchError("the host sent no blob for a record the tree holds")
     if not 0 < len(blob) <= MAX_RECORD_SIZE:
         raise SizeLimitError(f"a sealed record is 1..{MAX_RECORD_SIZE} bytes")
     if not hmac.compare_digest(record_hash(head.tree_id, key, blob), value):
         raise RecordMismatchError("the blob is not the record the tree holds for this id")
-    return blob
+    return path, blob
 
 
 # --- building (shared by the full build and the batch update) --------------------
@@ -370,7 +407,7 @@ def _proofs_by_key(
     return by_key
 
 
-def _expanded(paths: Iterable[_VerifiedPath]) -> dict[tuple[int, int], _Step]:
+def _expanded(paths: Iterable[VerifiedPath]) -> dict[tuple[int, int], _Step]:
     """The verified interior nodes of all paths, by position (shared nodes once)."""
     return {(step.depth, step.prefix): step for path in paths for step in path.steps}
 
@@ -397,7 +434,7 @@ def _untouched_subtrees(
     return items
 
 
-def _old_ids(paths: Iterable[_VerifiedPath]) -> set[NodeId]:
+def _old_ids(paths: Iterable[VerifiedPath]) -> set[NodeId]:
     ids = {NodeId(s.depth, s.prefix, s.hash) for path in paths for s in path.steps}
     ids.update(path.leaf for path in paths if path.leaf is not None)
     return ids
@@ -414,10 +451,33 @@ def apply_batch(
     :func:`build_tree` of the changed record set, at version ``head.version + 1``.
     """
     _check_changes(changes)
+    by_key = _proofs_by_key(proofs, changes)
+    return apply_verified_batch(
+        head, [verify_path(head, key, by_key[key]) for key in changes], changes
+    )
+
+
+def apply_verified_batch(
+    head: TreeHead, paths: Iterable[VerifiedPath], changes: Mapping[bytes, bytes | None]
+) -> TreeUpdate:
+    """:func:`apply_batch` from paths already verified against ``head`` (one per changed key)."""
+    _check_changes(changes)
     if head.version == MAX_TREE_VERSION:
         raise ValueError("the tree version is exhausted")
-    by_key = _proofs_by_key(proofs, changes)
-    paths = [_verify_path(head, key, by_key[key]) for key in changes]
+    by_key = {path.key_bytes: path for path in paths}
+    if any(path.head != head for path in by_key.values()) or by_key.keys() != changes.keys():
+        raise ValueError("need exactly one path per changed key, verified against this head")
+    ordered = [by_key[key] for key in changes]
+    values = {key: value for key, value in changes.items() if value is not None}
+    if len(values) == len(changes) and all(path.leaf is not None for path in ordered):
+        return _update_in_place(head, ordered, values)
+    return _rebuild(head, ordered, changes)
+
+
+def _rebuild(
+    head: TreeHead, paths: Sequence[VerifiedPath], changes: Mapping[bytes, bytes | None]
+) -> TreeUpdate:
+    """Inserts and deletes: rebuild the changed region from the untouched subtrees."""
     fresh: dict[NodeId, bytes] = {}
     expanded = _expanded(paths)
     changed = {path.key for path in paths}
@@ -428,7 +488,54 @@ def apply_batch(
         if value is not None
     ]
     root = _Builder(head.tree_id, items, fresh.__setitem__).root()
-    old = _old_ids(paths)
+    return _update(head, root, fresh, _old_ids(paths))
+
+
+def _update_in_place(
+    head: TreeHead, paths: Sequence[VerifiedPath], changes: Mapping[bytes, bytes]
+) -> TreeUpdate:
+    """Only existing keys change value: the shape stays (it depends only on the key set).
+
+    Each changed leaf gets its new hash; then every node on the verified paths,
+    deepest first, gets its body with the changed children's hashes written in
+    place (a branch's child hash is its last 32 bytes) and is hashed again.
+    Equal to :func:`_rebuild` (the property tests compare both with ``build_tree``).
+    """
+    tree_id = head.tree_id
+    fresh: dict[NodeId, bytes] = {}
+    new_hash: dict[tuple[int, int], bytes] = {}
+    for path in paths:
+        digest, encoding = leaf_hash_and_encode(tree_id, path.key_bytes, changes[path.key_bytes])
+        fresh[NodeId(KEY_BITS, path.key, digest)] = encoding
+        new_hash[(KEY_BITS, path.key)] = digest
+    for (depth, prefix), step in sorted(_expanded(paths).items(), reverse=True):
+        body = _with_children(step, new_hash)
+        kind = Kind.ROOT if step.node.is_root else Kind.INNER
+        digest = interior_hash(tree_id, step.node.is_root, body)
+        fresh[NodeId(depth, prefix, digest)] = bytes((FORMAT_VERSION, kind)) + body
+        new_hash[(depth, prefix)] = digest
+    return _update(head, new_hash[(0, 0)], fresh, _old_ids(paths))
+
+
+def _with_children(step: _Step, new_hash: Mapping[tuple[int, int], bytes]) -> bytes:
+    """The step's body with each child that has a new hash rewritten (left, then right)."""
+    body, offset = step.body, 0
+    for branch in (step.node.left, step.node.right):
+        if branch is None:
+            offset += 2
+            continue
+        end = offset + 2 + (branch.length + 7) // 8 + HASH_SIZE
+        child = (step.depth + branch.length, (step.prefix << branch.length) | branch.path)
+        digest = new_hash.get(child)
+        if digest is not None:
+            body = body[: end - HASH_SIZE] + digest + body[end:]
+        offset = end
+    return body
+
+
+def _update(
+    head: TreeHead, root: bytes, fresh: Mapping[NodeId, bytes], old: set[NodeId]
+) -> TreeUpdate:
     return TreeUpdate(
         old_head=head,
         new_head=TreeHead(head.tree_id, head.version + 1, root),
@@ -441,16 +548,21 @@ def apply_batch(
 
 
 class TreeStore(Protocol):
-    """Where the host keeps the nodes, the sealed records and the current head.
+    """Where the host keeps the nodes, the sealed records, the head and the sealed state.
 
     Nodes are stored under their :class:`NodeId` (position, then hash), so all
     nodes on a key's path come back from one query (:meth:`read_path`) and a
     node's old and new versions can coexist. The store is untrusted: the HSM
-    checks everything it reads; a store fault only denies service.
+    checks everything it reads; a store fault only denies service. Every store
+    is a context manager that closes it.
     """
 
     def head(self) -> TreeHead | None:
         """The head of the last committed update (None before the first)."""
+        ...
+
+    def sealed_state(self) -> bytes | None:
+        """The sealed state committed with the current head (None before the first commit)."""
         ...
 
     def read_path(self, key: bytes) -> list[tuple[NodeId, bytes]]:
@@ -465,21 +577,80 @@ class TreeStore(Protocol):
         """The sealed blob stored for ``key`` (None if there is none)."""
         ...
 
-    def commit(self, update: TreeUpdate, records: Mapping[bytes, bytes | None]) -> None:
+    def read_for_key(self, key: bytes) -> tuple[list[tuple[NodeId, bytes]], bytes | None]:
+        """``(read_path(key), read_record(key))`` read from one committed version."""
+        ...
+
+    def commit(
+        self, update: TreeUpdate, records: Mapping[bytes, bytes | None], sealed_state: bytes
+    ) -> None:
         """Atomically: check the stored head is ``update.old_head``; delete the obsolete
         nodes (each must exist); add the new ones (none may exist); store or delete the
-        sealed ``records``; make ``update.new_head`` the head. StorageError otherwise."""
+        sealed ``records``; make ``update.new_head`` the head and ``sealed_state`` the
+        sealed state. StorageError otherwise (nothing written); ValueError for
+        arguments no update can have (:func:`check_commit`)."""
         ...
+
+    def bulk_load(
+        self,
+        tree_id: bytes,
+        entries: Iterable[tuple[bytes, bytes]],
+        sealed_state_for: Callable[[TreeHead], bytes],
+    ) -> TreeHead:
+        """Fill an empty store with the version-0 tree of ``entries`` (record id, sealed
+        blob; any order) and ``sealed_state_for(head)``; return the head.
+
+        The nodes and head are those :func:`build_tree` and :meth:`commit` would
+        store. StorageError (nothing written) unless the store is empty;
+        ValueError for a record id twice or a bad record or sealed state.
+        """
+        ...
+
+    def disk_bytes(self) -> int:
+        """Bytes the store occupies on disk (0 for a store that keeps nothing there)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's connection; a closed store is not used again."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def check_sealed_state(sealed_state: bytes) -> None:
+    """Caller misuse unless ``sealed_state`` is 1..MAX_SEALED_STATE_SIZE bytes."""
+    if not isinstance(sealed_state, bytes):
+        raise TypeError("a sealed state is bytes")
+    if not 0 < len(sealed_state) <= MAX_SEALED_STATE_SIZE:
+        raise ValueError(f"a sealed state is 1..{MAX_SEALED_STATE_SIZE} bytes")
 
 
 def check_commit(
-    current: TreeHead | None, update: TreeUpdate, records: Mapping[bytes, bytes | None]
+    current: TreeHead | None,
+    update: TreeUpdate,
+    records: Mapping[bytes, bytes | None],
+    sealed_state: bytes,
 ) -> None:
-    """The checks every store makes before a commit (StorageError: nothing is written).
+    """The checks every store makes before a commit (nothing is written when one fails).
 
-    The update must follow the stored head (same tree, next version), so two
-    writers cannot interleave and an update is never applied twice.
+    ValueError (TypeError) for arguments no update can have: a record id or a
+    sealed record or sealed state of the wrong size. StorageError when the
+    update does not apply to the store: it must follow the stored head (same
+    tree, next version), so two writers cannot interleave and an update is
+    never applied twice.
     """
+    check_sealed_state(sealed_state)
+    for key, blob in records.items():
+        check_key(key)
+        if blob is not None and not (isinstance(blob, bytes) and 0 < len(blob) <= MAX_RECORD_SIZE):
+            raise ValueError(f"a sealed record is 1..{MAX_RECORD_SIZE} bytes")
     if current != update.old_head:
         raise StorageError("the stored head is not the head the update starts from")
     old = update.old_head
@@ -494,10 +665,95 @@ def check_commit(
         raise StorageError("the update names one node twice")
     if not set(added).isdisjoint(update.obsolete):
         raise StorageError("the update both adds and removes one node")
-    for key, blob in records.items():
-        check_key(key)
-        if blob is not None and not 0 < len(blob) <= MAX_RECORD_SIZE:
-            raise ValueError(f"a sealed record is 1..{MAX_RECORD_SIZE} bytes")
+
+
+def bulk_build(
+    tree_id: bytes,
+    entries: Iterable[tuple[bytes, bytes]],
+    write_records: Callable[[list[tuple[bytes, bytes]]], None],
+    write_nodes: Callable[[list[tuple[NodeId, bytes]]], None],
+) -> TreeHead:
+    """Build the version-0 tree of ``entries`` (record id, sealed blob) while a store writes it.
+
+    The blobs go to ``write_records`` and then the nodes to ``write_nodes``, in
+    chunks of at most :data:`BULK_CHUNK_ROWS` (each chunk a new list); only the
+    (record id, record hash) pairs stay in memory. The nodes and the returned
+    head equal :func:`build_tree`'s for ``{id: record_hash(tree_id, id, blob)}``.
+    A bad record id or blob, or an id given twice, raises ValueError (TypeError
+    for a blob that is not bytes), possibly after some chunks were written: a
+    store loads in one transaction and rolls it back.
+    """
+    check_tree_id(tree_id)
+    chunk_rows = BULK_CHUNK_ROWS
+    if chunk_rows < 1:
+        raise ValueError("a bulk load writes at least one row at a time")
+    pairs: list[tuple[bytes, bytes]] = []
+    blobs: list[tuple[bytes, bytes]] = []
+    for key, blob in entries:
+        if not isinstance(blob, bytes):
+            raise TypeError("a sealed record is bytes")
+        pairs.append((key, record_hash(tree_id, key, blob)))
+        blobs.append((key, blob))
+        if len(blobs) >= chunk_rows:
+            write_records(blobs)
+            blobs = []
+    if blobs:
+        write_records(blobs)
+    del blobs
+    nodes: list[tuple[NodeId, bytes]] = []
+
+    def sink(node_id: NodeId, data: bytes) -> None:
+        nodes.append((node_id, data))
+        if len(nodes) >= chunk_rows:
+            write_nodes(nodes.copy())
+            nodes.clear()
+
+    root = build_nodes(tree_id, pairs, sink)
+    if nodes:
+        write_nodes(nodes)
+    return TreeHead(tree_id, 0, root)
+
+
+# --- host side: what a store reads back (shared by the database stores) -----------------
+
+
+def stored_blob(value: object, what: str) -> bytes:
+    """A column value that must be bytes (a database may hand back any type)."""
+    if not isinstance(value, bytes):
+        # bytes() of an integer would be that many zero bytes: never convert.
+        raise StorageError(f"a stored {what} is corrupt: {type(value).__name__}, not a blob")
+    return value
+
+
+def stored_node_id(pos: object, digest: object) -> NodeId:
+    """The id of a stored node from its position and hash columns (StorageError if corrupt)."""
+    try:
+        depth, prefix = decode_position(stored_blob(pos, "node position"))
+    except CodecError as exc:
+        raise StorageError("a stored node position is corrupt") from exc
+    digest = stored_blob(digest, "node hash")
+    if len(digest) != HASH_SIZE:
+        raise StorageError("a stored node hash is corrupt")
+    return NodeId(depth, prefix, digest)
+
+
+def stored_head(tree_id: object, version: object, root: object) -> TreeHead:
+    """The head from its columns (StorageError if corrupt)."""
+    tree_id, root = stored_blob(tree_id, "head"), stored_blob(root, "head")
+    if type(version) is not int:
+        raise StorageError("the stored head is corrupt")
+    try:
+        return TreeHead(tree_id, version, root)
+    except ValueError as exc:
+        raise StorageError("the stored head is corrupt") from exc
+
+
+def stored_sealed_state(value: object) -> bytes:
+    """The sealed state from its column (StorageError if corrupt)."""
+    sealed_state = stored_blob(value, "sealed state")
+    if not 0 < len(sealed_state) <= MAX_SEALED_STATE_SIZE:
+        raise StorageError("the stored sealed state is corrupt: wrong size")
+    return sealed_state
 
 
 def _stored_node(
@@ -540,7 +796,23 @@ def read_proof(store: TreeStore, head: TreeHead, key: bytes) -> Proof:
     example when ``head`` is not the store's: read again at the current head).
     """
     check_key(key)
-    found = {(node_id.depth, node_id.hash): data for node_id, data in store.read_path(key)}
+    return _proof_from_path(head, key, store.read_path(key))
+
+
+def read_record_proof(store: TreeStore, head: TreeHead, key: bytes) -> tuple[Proof, bytes | None]:
+    """The proof of ``key`` at ``head`` and the sealed blob stored for it, read together.
+
+    One ``read_for_key``: the path and the blob come from one committed version,
+    so a commit between them cannot pair an old proof with a new blob. Raises
+    like :func:`read_proof`; the HSM checks the pair with :func:`open_record`.
+    """
+    check_key(key)
+    path, blob = store.read_for_key(key)
+    return _proof_from_path(head, key, path), blob
+
+
+def _proof_from_path(head: TreeHead, key: bytes, path: Iterable[tuple[NodeId, bytes]]) -> Proof:
+    found = {(node_id.depth, node_id.hash): data for node_id, data in path}
     key_value = int.from_bytes(key, "big")
     nodes: list[Interior] = []
     depth, digest = 0, head.root
