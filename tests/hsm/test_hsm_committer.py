@@ -171,3 +171,17 @@ def test_an_hsm_on_postgresql_serves_restarts_and_refuses_a_rollback(
             )
     with pytest.raises(StateRollbackError):
         load_hsm(config)
+
+
+def test_the_record_store_url_is_in_no_repr_of_the_config(tmp_path: Path) -> None:
+    # A PostgreSQL URL may carry a password (docs/operations.md says to keep it
+    # in ~/.pgpass, but a config that does not must still not print it).
+    path = tmp_path / "hsm.toml"
+    url = "postgresql://bkv:s3cret-pw@db.internal/bkv?schema=f"
+    path.write_text(
+        f'[hsm]\nfleet_id = "f"\nstate_dir = "state"\nrecord_store = "{url}"\n[sealer]\n',
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config.record_store == url
+    assert "s3cret-pw" not in repr(config)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -589,8 +589,3 @@ class Replica:
 
 def _position_order(position: Position) -> tuple[int, int]:
     return position.term, position.index
-
-
-def committed_prefix(positions: Iterable[Position]) -> tuple[Position, ...]:
-    """Positions in index order (a helper for adapters that gather outputs)."""
-    return tuple(sorted(positions, key=lambda position: position.index))

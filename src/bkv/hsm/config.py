@@ -102,7 +102,7 @@ class HsmConfig:
     state_dir: Path
     key_dir: Path
     link_key_file: Path
-    record_store: str
+    record_store: str = field(repr=False)  # a PostgreSQL URL may carry a password
     max_guess_limit: int
     sealer: SealerConfig
     timeouts: Timeouts = field(default_factory=Timeouts)

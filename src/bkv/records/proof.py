@@ -25,14 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bkv.errors import InvalidValueError, NonCanonicalError, TruncatedError, UnknownTagError
+from bkv.errors import InvalidValueError, NonCanonicalError, UnknownTagError
 from bkv.records.nodes import (
     FORMAT_VERSION,
     HASH_SIZE,
     KEY_BITS,
     KEY_SIZE,
     MAX_INTERIOR_BODY_SIZE,
-    Branch,
     Interior,
     Kind,
     Reader,
@@ -41,6 +40,7 @@ from bkv.records.nodes import (
     check_key,
     encode_interior_body,
     read_header,
+    read_interior_body,
 )
 
 MAX_TREE_VERSION = (1 << 63) - 1
@@ -116,39 +116,6 @@ def _read_value(reader: Reader) -> bytes | None:
     return reader.take(HASH_SIZE) if flag else None
 
 
-def _read_branch_fast(data: bytes, pos: int, may_be_empty: bool) -> tuple[Branch | None, int]:
-    """:func:`bkv.records.nodes.read_interior_body`'s branch, inlined (proofs are hot)."""
-    if pos + 2 > len(data):
-        raise TruncatedError("input ends inside a record tree structure")
-    length = (data[pos] << 8) | data[pos + 1]
-    pos += 2
-    if length == 0:
-        if not may_be_empty:
-            raise InvalidValueError("an inner node has an empty branch")
-        return None, pos
-    if length > KEY_BITS:
-        raise InvalidValueError(f"branch length {length} is more than {KEY_BITS} bits")
-    size = (length + 7) >> 3
-    end = pos + size + HASH_SIZE
-    if end > len(data):
-        raise TruncatedError("input ends inside a record tree structure")
-    bits = int.from_bytes(data[pos : pos + size], "big")
-    padding = 8 * size - length
-    if bits & ((1 << padding) - 1):
-        raise NonCanonicalError("padding bits of a key path are not zero")
-    return Branch(length, bits >> padding, data[pos + size : end]), end
-
-
-def _read_interior_fast(data: bytes, pos: int, is_root: bool) -> tuple[Interior, int]:
-    left, pos = _read_branch_fast(data, pos, may_be_empty=is_root)
-    right, pos = _read_branch_fast(data, pos, may_be_empty=is_root)
-    try:
-        return Interior(left, right, is_root), pos
-    except ValueError as exc:
-        # The side of a branch (its first bit) is a property of the bytes here.
-        raise InvalidValueError(str(exc)) from None
-
-
 def decode_proof(data: bytes) -> Proof:
     """Strictly decode a proof (the bytes come from the untrusted host)."""
     check_input(data, MAX_PROOF_SIZE, "a record tree proof")
@@ -162,10 +129,8 @@ def decode_proof(data: bytes) -> Proof:
     nodes, bodies = [], []
     for index in range(count):
         start = reader.position
-        node, end = _read_interior_fast(data, start, is_root=index == 0)
-        reader.take(end - start)
-        nodes.append(node)
-        bodies.append(data[start:end])
+        nodes.append(read_interior_body(reader, is_root=index == 0))
+        bodies.append(data[start : reader.position])
     value = _read_value(reader)
     reader.finish()
     return Proof(version, key, tuple(nodes), value, tuple(bodies))

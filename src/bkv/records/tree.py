@@ -450,7 +450,7 @@ def apply_batch(
     The new tree is computed from the verified paths alone: the result equals
     :func:`build_tree` of the changed record set, at version ``head.version + 1``.
     """
-    _check_changes(changes)
+    _check_changes(changes)  # caller misuse first, before any proof is looked at
     by_key = _proofs_by_key(proofs, changes)
     return apply_verified_batch(
         head, [verify_path(head, key, by_key[key]) for key in changes], changes
